@@ -1,0 +1,91 @@
+"""Stage 1: PPO learns to crop from the aesthetic scorer's reward, (score - 1) / 9.
+
+    photographer bootstrap --image rlhf/data/photos --timesteps 20000 --out results/bootstrap
+    python -m rayjobs.bootstrap ...            # what `ray job submit` runs
+
+Writes into --out: config.json, checkpoints/ckpt_*/ (RLlib), progress.csv, curves.png.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rayjobs.ppo import PPOSettings, train
+from rlhf.config import parse_config, run_dir, save_config
+from rlhf.env import ASPECTS
+from rlhf.images import TRAIN_PHOTOS, bundled_photos, resolve_paths
+from rlhf.rewards import RewardSpec
+
+
+def _default_images() -> list[str]:
+    return [str(p) for p in bundled_photos(TRAIN_PHOTOS)]
+
+
+@dataclass
+class BootstrapConfig(PPOSettings):
+    """Stage 1: train a crop policy with PPO on the aesthetic reward."""
+
+    image: list[str] = field(default_factory=_default_images,
+                             metadata={"help": "photos: files, folders or globs (default: bundled training photos)"})
+    out: str | None = field(default=None, metadata={"help": "run folder (default results/bootstrap-<time>)"})
+    resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in --out"})
+    scorer: str = field(default="default", metadata={"help": "aesthetic scorer: default (offline proxy) | nima"})
+    scorer_weights: str | None = field(default=None, metadata={"help": "local weights for the scorer (NIMA .pth)"})
+    service: bool = field(default=True, metadata={"help": "score through the shared scoring actor "
+                                                  "(False: every env runner loads its own models)"})
+    grid: int = field(default=20, metadata={"help": "grid steps per side"})
+    max_steps: int = field(default=16, metadata={"help": "step cap per episode"})
+    min_area: float = field(default=0.25, metadata={"help": "smallest crop as a fraction of the photo"})
+    aspect: str = field(default="free", metadata={"help": "aspect lock", "choices": list(ASPECTS)})
+    obs_size: int = field(default=64, metadata={"help": "thumbnail side the policy sees"})
+    augment_variants: int = field(default=4, metadata={"help": "fixed sub-photo/mirror variants per photo"})
+
+    def __post_init__(self) -> None:
+        self.validate()
+        if self.resume and not self.out:
+            raise ValueError("--resume needs --out: the run folder to continue")
+
+
+def env_config(cfg: BootstrapConfig, reward: RewardSpec) -> dict:
+    return {"images": [str(p) for p in resolve_paths(cfg.image)], "grid": cfg.grid, "max_steps": cfg.max_steps,
+            "min_area": cfg.min_area, "aspect": cfg.aspect, "obs_size": cfg.obs_size,
+            "augment_variants": cfg.augment_variants, "seed": cfg.seed, "reward": reward.to_dict()}
+
+
+def reward_spec(cfg: BootstrapConfig, **kw) -> RewardSpec:
+    spec = RewardSpec(scorer=cfg.scorer, scorer_weights=cfg.scorer_weights, **kw)
+    if cfg.service:
+        from rlhf.scoring_service import ensure_service
+
+        spec.service = ensure_service(spec)
+    return spec
+
+
+def run(cfg: BootstrapConfig) -> Path:
+    from rayjobs.ppo import init_ray
+
+    out = run_dir(cfg.out, "bootstrap")
+    init_ray()
+    env = env_config(cfg, reward_spec(cfg, kind="aesthetic"))
+    save_config_with_env(cfg, env, out)
+    print(f"stage 1 (bootstrap): {len(env['images'])} photos, scorer={cfg.scorer}, out={out}", flush=True)
+    return train(cfg, env, out, resume=cfg.resume, title="stage 1: aesthetic reward")
+
+
+def save_config_with_env(cfg, env: dict, out: Path) -> None:
+    import json
+
+    path = save_config(cfg, out)
+    data = json.loads(path.read_text())
+    data["env"] = {k: v for k, v in env.items() if k != "reward"}
+    data["reward"] = env["reward"]
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> Path:
+    return run(parse_config(BootstrapConfig, argv, prog="photographer bootstrap"))
+
+
+if __name__ == "__main__":
+    main()

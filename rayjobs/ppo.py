@@ -1,0 +1,258 @@
+"""The PPO training loop shared by stage 1 (bootstrap) and stage 3 (fine-tune).
+
+Read it top to bottom: build the RLlib PPO config (new API stack, our CNN module, the crop env),
+optionally start from a policy or resume from the run's newest checkpoint, then train, printing
+one line per iteration, appending progress.csv, checkpointing, and finally plotting curves.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+from ray.rllib.algorithms.ppo import PPOConfig
+from ray.rllib.callbacks.callbacks import RLlibCallback
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+from rlhf.env import CropEnv, CropEnvConfig
+from rlhf.policy import MODULE_SUBDIR, CropPolicyModule, latest_checkpoint
+
+CSV_FIELDS = ["iteration", "timesteps", "episode_return_mean", "final_score_mean", "start_score_mean",
+              "episode_len_mean", "policy_entropy", "vf_explained_var", "seconds"]
+
+
+def default_env_runners() -> int:
+    """Fits the machine: leave a core for the learner (and the scoring actor), at most 8."""
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+@dataclass
+class PPOSettings:
+    """PPO hyperparameters (RLlib names); shared by bootstrap and finetune."""
+
+    timesteps: int = field(default=20000, metadata={"help": "env steps to train for (in total, across resumes)"})
+    num_env_runners: int = field(default_factory=default_env_runners,
+                                 metadata={"help": "parallel env runner actors (0 = sample in the driver)"})
+    lr: float = field(default=3e-4, metadata={"help": "Adam learning rate"})
+    gamma: float = field(default=0.99, metadata={"help": "discount; rewards are score changes, so ~1 keeps "
+                                                 "the return equal to the final crop's improvement"})
+    lambda_: float = field(default=0.95, metadata={"help": "GAE lambda", "aliases": ("gae_lambda",)})
+    train_batch_size: int = field(default=512, metadata={"help": "env steps per PPO iteration"})
+    minibatch_size: int = field(default=128, metadata={"help": "SGD minibatch size"})
+    num_epochs: int = field(default=4, metadata={"help": "SGD passes over each batch"})
+    clip_param: float = field(default=0.2, metadata={"help": "PPO ratio clip"})
+    entropy_coeff: float = field(default=0.01, metadata={"help": "entropy bonus (exploration)"})
+    vf_loss_coeff: float = field(default=0.5, metadata={"help": "value loss weight"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    checkpoint_every: int = field(default=5, metadata={"help": "iterations between checkpoints"})
+    keep_checkpoints: int = field(default=3, metadata={"help": "newest checkpoints kept on disk"})
+    sample_timeout_s: float = field(default=120.0, metadata={"help": "fail if env runners return nothing "
+                                                             "for this long"})
+    num_gpus_per_learner: float = field(default=-1, metadata={"help": "GPUs for the learner; -1 = 1 if the "
+                                                              "cluster has one, else 0"})
+
+    def validate(self) -> None:
+        if self.timesteps <= 0:
+            raise ValueError(f"timesteps must be > 0, got {self.timesteps}")
+        if self.minibatch_size > self.train_batch_size:
+            raise ValueError(f"minibatch_size ({self.minibatch_size}) > train_batch_size ({self.train_batch_size})")
+        if not 0 < self.gamma <= 1 or not 0 <= self.lambda_ <= 1:
+            raise ValueError("gamma must be in (0, 1] and lambda_ in [0, 1]")
+        if self.num_env_runners < 0:
+            raise ValueError("num_env_runners must be >= 0")
+
+
+class CropMetrics(RLlibCallback):
+    """Logs the score of each episode's final crop, the number that matters to a user."""
+
+    def on_episode_end(self, *, episode, metrics_logger=None, **kwargs) -> None:
+        infos = episode.get_infos()
+        if metrics_logger is not None and len(infos):
+            metrics_logger.log_value("final_score", float(infos[-1]["score"]), reduce="mean", window=100)
+            metrics_logger.log_value("start_score", float(infos[0]["score"]), reduce="mean", window=100)
+
+
+def build_ppo_config(ppo: PPOSettings, env_config: dict[str, Any]) -> PPOConfig:
+    gpus = ppo.num_gpus_per_learner
+    if gpus < 0:
+        gpus = 1 if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    return (
+        PPOConfig()
+        .environment(CropEnv, env_config=env_config)
+        .env_runners(num_env_runners=ppo.num_env_runners, num_envs_per_env_runner=1,
+                     sample_timeout_s=ppo.sample_timeout_s, rollout_fragment_length="auto")
+        .learners(num_learners=0, num_gpus_per_learner=gpus)
+        .training(lr=ppo.lr, gamma=ppo.gamma, lambda_=ppo.lambda_,
+                  train_batch_size_per_learner=ppo.train_batch_size, minibatch_size=ppo.minibatch_size,
+                  num_epochs=ppo.num_epochs, clip_param=ppo.clip_param, entropy_coeff=ppo.entropy_coeff,
+                  vf_loss_coeff=ppo.vf_loss_coeff)
+        .rl_module(rl_module_spec=RLModuleSpec(module_class=CropPolicyModule, model_config={}))
+        .callbacks(CropMetrics)
+        .debugging(seed=ppo.seed)
+        .reporting(metrics_num_episodes_for_smoothing=100)
+    )
+
+
+def _get(result: dict, *keys: str, default: float = float("nan")) -> float:
+    for key in keys:
+        node: Any = result
+        for part in key.split("/"):
+            if not isinstance(node, dict) or part not in node:
+                node = None
+                break
+            node = node[part]
+        if node is not None:
+            try:
+                return float(node)
+            except (TypeError, ValueError):
+                continue
+    return default
+
+
+def summarize(result: dict, iteration: int, seconds: float) -> dict[str, float]:
+    return {
+        "iteration": iteration,
+        "timesteps": int(_get(result, "env_runners/num_env_steps_sampled_lifetime",
+                              "num_env_steps_sampled_lifetime", default=0)),
+        "episode_return_mean": _get(result, "env_runners/episode_return_mean"),
+        "final_score_mean": _get(result, "env_runners/final_score"),
+        "start_score_mean": _get(result, "env_runners/start_score"),
+        "episode_len_mean": _get(result, "env_runners/episode_len_mean"),
+        "policy_entropy": _get(result, "learners/default_policy/entropy"),
+        "vf_explained_var": _get(result, "learners/default_policy/vf_explained_var"),
+        "seconds": round(seconds, 2),
+    }
+
+
+def _read_progress(path: Path) -> list[dict[str, float]]:
+    if not path.exists():
+        return []
+    with path.open() as f:
+        return [{k: (int(float(v)) if k in ("iteration", "timesteps") else float(v))
+                 for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+
+
+def plot_curves(rows: list[dict[str, float]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        return
+    t = [r["timesteps"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    axes[0].plot(t, [r.get("episode_return_mean", np.nan) for r in rows])
+    axes[0].set_title("mean episode return (score gain)")
+    axes[1].plot(t, [r.get("final_score_mean", np.nan) for r in rows], label="final crop")
+    axes[1].plot(t, [r.get("start_score_mean", np.nan) for r in rows], label="whole photo", ls="--")
+    axes[1].set_title("mean reward of the crop")
+    axes[1].legend()
+    axes[2].plot(t, [r.get("policy_entropy", np.nan) for r in rows])
+    axes[2].set_title("policy entropy")
+    for ax in axes:
+        ax.set_xlabel("env steps")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def init_ray() -> None:
+    """Local single-node Ray by default; joins a running cluster when RAY_ADDRESS is set."""
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+    else:
+        ray.init(include_dashboard=False, log_to_driver=True,
+                 runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning"}})
+
+
+def train(ppo: PPOSettings, env_config: dict[str, Any], out: Path, *, resume: bool = False,
+          init_policy: str | Path | None = None, title: str = "PPO") -> Path:
+    """Train until ppo.timesteps env steps; returns the newest checkpoint folder."""
+    ppo.validate()
+    CropEnvConfig(**{k: v for k, v in env_config.items() if k in CropEnvConfig.__dataclass_fields__})
+    init_ray()
+    ckpt_dir = out / "checkpoints"
+    progress = out / "progress.csv"
+    algo = build_ppo_config(ppo, env_config).build_algo()
+    rows: list[dict[str, float]] = []
+    start_steps = 0
+    try:
+        existing = sorted(ckpt_dir.glob("ckpt_*")) if ckpt_dir.is_dir() else []
+        if resume and existing:
+            ckpt = existing[-1]
+            algo.restore_from_path(str(ckpt))
+            state = json.loads((ckpt / "photographer_state.json").read_text())
+            rows = [r for r in _read_progress(progress) if r["iteration"] <= state["iteration"]]
+            start_steps = int(state["timesteps"])
+            print(f"resumed from {ckpt} at iteration {state['iteration']}, {start_steps} steps", flush=True)
+        elif resume:
+            print(f"--resume: no checkpoint in {ckpt_dir}; starting fresh", flush=True)
+        if not rows and init_policy is not None:
+            src = latest_checkpoint(init_policy) / MODULE_SUBDIR
+            algo.restore_from_path(str(src), component=str(MODULE_SUBDIR.as_posix()))
+            print(f"initial policy weights from {src}", flush=True)
+        iteration = int(rows[-1]["iteration"]) if rows else 0
+        steps = start_steps
+        t_start = time.time()
+        while steps < ppo.timesteps:
+            t0 = time.time()
+            result = algo.train()
+            iteration += 1
+            row = summarize(result, iteration, time.time() - t0)
+            # RLlib restores its lifetime counter with a checkpoint; fall back to counting batches.
+            steps = int(row["timesteps"]) if row["timesteps"] > steps else steps + ppo.train_batch_size
+            row["timesteps"] = steps
+            rows.append(row)
+            _write_progress(progress, rows)
+            print(f"iter {iteration:4d}  steps {steps:7d}/{ppo.timesteps}  return {row['episode_return_mean']:+.4f}"
+                  f"  final {row['final_score_mean']:.4f} (photo {row['start_score_mean']:.4f})"
+                  f"  len {row['episode_len_mean']:.1f}  entropy {row['policy_entropy']:.3f}"
+                  f"  {row['seconds']:.1f}s", flush=True)
+            if iteration % ppo.checkpoint_every == 0 or steps >= ppo.timesteps:
+                _checkpoint(algo, ckpt_dir, iteration, steps, ppo.keep_checkpoints)
+                plot_curves(rows, out / "curves.png", title)
+        print(f"trained {steps} steps in {time.time() - t_start:.0f}s; curves: {out / 'curves.png'}", flush=True)
+    finally:
+        algo.stop()
+    return latest_checkpoint(out)
+
+
+def _write_progress(path: Path, rows: list[dict[str, float]]) -> None:
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _checkpoint(algo, ckpt_dir: Path, iteration: int, steps: int, keep: int) -> Path:
+    """Write to a temp folder, then rename: a run killed mid-save never leaves a broken newest checkpoint."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    final = ckpt_dir / f"ckpt_{iteration:06d}"
+    tmp = ckpt_dir / f".tmp_ckpt_{iteration:06d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    algo.save_to_path(str(tmp.resolve()))
+    (tmp / "photographer_state.json").write_text(json.dumps({"iteration": iteration, "timesteps": steps}))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in sorted(ckpt_dir.glob("ckpt_*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def config_dict(cfg: Any) -> dict[str, Any]:
+    return asdict(cfg)

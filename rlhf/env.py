@@ -1,0 +1,263 @@
+"""CropEnv: a crop box on a grid over a photo collection, in the manner of A2-RL (Li et al. 2018).
+
+An episode starts from the whole photo (or the largest box of the locked aspect ratio) and
+takes discrete actions that shrink, move, squash or stretch the box by one grid step, until
+the agent stops, the step cap is reached, or an action would make the box smaller than the
+minimum area. Reward is dense: the change of the crop's score, so an episode's return is
+``score(final crop) - score(start)`` and the agent is paid for improvement only.
+
+Why a grid: a coarse action set keeps the policy's job small (14 actions) and makes boxes
+recur, so the scoring cache hits often.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from rlhf.images import Box, Photo, clip_box, load_collection, resize
+
+ASPECTS = {"free": None, "1:1": 1.0, "4:3": 4 / 3, "3:2": 3 / 2, "16:9": 16 / 9}
+
+
+class Action(enum.IntEnum):
+    STOP = 0
+    SHRINK = 1
+    SHRINK_TOP_LEFT = 2
+    SHRINK_TOP_RIGHT = 3
+    SHRINK_BOTTOM_LEFT = 4
+    SHRINK_BOTTOM_RIGHT = 5
+    LEFT = 6
+    RIGHT = 7
+    UP = 8
+    DOWN = 9
+    SQUASH_X = 10
+    STRETCH_X = 11
+    SQUASH_Y = 12
+    STRETCH_Y = 13
+
+
+# (dl, dt, dr, db) in grid steps, for each action but STOP.
+_DELTAS = {
+    Action.SHRINK: (1, 1, -1, -1),
+    Action.SHRINK_TOP_LEFT: (0, 0, -1, -1),
+    Action.SHRINK_TOP_RIGHT: (1, 0, 0, -1),
+    Action.SHRINK_BOTTOM_LEFT: (0, 1, -1, 0),
+    Action.SHRINK_BOTTOM_RIGHT: (1, 1, 0, 0),
+    Action.LEFT: (-1, 0, -1, 0),
+    Action.RIGHT: (1, 0, 1, 0),
+    Action.UP: (0, -1, 0, -1),
+    Action.DOWN: (0, 1, 0, 1),
+    Action.SQUASH_X: (1, 0, -1, 0),
+    Action.STRETCH_X: (-1, 0, 1, 0),
+    Action.SQUASH_Y: (0, 1, 0, -1),
+    Action.STRETCH_Y: (0, -1, 0, 1),
+}
+# With a locked aspect ratio an axis cannot change alone: squash/stretch zoom the whole box.
+_LOCKED_DELTAS = {
+    **_DELTAS,
+    Action.SQUASH_X: (1, 1, -1, -1),
+    Action.SQUASH_Y: (1, 1, -1, -1),
+    Action.STRETCH_X: (-1, -1, 1, 1),
+    Action.STRETCH_Y: (-1, -1, 1, 1),
+}
+
+RewardFn = Callable[[Photo, Sequence[Box]], np.ndarray]
+"""Scores boxes of one photo; higher is better, about [0, 1]. See rlhf.rewards."""
+
+
+@dataclass
+class CropEnvConfig:
+    """The crop environment; every field is also an RLlib env_config key."""
+
+    images: list[str] = field(default_factory=list, metadata={"help": "photo files, folders or globs"})
+    grid: int = field(default=20, metadata={"help": "grid steps per side: one action moves a side 1/grid"})
+    max_steps: int = field(default=16, metadata={"help": "step cap per episode"})
+    min_area: float = field(default=0.25, metadata={"help": "smallest crop, as a fraction of the photo's area"})
+    aspect: str = field(default="free", metadata={"help": "aspect-ratio lock", "choices": list(ASPECTS)})
+    obs_size: int = field(default=64, metadata={"help": "side of the photo and crop thumbnails the policy sees"})
+    augment_variants: int = field(
+        default=0, metadata={"help": "per photo, this many fixed random sub-photos/mirrors also used as "
+                             "training photos (more variety from few photos; 0 = off)"})
+    seed: int = field(default=0, metadata={"help": "seed for photo order and augmentation"})
+
+    def __post_init__(self) -> None:
+        if self.grid < 4:
+            raise ValueError(f"grid must be >= 4, got {self.grid}")
+        if self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if not 0.01 <= self.min_area <= 1.0:
+            raise ValueError(f"min_area must be in [0.01, 1], got {self.min_area}")
+        if self.aspect not in ASPECTS:
+            raise ValueError(f"aspect must be one of {list(ASPECTS)}, got {self.aspect!r}")
+        if self.obs_size < 16:
+            raise ValueError(f"obs_size must be >= 16, got {self.obs_size}")
+
+
+def augmented_variants(photo: Photo, n: int, rng: np.random.Generator) -> list[Photo]:
+    """Fixed sub-photos (70-100% of each side) and mirrors: new framings of the same scene."""
+    out = []
+    for i in range(n):
+        fw, fh = rng.uniform(0.7, 1.0, size=2)
+        w, h = int(photo.width * fw), int(photo.height * fh)
+        x0 = int(rng.integers(0, photo.width - w + 1))
+        y0 = int(rng.integers(0, photo.height - h + 1))
+        px = photo.pixels[y0:y0 + h, x0:x0 + w]
+        mirror = bool(i % 2)
+        if mirror:
+            px = px[:, ::-1]
+        out.append(Photo(f"{photo.id}#aug{x0},{y0},{w},{h},{int(mirror)}", np.ascontiguousarray(px)))
+    return out
+
+
+class CropEnv(gym.Env):
+    """Gymnasium env: observe the photo, the current crop and the box; act on the box.
+
+    Observation (Dict):
+      photo: uint8 (S, S, 3), the whole photo resized;  crop: uint8 (S, S, 3), the current crop;
+      box: float32 (5,), [left, top, right, bottom] as fractions of the photo, and steps used / cap.
+    """
+
+    metadata = {"render_modes": ["rgb_array"]}
+
+    def __init__(self, config: dict[str, Any] | CropEnvConfig | None = None,
+                 reward_fn: RewardFn | None = None, photos: Sequence[Photo] | None = None):
+        config = dict(config or {}) if not isinstance(config, CropEnvConfig) else config.__dict__.copy()
+        reward_spec = config.pop("reward", None)
+        known = {k: v for k, v in config.items() if k in CropEnvConfig.__dataclass_fields__}
+        self.cfg = CropEnvConfig(**known)
+        if reward_fn is None:
+            from rlhf.rewards import build_reward  # lazy: keeps env importable without torch models
+
+            reward_fn = build_reward(reward_spec or {"kind": "aesthetic"})
+        self.reward_fn = reward_fn
+        if photos is None:
+            if not self.cfg.images:
+                raise ValueError("CropEnv needs photos: set config['images'] or pass photos=")
+            photos = load_collection(self.cfg.images)
+        rng = np.random.default_rng(self.cfg.seed)
+        self.photos: list[Photo] = list(photos)
+        if self.cfg.augment_variants:
+            for p in list(self.photos):
+                self.photos.extend(augmented_variants(p, self.cfg.augment_variants, rng))
+        self.ratio = ASPECTS[self.cfg.aspect]
+        s = self.cfg.obs_size
+        self.observation_space = gym.spaces.Dict({
+            "photo": gym.spaces.Box(0, 255, (s, s, 3), np.uint8),
+            "crop": gym.spaces.Box(0, 255, (s, s, 3), np.uint8),
+            "box": gym.spaces.Box(0.0, 1.0, (5,), np.float32),
+        })
+        self.action_space = gym.spaces.Discrete(len(Action))
+        self._photo_obs: dict[str, np.ndarray] = {}
+        self.photo: Photo = self.photos[0]
+        self.box = np.array([0.0, 0.0, 1.0, 1.0])
+        self.steps = 0
+        self.score = 0.0
+        self._order = np.arange(len(self.photos))
+        self._cursor = len(self.photos)
+
+    # -- geometry ------------------------------------------------------------------------------
+    def pixel_box(self, box: np.ndarray | None = None) -> Box:
+        l, t, r, b = self.box if box is None else box
+        w, h = self.photo.width, self.photo.height
+        return clip_box((l * w, t * h, r * w, b * h), w, h)
+
+    def _initial_box(self) -> np.ndarray:
+        if self.ratio is None:
+            return np.array([0.0, 0.0, 1.0, 1.0])
+        return self._project(np.array([0.0, 0.0, 1.0, 1.0]))
+
+    def _project(self, box: np.ndarray) -> np.ndarray:
+        """Fit the box to the locked aspect ratio about its centre, inside the photo."""
+        w_px, h_px = self.photo.width, self.photo.height
+        l, t, r, b = box
+        cx, cy = (l + r) / 2, (t + b) / 2
+        w = r - l
+        h = w * w_px / (self.ratio * h_px)
+        if h > 1.0:
+            h, w = 1.0, self.ratio * h_px / w_px
+        cx = min(max(cx, w / 2), 1 - w / 2)
+        cy = min(max(cy, h / 2), 1 - h / 2)
+        return np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
+
+    def _apply(self, action: Action) -> np.ndarray:
+        deltas = (_LOCKED_DELTAS if self.ratio else _DELTAS)[action]
+        step = 1.0 / self.cfg.grid
+        new = self.box + np.array(deltas, dtype=float) * step
+        if action in (Action.LEFT, Action.RIGHT, Action.UP, Action.DOWN):
+            # A move that would leave the photo is blocked rather than shrinking the box.
+            if new.min() < -1e-9 or new.max() > 1 + 1e-9:
+                return self.box.copy()
+        new = np.clip(new, 0.0, 1.0)
+        if self.ratio:
+            new = self._project(new)
+        return np.round(new, 9)
+
+    # -- gym API ---------------------------------------------------------------------------------
+    def _obs(self) -> dict[str, np.ndarray]:
+        s = self.cfg.obs_size
+        if self.photo.id not in self._photo_obs:
+            if len(self._photo_obs) > 256:
+                self._photo_obs.clear()
+            self._photo_obs[self.photo.id] = resize(self.photo.pixels, s)
+        box5 = np.append(self.box, self.steps / self.cfg.max_steps).astype(np.float32)
+        return {"photo": self._photo_obs[self.photo.id],
+                "crop": self.photo.crop_resized(self.pixel_box(), s),
+                "box": np.clip(box5, 0.0, 1.0)}
+
+    def _score(self, box: np.ndarray) -> float:
+        return float(self.reward_fn(self.photo, [self.pixel_box(box)])[0])
+
+    def _info(self) -> dict[str, Any]:
+        return {"photo": self.photo.id, "box": list(self.pixel_box()), "score": self.score,
+                "steps": self.steps}
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        if seed is not None:
+            self._cursor = len(self._order)  # a new seed starts a new pass, so resets are reproducible
+        options = options or {}
+        if "photo_index" in options:
+            self.photo = self.photos[int(options["photo_index"])]
+        else:
+            # Shuffled passes over the collection: every photo is seen equally often.
+            if self._cursor >= len(self._order):
+                self._order = self.np_random.permutation(len(self.photos))
+                self._cursor = 0
+            self.photo = self.photos[int(self._order[self._cursor])]
+            self._cursor += 1
+        self.box = self._initial_box()
+        self.steps = 0
+        self.score = self._score(self.box)
+        self.start_score = self.score
+        return self._obs(), self._info()
+
+    def step(self, action: int):
+        action = Action(int(action))
+        self.steps += 1
+        terminated = False
+        reward = 0.0
+        if action == Action.STOP:
+            terminated = True
+        else:
+            new = self._apply(action)
+            area = (new[2] - new[0]) * (new[3] - new[1])
+            if area < self.cfg.min_area - 1e-9:
+                terminated = True  # the minimum size ends the episode; the box stays valid
+            else:
+                self.box = new
+                new_score = self._score(new)
+                reward = new_score - self.score
+                self.score = new_score
+        truncated = not terminated and self.steps >= self.cfg.max_steps
+        return self._obs(), float(reward), terminated, truncated, self._info()
+
+    def render(self) -> np.ndarray:
+        from rlhf.contact_sheet import draw_box
+
+        return draw_box(self.photo.pixels, self.pixel_box())

@@ -1,0 +1,139 @@
+"""The crop policy: a small two-tower CNN RLModule for RLlib PPO, and loading it for inference.
+
+The photo thumbnail and the crop thumbnail go through one shared conv tower (the same features
+for "what is in the scene" and "what is in my crop"), are concatenated with the box, and feed a
+policy head (14 action logits) and a value head. uint8 observations are cast inside the module
+(RLlib's catalog CNN fails on uint8, see NOTES), which keeps sample batches 4x smaller.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.rl_module.apis import ValueFunctionAPI
+from ray.rllib.core.rl_module.torch import TorchRLModule
+from torch import nn
+
+MODULE_SUBDIR = Path("learner_group") / "learner" / "rl_module" / "default_policy"
+
+
+def _conv_tower(in_size: int, channels: list[int]) -> tuple[nn.Sequential, int]:
+    layers: list[nn.Module] = []
+    c_in, size = 3, in_size
+    for i, c in enumerate(channels):
+        k = 5 if i == 0 else 3
+        layers += [nn.Conv2d(c_in, c, k, stride=2, padding=k // 2), nn.ReLU()]
+        c_in, size = c, (size + 1) // 2
+    layers += [nn.AdaptiveAvgPool2d(4), nn.Flatten()]
+    return nn.Sequential(*layers), c_in * 16
+
+
+class CropPolicyModule(TorchRLModule, ValueFunctionAPI):
+    """model_config keys: channels (conv widths, default [16, 32, 64, 64]), embed (128), hidden (256)."""
+
+    def setup(self) -> None:
+        obs = self.observation_space
+        size = obs["photo"].shape[0]
+        channels = list(self.model_config.get("channels", [16, 32, 64, 64]))
+        embed = int(self.model_config.get("embed", 128))
+        hidden = int(self.model_config.get("hidden", 256))
+        tower, flat = _conv_tower(size, channels)
+        self.tower = nn.Sequential(tower, nn.Linear(flat, embed), nn.ReLU())
+        box_dim = obs["box"].shape[0]
+        self.trunk = nn.Sequential(nn.Linear(2 * embed + box_dim, hidden), nn.ReLU())
+        self.pi = nn.Linear(hidden, self.action_space.n)
+        self.vf = nn.Linear(hidden, 1)
+        # Small initial logits: a near-uniform first policy explores every action.
+        nn.init.orthogonal_(self.pi.weight, 0.01)
+        nn.init.zeros_(self.pi.bias)
+
+    def _embed(self, batch: dict[str, Any]) -> torch.Tensor:
+        obs = batch[Columns.OBS]
+        photo, crop = obs["photo"], obs["crop"]
+        n = photo.shape[0]
+        images = torch.cat([photo, crop], 0).permute(0, 3, 1, 2).float().div_(255.0)
+        feats = self.tower(images)
+        return self.trunk(torch.cat([feats[:n], feats[n:], obs["box"].float()], 1))
+
+    def _forward(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        return {Columns.ACTION_DIST_INPUTS: self.pi(self._embed(batch))}
+
+    def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        h = self._embed(batch)
+        return {Columns.ACTION_DIST_INPUTS: self.pi(h), Columns.EMBEDDINGS: h}
+
+    def compute_values(self, batch: dict[str, Any], embeddings: Any | None = None) -> torch.Tensor:
+        if embeddings is None:
+            embeddings = self._embed(batch)
+        return self.vf(embeddings).squeeze(-1)
+
+
+def latest_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder from a run folder (its newest checkpoint) or a checkpoint folder itself."""
+    p = Path(path).expanduser().resolve()
+    if not p.exists():
+        raise FileNotFoundError(f"{path}: no such policy checkpoint or run folder")
+    if (p / MODULE_SUBDIR).exists() or (p / "module_state.pt").exists() or (p / "module_state.pkl").exists():
+        return p
+    candidates = sorted((p / "checkpoints").glob("ckpt_*")) if (p / "checkpoints").is_dir() else []
+    candidates = [c for c in candidates if (c / MODULE_SUBDIR).exists()]
+    if not candidates:
+        raise FileNotFoundError(f"{path}: holds no RLlib checkpoint (expected checkpoints/ckpt_*/ or a checkpoint)")
+    return candidates[-1]
+
+
+def run_folder_of(ckpt: Path) -> Path | None:
+    """The run folder that holds a checkpoint (for its config.json), if any."""
+    for parent in (ckpt, *ckpt.parents):
+        if (parent / "config.json").is_file():
+            return parent
+    return None
+
+
+class CropPolicy:
+    """A trained policy, loaded without Ray, that crops photos greedily (or by sampling)."""
+
+    def __init__(self, module: TorchRLModule, env_config: dict[str, Any], source: Path):
+        self.module = module.eval()
+        self.env_config = env_config
+        self.source = source
+
+    @classmethod
+    def load(cls, path: str | Path) -> CropPolicy:
+        from ray.rllib.core.rl_module.rl_module import RLModule
+
+        ckpt = latest_checkpoint(path)
+        module_dir = ckpt / MODULE_SUBDIR if (ckpt / MODULE_SUBDIR).exists() else ckpt
+        module = RLModule.from_checkpoint(str(module_dir.resolve()))
+        run = run_folder_of(ckpt)
+        env_config: dict[str, Any] = {}
+        if run is not None:
+            env_config = json.loads((run / "config.json").read_text()).get("env", {})
+        return cls(module, env_config, ckpt)
+
+    @torch.inference_mode()
+    def act(self, obs: dict[str, np.ndarray], deterministic: bool = True,
+            rng: np.random.Generator | None = None) -> int:
+        batch = {Columns.OBS: {k: torch.from_numpy(np.asarray(v)[None]) for k, v in obs.items()}}
+        logits = self.module.forward_inference(batch)[Columns.ACTION_DIST_INPUTS][0]
+        if deterministic:
+            return int(torch.argmax(logits))
+        p = torch.softmax(logits.double(), 0).numpy()
+        return int((rng or np.random.default_rng()).choice(len(p), p=p / p.sum()))
+
+    def rollout(self, env, photo_index: int, deterministic: bool = True,
+                rng: np.random.Generator | None = None) -> list[tuple[int, int, int, int]]:
+        """Run one episode on env.photos[photo_index]; the boxes visited, first to last."""
+        obs, info = env.reset(options={"photo_index": photo_index})
+        boxes = [tuple(info["box"])]
+        done = False
+        while not done:
+            obs, _, term, trunc, info = env.step(self.act(obs, deterministic, rng))
+            boxes.append(tuple(info["box"]))
+            done = term or trunc
+        return boxes

@@ -1,0 +1,100 @@
+"""The crop environment: gymnasium's checker, action geometry, episode rules, dense reward."""
+
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+from rlhf.env import Action, CropEnv
+from rlhf.images import bundled_photos, load_collection
+
+
+def area_reward(photo, boxes):
+    """A known reward for plumbing tests: prefers crops near 40% of the photo's area."""
+    out = []
+    for l, t, r, b in boxes:
+        frac = (r - l) * (b - t) / (photo.width * photo.height)
+        out.append(1.0 - abs(frac - 0.4))
+    return np.array(out)
+
+
+@pytest.fixture(scope="module")
+def photos():
+    return load_collection(bundled_photos(["chelsea", "coffee"]))
+
+
+def make(photos, **cfg):
+    return CropEnv(cfg, reward_fn=area_reward, photos=photos)
+
+
+def test_check_env(photos):
+    check_env(make(photos), skip_render_check=True)
+    check_env(make(photos, aspect="4:3"), skip_render_check=True)
+
+
+def test_actions_move_the_box(photos):
+    env = make(photos, grid=10)
+    env.reset(seed=0, options={"photo_index": 0})
+    env.step(Action.SHRINK)
+    assert np.allclose(env.box, [0.1, 0.1, 0.9, 0.9])
+    env.step(Action.LEFT)
+    assert np.allclose(env.box, [0.0, 0.1, 0.8, 0.9])
+    env.step(Action.LEFT)  # blocked at the border: the box keeps its size
+    assert np.allclose(env.box, [0.0, 0.1, 0.8, 0.9])
+    env.step(Action.SQUASH_Y)
+    assert np.allclose(env.box, [0.0, 0.2, 0.8, 0.8])
+    env.step(Action.SHRINK_TOP_LEFT)
+    assert np.allclose(env.box, [0.0, 0.2, 0.7, 0.7])
+
+
+def test_episode_ends_on_stop_cap_and_min_area(photos):
+    env = make(photos, max_steps=5)
+    env.reset(seed=0)
+    _, _, term, trunc, _ = env.step(Action.STOP)
+    assert term and not trunc
+    env.reset(seed=0)
+    for i in range(5):
+        _, _, term, trunc, _ = env.step(Action.LEFT)  # blocked moves: nothing happens
+    assert trunc and not term
+    env = make(photos, min_area=0.5, max_steps=16)
+    env.reset(seed=0)
+    done, n = False, 0
+    while not done:
+        _, _, term, trunc, info = env.step(Action.SHRINK)
+        done, n = term or trunc, n + 1
+    assert term
+    l, t, r, b = env.box
+    assert (r - l) * (b - t) >= 0.5 - 1e-9 and n < 16
+
+
+def test_dense_reward_telescopes_to_score_gain(photos):
+    env = make(photos)
+    _, info = env.reset(seed=1)
+    start = info["score"]
+    total = 0.0
+    rng = np.random.default_rng(0)
+    done = False
+    while not done:
+        _, r, term, trunc, info = env.step(int(rng.integers(1, 14)))
+        total += r
+        done = term or trunc
+    assert total == pytest.approx(info["score"] - start)
+
+
+def test_aspect_lock_keeps_ratio(photos):
+    env = make(photos, aspect="16:9")
+    env.reset(seed=0, options={"photo_index": 1})
+    rng = np.random.default_rng(1)
+    for _ in range(12):
+        _, _, term, trunc, info = env.step(int(rng.integers(1, 14)))
+        l, t, r, b = info["box"]
+        assert (r - l) / (b - t) == pytest.approx(16 / 9, rel=0.03)
+        if term or trunc:
+            break
+
+
+def test_augmented_variants_are_new_framings(photos):
+    env = make(photos, augment_variants=3)
+    assert len(env.photos) == 2 * 4
+    ids = {p.id for p in env.photos}
+    assert len(ids) == 8
+    assert all(p.pixels.shape[0] >= 0.69 * photos[0].height for p in env.photos if "chelsea" in p.id)
