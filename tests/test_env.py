@@ -52,7 +52,7 @@ def test_episode_ends_on_stop_cap_and_min_area(photos):
     _, _, term, trunc, _ = env.step(Action.STOP)
     assert term and not trunc
     env.reset(seed=0)
-    for i in range(5):
+    for _ in range(5):
         _, _, term, trunc, _ = env.step(Action.LEFT)  # blocked moves: nothing happens
     assert trunc and not term
     env = make(photos, min_area=0.5, max_steps=16)
