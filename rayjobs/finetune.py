@@ -1,0 +1,86 @@
+"""Stage 3: PPO continues from the bootstrap policy on the combined reward
+
+    reward = w_nima * (nima - 1) / 9 + w_human * human_score      (default 0.7 / 0.3)
+
+    photographer finetune --policy results/bootstrap-... --human_reward_model results/reward-.../human_reward_model.pth
+
+The env settings (grid, thumbnails, aspect lock) come from the bootstrap run so the policy's
+observations keep their meaning; photos default to the bootstrap's.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rayjobs.bootstrap import BootstrapConfig, save_config_with_env
+from rayjobs.ppo import init_ray, train
+from rlhf.config import parse_config, run_dir
+from rlhf.images import resolve_paths
+from rlhf.policy import latest_checkpoint, run_folder_of
+from rlhf.rewards import RewardSpec
+
+
+@dataclass
+class FinetuneConfig(BootstrapConfig):
+    """Stage 3: fine-tune the bootstrap policy on the aesthetic + human reward."""
+
+    policy: str = field(default="", metadata={"help": "bootstrap policy: checkpoint or run folder"})
+    human_reward_model: str = field(default="", metadata={"help": "human_reward_model.pth from train-reward"})
+    w_nima: float = field(default=0.7, metadata={"help": "weight of (nima-1)/9"})
+    w_human: float = field(default=0.3, metadata={"help": "weight of the human score"})
+    timesteps: int = field(default=10000, metadata={"help": "env steps of fine-tuning"})
+    lr: float = field(default=1e-4, metadata={"help": "Adam learning rate (lower than stage 1: keep what it "
+                                              "learned)"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.policy:
+            raise ValueError("--policy is required: the bootstrap checkpoint or run folder")
+        if not self.human_reward_model or not Path(self.human_reward_model).is_file():
+            raise ValueError(f"--human_reward_model must be an existing file, got {self.human_reward_model!r}")
+        RewardSpec(kind="combined", human_reward_model=self.human_reward_model,
+                   w_nima=self.w_nima, w_human=self.w_human)
+
+
+def finetune_env(cfg: FinetuneConfig, reward: RewardSpec, image_given: bool) -> dict:
+    ckpt = latest_checkpoint(cfg.policy)
+    run = run_folder_of(ckpt)
+    base = json.loads((run / "config.json").read_text()).get("env", {}) if run else {}
+    env = dict(base)
+    if image_given or "images" not in env:
+        env["images"] = [str(p) for p in resolve_paths(cfg.image)]
+    env["seed"] = cfg.seed
+    env["reward"] = reward.to_dict()
+    return env
+
+
+def run(cfg: FinetuneConfig, image_given: bool = False) -> Path:
+    out = run_dir(cfg.out, "finetune")
+    init_ray()
+    spec = RewardSpec(kind="combined", scorer=cfg.scorer, scorer_weights=cfg.scorer_weights,
+                      human_reward_model=str(Path(cfg.human_reward_model).resolve()),
+                      w_nima=cfg.w_nima, w_human=cfg.w_human)
+    if cfg.service:
+        from rlhf.scoring_service import ensure_service
+
+        spec.service = ensure_service(spec)
+    env = finetune_env(cfg, spec, image_given)
+    save_config_with_env(cfg, env, out)
+    print(f"stage 3 (finetune): from {latest_checkpoint(cfg.policy)}, reward = {cfg.w_nima}*(nima-1)/9 + "
+          f"{cfg.w_human}*human, out={out}", flush=True)
+    return train(cfg, env, out, resume=cfg.resume, init_policy=cfg.policy,
+                 title=f"stage 3: {cfg.w_nima} aesthetic + {cfg.w_human} human")
+
+
+def main(argv: list[str] | None = None) -> Path:
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    cfg = parse_config(FinetuneConfig, argv, prog="photographer finetune")
+    return run(cfg, image_given=any(a.startswith("--image") for a in argv))
+
+
+if __name__ == "__main__":
+    main()
