@@ -1,0 +1,95 @@
+"""How much better than chance are the policy's crops? (issue: foundation, "Done when")
+
+On held-out bundled photos (never seen in training) plus fixed sub-photo/mirror framings of them,
+with the default scorer:
+
+  vs_random  = mean score(policy crop) / mean score(random crop)
+               random crop: uniform random size (area >= the env's min_area) and position, 16 per photo
+  vs_center  = mean score(policy crop) / mean score(centre crop of the same area and aspect)
+  vs_random_same_area = ... / random position with the policy crop's size (reported, no target)
+  ms_per_photo = the policy's time per photo (greedy rollout, after warm-up), scoring excluded
+
+Targets: vs_random > 1.10, vs_center > 1.0.
+
+    python bench/crop_quality.py [--policy RUN_DIR]   # without --policy, trains stage 1 first
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rayjobs.crop import crop_photos  # noqa: E402
+from rlhf.env import augmented_variants  # noqa: E402
+from rlhf.images import HELDOUT_PHOTOS, Photo, bundled_photos, clip_box, load_collection  # noqa: E402
+from rlhf.policy import CropPolicy  # noqa: E402
+from rlhf.scorers import create_scorer  # noqa: E402
+
+
+def random_boxes(photo: Photo, n: int, min_area: float, rng: np.random.Generator) -> list:
+    boxes = []
+    while len(boxes) < n:
+        fw, fh = rng.uniform(np.sqrt(min_area) * 0.6, 1.0, size=2)
+        if fw * fh < min_area or max(fw / fh, fh / fw) > 3:
+            continue
+        x0, y0 = rng.uniform(0, 1 - fw), rng.uniform(0, 1 - fh)
+        boxes.append(clip_box((x0 * photo.width, y0 * photo.height, (x0 + fw) * photo.width,
+                               (y0 + fh) * photo.height), photo.width, photo.height))
+    return boxes
+
+
+def same_size_boxes(photo: Photo, box, n: int, rng: np.random.Generator, centre: bool = False) -> list:
+    w, h = box[2] - box[0], box[3] - box[1]
+    if centre:
+        x0, y0 = (photo.width - w) // 2, (photo.height - h) // 2
+        return [(x0, y0, x0 + w, y0 + h)]
+    xs = rng.integers(0, photo.width - w + 1, size=n)
+    ys = rng.integers(0, photo.height - h + 1, size=n)
+    return [(int(x), int(y), int(x) + w, int(y) + h) for x, y in zip(xs, ys, strict=True)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--policy", help="stage-1 run folder or checkpoint (default: train one now)")
+    ap.add_argument("--timesteps", type=int, default=12000, help="stage-1 steps when training here")
+    ap.add_argument("--variants", type=int, default=4, help="framings per held-out photo")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    policy_path = args.policy
+    if not policy_path:
+        from rayjobs.bootstrap import BootstrapConfig, run
+
+        out = Path("results") / f"bench-crop-quality-{time.strftime('%Y%m%d-%H%M%S')}"
+        run(BootstrapConfig(timesteps=args.timesteps, out=str(out), seed=args.seed))
+        policy_path = str(out)
+    policy = CropPolicy.load(policy_path)
+    rng = np.random.default_rng(args.seed)
+    photos = load_collection(bundled_photos(HELDOUT_PHOTOS))
+    photos = photos + [v for p in photos for v in augmented_variants(p, args.variants, rng)]
+    boxes, sec = crop_photos(policy, photos)
+    scorer = create_scorer("default")
+    min_area = float(policy.env_config.get("min_area", 0.25))
+    pol, rand, cent, same = [], [], [], []
+    for photo, box in zip(photos, boxes, strict=True):
+        pol.append(scorer.score_boxes(photo, [box])[0])
+        rand.append(scorer.score_boxes(photo, random_boxes(photo, 16, min_area, rng)).mean())
+        cent.append(scorer.score_boxes(photo, same_size_boxes(photo, box, 1, rng, centre=True))[0])
+        same.append(scorer.score_boxes(photo, same_size_boxes(photo, box, 16, rng)).mean())
+        print(f"{Path(photo.id).name:<40} policy {pol[-1]:.2f}  random {rand[-1]:.2f}  centre {cent[-1]:.2f}"
+              f"  random same size {same[-1]:.2f}  box {list(box)}")
+    vs_random, vs_center, vs_same = np.mean(pol) / np.mean(rand), np.mean(pol) / np.mean(cent), np.mean(pol) / np.mean(same)
+    print(f"{len(photos)} held-out photos; policy {policy.source}")
+    print(f"mean score: policy {np.mean(pol):.3f}, random {np.mean(rand):.3f}, centre {np.mean(cent):.3f}, "
+          f"random same size {np.mean(same):.3f}; targets vs_random > 1.10, vs_center > 1.0")
+    print(f"crop_quality: vs_random={vs_random:.3f} vs_center={vs_center:.3f} "
+          f"vs_random_same_area={vs_same:.3f} ms_per_photo={sec * 1000:.1f}")
+
+
+if __name__ == "__main__":
+    main()
