@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "annotate": ("annotator.app", "main", "stage 2: the Gradio annotation app"),
     "agreement": ("rlhf.agreement", "main", "agreement (percent, Cohen's kappa) between annotators"),
     "export": ("rlhf.agreement", "export_main", "export a store's pairs and answers as pairs JSON"),
+    "simulate": ("rlhf.simulated", "main", "answer a store's pairs with a SIMULATED annotator"),
     "train-reward": ("rayjobs.train_reward", "main", "stage 2: train the human reward model on pairs"),
     "finetune": ("rayjobs.finetune", "main", "stage 3: PPO from the bootstrap on the combined reward"),
     "evaluate": ("rayjobs.evaluate", "main", "compare policies on unseen photos; report + pictures"),
