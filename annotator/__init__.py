@@ -1,0 +1,1 @@
+"""The annotation app (Gradio): people compare two crops of a photo; see annotator.app."""

@@ -55,12 +55,14 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"photographer: unknown command {cmd!r}\n\n{usage()}")
     module, func, _ = COMMANDS[cmd]
     try:
-        getattr(importlib.import_module(module), func)(rest)
+        rc = getattr(importlib.import_module(module), func)(rest)
     except (ValueError, FileNotFoundError) as e:
         # Bad settings and missing inputs: one clear line, not a traceback.
         if os.environ.get("PHOTOGRAPHER_DEBUG"):
             raise
         sys.exit(f"photographer {cmd}: error: {e}")
+    if isinstance(rc, int) and rc:
+        sys.exit(rc)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,229 @@
+"""The annotator in a real headless Chromium (Debian's /usr/bin/chromium through Playwright).
+
+Keys pressed on the page must end up in the store; two browser sessions as two annotators must not
+see each other's state; an answer the screen confirmed must survive the server being killed.
+Deselect with `pytest -m "not browser"` where no Chromium is installed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from annotator.app import build_app, launch
+from rlhf.pairs import A_BETTER, B_BETTER, NO_PREFERENCE
+from rlhf.store import PreferenceStore
+from tests.annotator_fixtures import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    REPO,
+    free_port,
+    make_store,
+    results_dir,
+    wait_for_http,
+)
+
+pytestmark = pytest.mark.browser
+TIMEOUT_MS = 15_000
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium), "
+                    "or deselect these tests with -m 'not browser'")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def served(tmp_path):
+    store, pairs = make_store(tmp_path, n=5)
+    demo = build_app(store)
+    url = launch(demo, port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        yield url, store, pairs
+    finally:
+        demo.close()
+        shutil.rmtree(demo._annotator_parts.cache_dir, ignore_errors=True)
+
+
+def _expect():
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    return expect
+
+
+def _open(browser, url: str):
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = ctx.new_page()
+    page.goto(url)
+    return ctx, page
+
+
+def _sign_in(page, name: str) -> None:
+    expect = _expect()
+    box = page.locator("#name-box input, #name-box textarea").first
+    expect(box).to_be_visible()
+    box.fill(name)
+    box.press("Enter")
+    expect(page.locator("#progress")).to_contain_text(f"{name} · answered")
+
+
+def test_keys_end_up_in_the_store(browser, served):
+    url, store, pairs = served
+    expect = _expect()
+    out = results_dir("annotator-browser")
+    ctx, page = _open(browser, url)
+    try:
+        box = page.locator("#name-box input, #name-box textarea").first
+        expect(box).to_be_visible()
+        page.screenshot(path=str(out / "name-screen.png"))
+        # Digits and S typed into the name box are text, not answers.
+        box.click()
+        page.keyboard.type("dora120s")
+        expect(box).to_have_value("dora120s")
+        page.keyboard.press("Enter")
+        progress, status, answer = page.locator("#progress"), page.locator("#status"), page.locator("#answer-line")
+        expect(progress).to_contain_text("dora120s · answered 0 / 5 · showing pair 1 of 5")
+        assert store.answers() == []
+
+        page.keyboard.press("1")
+        expect(status).to_contain_text("Saved: pair 1 → A better")
+        page.keyboard.press("2")
+        expect(status).to_contain_text("Saved: pair 2 → B better")
+        page.keyboard.press("0")
+        expect(status).to_contain_text("Saved: pair 3 → no preference")
+        expect(progress).to_contain_text("answered 3 / 5 · showing pair 4 of 5")
+        page.keyboard.press("ArrowLeft")
+        expect(progress).to_contain_text("showing pair 3 of 5")
+        expect(answer).to_contain_text("no preference")
+        page.keyboard.press("ArrowLeft")
+        expect(progress).to_contain_text("showing pair 2 of 5")
+        expect(answer).to_contain_text("B better")
+        expect(page.locator("#btn-b")).to_have_class(_has("primary"))  # the earlier answer, highlighted
+        page.wait_for_timeout(400)  # let the button's colour transition finish for the picture
+        page.screenshot(path=str(out / "annotator-review.png"), full_page=True)
+        page.keyboard.press("1")  # change it
+        expect(status).to_contain_text("Saved: pair 2 → A better")
+        expect(progress).to_contain_text("showing pair 3 of 5")
+        page.keyboard.press("ArrowRight")
+        expect(progress).to_contain_text("showing pair 4 of 5")
+
+        # A key typed into any text field on the page stays text there.
+        page.evaluate("() => { const t = document.createElement('textarea'); t.id = 'probe';"
+                      " document.body.appendChild(t); t.focus(); }")
+        page.keyboard.type("1 2 0 s")
+        expect(page.locator("#probe")).to_have_value("1 2 0 s")
+        page.evaluate("() => document.getElementById('probe').remove()")
+        expect(progress).to_contain_text("answered 3 / 5 · showing pair 4 of 5")
+
+        page.keyboard.press("s")
+        expect(status).to_contain_text("Saved — every answer is stored")
+        # The crops and the overview are real images, loaded by the browser.
+        for sel in ["#crop-a img", "#crop-b img", "#overview img"]:
+            expect(page.locator(sel)).to_be_visible()
+            assert page.locator(sel).evaluate("img => img.naturalWidth") > 0, sel
+        page.screenshot(path=str(out / "annotator.png"), full_page=True)
+    finally:
+        ctx.close()
+    got = {a.pair_id: a.choice for a in store.answers(annotator="dora120s")}
+    assert got == {pairs[0].id: A_BETTER, pairs[1].id: A_BETTER, pairs[2].id: NO_PREFERENCE}
+    assert [a.choice for a in store.answers(pairs[1].id, history=True)] == [B_BETTER, A_BETTER]
+    assert (out / "annotator.png").stat().st_size > 10_000
+
+
+def _has(cls: str):
+    import re
+
+    return re.compile(rf"(^|\s){cls}(\s|$)")
+
+
+def test_two_browser_sessions_as_two_annotators(browser, served):
+    url, store, pairs = served
+    expect = _expect()
+    ctx_a, ann = _open(browser, url)
+    ctx_b, ben = _open(browser, url)
+    try:
+        _sign_in(ann, "ann")
+        _sign_in(ben, "ben")
+        ann.keyboard.press("1")
+        expect(ann.locator("#status")).to_contain_text("Saved: pair 1")
+        ann.keyboard.press("1")
+        expect(ann.locator("#progress")).to_contain_text("ann · answered 2 / 5 · showing pair 3 of 5")
+        # Ben's screen is his own: nothing answered, still on pair 1.
+        ben.keyboard.press("ArrowRight")
+        expect(ben.locator("#progress")).to_contain_text("ben · answered 0 / 5 · showing pair 2 of 5")
+        expect(ben.locator("#answer-line")).to_contain_text("Not answered yet")
+        ben.keyboard.press("2")
+        expect(ben.locator("#progress")).to_contain_text("ben · answered 1 / 5 · showing pair 3 of 5")
+        ann.keyboard.press("ArrowLeft")
+        expect(ann.locator("#progress")).to_contain_text("ann · answered 2 / 5 · showing pair 2 of 5")
+        expect(ann.locator("#answer-line")).to_contain_text("A better")
+        # Reopening the page resumes ann (her name is remembered in her browser only).
+        ann.reload()
+        expect(ann.locator("#progress")).to_contain_text("ann · answered 2 / 5 · showing pair 3 of 5")
+        ben.reload()
+        expect(ben.locator("#progress")).to_contain_text("ben · answered 1 / 5 · showing pair 1 of 5")
+    finally:
+        ctx_a.close()
+        ctx_b.close()
+    assert store.progress("ann") == (2, 5) and store.progress("ben") == (1, 5)
+    assert store.answer_of(pairs[1].id, "ann") == A_BETTER and store.answer_of(pairs[1].id, "ben") == B_BETTER
+
+
+def _start_server(store_path: Path, port: int) -> subprocess.Popen:
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "annotator", "--store", str(store_path), "--port", str(port),
+         "--annotator", "cy"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/", timeout=60, proc=proc)
+    except BaseException:
+        proc.kill()
+        out = proc.communicate(timeout=10)[0].decode(errors="replace")
+        raise RuntimeError(f"annotator server did not start:\n{out[-3000:]}") from None
+    return proc
+
+
+def test_answer_survives_a_killed_server(browser, tmp_path):
+    store, pairs = make_store(tmp_path, n=4)
+    expect = _expect()
+    port = free_port()
+    proc = _start_server(store.path, port)
+    ctx, page = _open(browser, f"http://127.0.0.1:{port}/")
+    try:
+        expect(page.locator("#progress")).to_contain_text("cy · answered 0 / 4 · showing pair 1 of 4")
+        page.keyboard.press("2")
+        expect(page.locator("#status")).to_contain_text("Saved: pair 1 → B better")
+        proc.send_signal(signal.SIGKILL)  # the moment the screen confirmed
+        proc.wait(timeout=10)
+        assert PreferenceStore(store.path).answer_of(pairs[0].id, "cy") == B_BETTER
+        # Opened again (in this process, which is quicker to start), the app resumes at the first
+        # pair cy has not answered.
+        demo = build_app(PreferenceStore(store.path), annotator="cy")
+        url = launch(demo, port=free_port(), prevent_thread_lock=True, quiet=True)
+        try:
+            page.goto(url)
+            expect(page.locator("#progress")).to_contain_text("cy · answered 1 / 4 · showing pair 2 of 4")
+        finally:
+            demo.close()
+            shutil.rmtree(demo._annotator_parts.cache_dir, ignore_errors=True)
+    finally:
+        ctx.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=20)
