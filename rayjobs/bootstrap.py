@@ -40,6 +40,8 @@ class BootstrapConfig(PPOSettings):
     aspect: str = field(default="free", metadata={"help": "aspect lock", "choices": list(ASPECTS)})
     obs_size: int = field(default=64, metadata={"help": "thumbnail side the policy sees"})
     augment_variants: int = field(default=4, metadata={"help": "fixed sub-photo/mirror variants per photo"})
+    random_start: float = field(default=0.5, metadata={"help": "share of training episodes that start from a "
+                                                       "random box (exploring starts)"})
 
     def __post_init__(self) -> None:
         self.validate()
@@ -50,7 +52,7 @@ class BootstrapConfig(PPOSettings):
 def env_config(cfg: BootstrapConfig, reward: RewardSpec) -> dict:
     return {"images": [str(p) for p in resolve_paths(cfg.image)], "grid": cfg.grid, "max_steps": cfg.max_steps,
             "min_area": cfg.min_area, "aspect": cfg.aspect, "obs_size": cfg.obs_size,
-            "augment_variants": cfg.augment_variants, "seed": cfg.seed, "reward": reward.to_dict()}
+            "augment_variants": cfg.augment_variants, "random_start": cfg.random_start, "seed": cfg.seed, "reward": reward.to_dict()}
 
 
 def reward_spec(cfg: BootstrapConfig, **kw) -> RewardSpec:

@@ -50,7 +50,7 @@ def no_reward(photo: Photo, boxes) -> np.ndarray:
 
 
 def policy_env(policy: CropPolicy, photos: list[Photo]) -> CropEnv:
-    cfg = {k: v for k, v in policy.env_config.items() if k not in ("images", "augment_variants")}
+    cfg = {k: v for k, v in policy.env_config.items() if k not in ("images", "augment_variants", "random_start")}
     return CropEnv(cfg, reward_fn=no_reward, photos=photos)
 
 

@@ -75,21 +75,38 @@ class CropMetrics(RLlibCallback):
 
     def on_episode_end(self, *, episode, metrics_logger=None, **kwargs) -> None:
         infos = episode.get_infos()
-        if metrics_logger is not None and len(infos):
-            metrics_logger.log_value("final_score", float(infos[-1]["score"]), reduce="mean", window=100)
-            metrics_logger.log_value("start_score", float(infos[0]["score"]), reduce="mean", window=100)
+        if metrics_logger is None or not len(infos) or infos[0].get("random_start"):
+            return  # exploring starts are training aids; report what inference sees (whole-photo starts)
+        metrics_logger.log_value("final_score", float(infos[-1]["score"]), reduce="mean", window=100)
+        metrics_logger.log_value("start_score", float(infos[0]["score"]), reduce="mean", window=100)
+
+
+def _gpu_here() -> bool:
+    """Whether a learner inside this process may use a GPU.
+
+    An actor (a Tune trial) may use only the GPUs Ray assigned to it; a driver (laptop, workstation,
+    a job submitted with --entrypoint-num-gpus) any GPU it sees.
+    """
+    if ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None:
+        return bool(ray.get_gpu_ids())
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def build_ppo_config(ppo: PPOSettings, env_config: dict[str, Any]) -> PPOConfig:
     gpus = ppo.num_gpus_per_learner
     if gpus < 0:
         gpus = 1 if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    # The GPU is elsewhere (a job driver on a CPU head node): run the learner as one remote actor,
+    # which Ray places on a GPU node. Otherwise it lives in this process, as on a laptop.
+    learners = 1 if gpus > 0 and not _gpu_here() else 0
     return (
         PPOConfig()
         .environment(CropEnv, env_config=env_config)
         .env_runners(num_env_runners=ppo.num_env_runners, num_envs_per_env_runner=1,
                      sample_timeout_s=ppo.sample_timeout_s, rollout_fragment_length="auto")
-        .learners(num_learners=0, num_gpus_per_learner=gpus)
+        .learners(num_learners=learners, num_gpus_per_learner=gpus)
         .training(lr=ppo.lr, gamma=ppo.gamma, lambda_=ppo.lambda_,
                   train_batch_size_per_learner=ppo.train_batch_size, minibatch_size=ppo.minibatch_size,
                   num_epochs=ppo.num_epochs, clip_param=ppo.clip_param, entropy_coeff=ppo.entropy_coeff,

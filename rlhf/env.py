@@ -84,6 +84,10 @@ class CropEnvConfig:
     augment_variants: int = field(
         default=0, metadata={"help": "per photo, this many fixed random sub-photos/mirrors also used as "
                              "training photos (more variety from few photos; 0 = off)"})
+    random_start: float = field(
+        default=0.0, metadata={"help": "share of episodes that start from a random box instead of the whole "
+                               "photo (exploring starts for training: the policy learns to repair bad "
+                               "framings, so stopping at once is no longer a safe habit)"})
     seed: int = field(default=0, metadata={"help": "seed for photo order and augmentation"})
 
     def __post_init__(self) -> None:
@@ -95,6 +99,8 @@ class CropEnvConfig:
             raise ValueError(f"min_area must be in [0.01, 1], got {self.min_area}")
         if self.aspect not in ASPECTS:
             raise ValueError(f"aspect must be one of {list(ASPECTS)}, got {self.aspect!r}")
+        if not 0.0 <= self.random_start <= 1.0:
+            raise ValueError(f"random_start must be in [0, 1], got {self.random_start}")
         if self.obs_size < 16:
             raise ValueError(f"obs_size must be >= 16, got {self.obs_size}")
 
@@ -158,6 +164,7 @@ class CropEnv(gym.Env):
         self.box = np.array([0.0, 0.0, 1.0, 1.0])
         self.steps = 0
         self.score = 0.0
+        self.explored_start = False
         self._order = np.arange(len(self.photos))
         self._cursor = len(self.photos)
 
@@ -171,6 +178,16 @@ class CropEnv(gym.Env):
         if self.ratio is None:
             return np.array([0.0, 0.0, 1.0, 1.0])
         return self._project(np.array([0.0, 0.0, 1.0, 1.0]))
+
+    def _random_box(self) -> np.ndarray:
+        g = self.cfg.grid
+        while True:
+            w, h = self.np_random.integers(g // 2, g + 1, size=2)
+            if w * h >= self.cfg.min_area * g * g:
+                break
+        x, y = self.np_random.integers(0, g - w + 1), self.np_random.integers(0, g - h + 1)
+        box = np.array([x, y, x + w, y + h], dtype=float) / g
+        return self._project(box) if self.ratio else box
 
     def _project(self, box: np.ndarray) -> np.ndarray:
         """Fit the box to the locked aspect ratio about its centre, inside the photo."""
@@ -199,23 +216,39 @@ class CropEnv(gym.Env):
         return np.round(new, 9)
 
     # -- gym API ---------------------------------------------------------------------------------
-    def _obs(self) -> dict[str, np.ndarray]:
-        s = self.cfg.obs_size
+    def _thumbs(self) -> tuple[np.ndarray, np.ndarray]:
+        """The photo at obs size, and a 4x larger copy to cut crop thumbnails from.
+
+        Cutting the crop from the small copy instead of the full photo makes each step's
+        resize ~20x cheaper; a crop is at least half the photo's side, so it keeps >= 2x the
+        pixels the thumbnail needs.
+        """
         if self.photo.id not in self._photo_obs:
             if len(self._photo_obs) > 256:
                 self._photo_obs.clear()
-            self._photo_obs[self.photo.id] = resize(self.photo.pixels, s)
+            s = self.cfg.obs_size
+            big = self.photo.pixels
+            scale = 4 * s / max(big.shape[:2])
+            if scale < 1:
+                big = resize(big, (max(1, round(big.shape[1] * scale)), max(1, round(big.shape[0] * scale))))
+            self._photo_obs[self.photo.id] = (resize(self.photo.pixels, s), big)
+        return self._photo_obs[self.photo.id]
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        s = self.cfg.obs_size
+        small, big = self._thumbs()
+        l, t, r, b = self.box
+        h, w = big.shape[:2]
+        l, t, r, b = clip_box((l * w, t * h, r * w, b * h), w, h)
         box5 = np.append(self.box, self.steps / self.cfg.max_steps).astype(np.float32)
-        return {"photo": self._photo_obs[self.photo.id],
-                "crop": self.photo.crop_resized(self.pixel_box(), s),
-                "box": np.clip(box5, 0.0, 1.0)}
+        return {"photo": small, "crop": resize(big[t:b, l:r], s), "box": np.clip(box5, 0.0, 1.0)}
 
     def _score(self, box: np.ndarray) -> float:
         return float(self.reward_fn(self.photo, [self.pixel_box(box)])[0])
 
     def _info(self) -> dict[str, Any]:
         return {"photo": self.photo.id, "box": list(self.pixel_box()), "score": self.score,
-                "steps": self.steps}
+                "steps": self.steps, "random_start": self.explored_start}
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
@@ -231,7 +264,9 @@ class CropEnv(gym.Env):
                 self._cursor = 0
             self.photo = self.photos[int(self._order[self._cursor])]
             self._cursor += 1
-        self.box = self._initial_box()
+        explore = options.get("random_start", self.cfg.random_start)
+        self.explored_start = bool(explore and self.np_random.random() < explore)
+        self.box = self._random_box() if self.explored_start else self._initial_box()
         self.steps = 0
         self.score = self._score(self.box)
         self.start_score = self.score

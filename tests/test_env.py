@@ -98,3 +98,16 @@ def test_augmented_variants_are_new_framings(photos):
     ids = {p.id for p in env.photos}
     assert len(ids) == 8
     assert all(p.pixels.shape[0] >= 0.69 * photos[0].height for p in env.photos if "chelsea" in p.id)
+
+
+def test_random_start_explores_and_inference_starts_whole(photos):
+    env = make(photos, random_start=1.0, min_area=0.3)
+    starts = set()
+    for i in range(10):
+        _, info = env.reset(seed=i)
+        l, t, r, b = env.box
+        assert (r - l) * (b - t) >= 0.3 - 1e-9
+        starts.add(tuple(env.box))
+    assert len(starts) > 5
+    env.reset(options={"random_start": 0.0, "photo_index": 0})
+    assert np.allclose(env.box, [0, 0, 1, 1])
