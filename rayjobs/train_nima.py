@@ -264,11 +264,10 @@ def _plot(history: list[dict], path: Path) -> None:
 
 def run(cfg: TrainNimaConfig) -> Path:
     """Train (or resume) and return the path of the best checkpoint (<run folder>/nima.pth)."""
-    out = run_dir(cfg.out, STAGE)
-    save_config(cfg, out)
-    torch.manual_seed(cfg.seed)
     device = _device(cfg)
-    items = read_ava(cfg.ava, cfg.images, cfg.max_images)
+    items = read_ava(cfg.ava, cfg.images, cfg.max_images)  # bad input fails before a run folder exists
+    out = run_dir(cfg.out, STAGE)
+    torch.manual_seed(cfg.seed)
     train_items, val_items = split(items, cfg.val_fraction, cfg.seed)
     print(f"[train_nima] {len(items)} images: {len(train_items)} train, {len(val_items)} val; "
           f"{cfg.backbone} at {cfg.input_size}px on {device}", flush=True)
@@ -296,6 +295,7 @@ def run(cfg: TrainNimaConfig) -> Path:
         history = list(state.get("history", []))
         start = int(state["epoch"]) + 1
         print(f"[train_nima] resumed from {last} after epoch {start - 1}", flush=True)
+    save_config(cfg, out)  # after the resume check, so a refused resume leaves the old run untouched
 
     loader_kw = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers, collate_fn=_collate,
                      pin_memory=device.type == "cuda", persistent_workers=False)

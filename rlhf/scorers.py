@@ -1,0 +1,773 @@
+"""Aesthetic scorers: one base class, one registry, one factory (`create_scorer`).
+
+Every scorer gives crops a score on NIMA's 1-10 scale (the RL reward is `(score - 1) / 9`).
+
+``"default"`` (alias ``"proxy"``): :class:`ProxyAestheticScorer`
+-----------------------------------------------------------------
+A PROXY, NOT NIMA. No learned aesthetic model ships offline, so it combines real signals that work with
+no download into
+
+    score = 1 + 9 * P * sum_i w_i * term_i        (every term in [0, 1]; the weights sum to 1)
+
+========== ====== ====================================================================================
+term       weight what it measures (range [0, 1], higher is better)
+========== ====== ====================================================================================
+content    0.30   does the crop hold the photo's subject: EfficientNet-Lite0 ImageNet class confidence,
+                  the probability mass, on the crop, of the 5 classes the whole photo most likely shows.
+                  The crop's class probabilities are the classifier applied to the photo's feature map
+                  averaged over the box (RoI pooling; one network pass per photo at 320 px on the long
+                  side). Coffee cup: 1.0 on the cup, 0.1 on the table. When the photo has frontal faces
+                  (OpenCV LBP cascade, vendored), people are the subject instead (ImageNet has no person
+                  class): the share of the heads' area inside the crop.
+quality    0.15   technical quality ``1 - BRISQUE / 100`` (OpenCV's BRISQUE with the vendored LIVE model;
+                  0-100, lower is better), measured on the photo shrunk to <= 384 px (never enlarged:
+                  BRISQUE punishes upscaling), per box from summed-area tables (rlhf/brisque.py); 0 where
+                  BRISQUE is undefined (a box without texture, or under 16 px).
+kept       0.05   share of the photo's saliency inside the crop.
+focus      0.20   ``clip(0.5 + kept - area, 0, 1)``, area = the crop's share of the photo: saliency kept
+                  beyond what the crop's size alone keeps (0.5 = the whole photo, or any crop as dense as
+                  the photo; up to 1 when the crop tightens on the salient part; below 0.5 for background).
+border     0.10   not cutting through salient regions: ``clip(1.25 - 0.5 * rho, 0, 1)``, rho = the highest
+                  saliency density (relative to the photo's mean) of thin strips just inside the crop's
+                  edges; edges on the photo's own border cut nothing and are skipped.
+thirds     0.10   rule of thirds: the crop's saliency centroid near a power point (an intersection of the
+                  thirds lines), ``exp(-d^2 / 0.02)`` with d in crop widths/heights; a centred subject,
+                  the other classic placement, earns 0.6 of that.
+exposure   0.10   ``(1 - (2 * mean_luma - 1)^2) * (1 - min(1, 2 * clipped))``, luma in [0, 1], clipped =
+                  share of pixels at <= 2 or >= 253 of 255.
+========== ====== ====================================================================================
+
+The saliency map averages, each scaled to mean 1, OpenCV's spectral-residual and fine-grained static
+saliency (cv2.saliency, blurred), the class-activation map of the photo's top classes and, when there are
+faces, a blob on each head; it is computed at 128 px on the long side.
+
+``P``, the scorer's own check against degenerate crops, multiplies three factors in [0, 1]:
+area ``min(1, area / 0.12) ** 1.5`` (tiny high-contrast patches score near 1), aspect
+``clip((4 - r) / 1.5, 0, 1)`` once ``r = long side / short side > 2.5`` (slivers score 1), and pixels
+``min(1, short side / 32 px)``.
+
+Per photo, the feature map, top classes, faces, saliency and the BRISQUE/exposure tables are computed once
+(about 0.1-0.3 s) and kept in an LRU cache keyed by photo id (15-22 MB a photo; 16 photos by default); a
+box then costs only table look-ups (well under a millisecond on an idle core), and its score is cached by
+(photo id, box).
+
+``score(crops)`` has no photo, so it measures what a crop alone shows: content = the crop's own top-1
+class probability (network on the crop at 160 px), quality = OpenCV BRISQUE on the crop (shrunk to
+<= 384 px), exposure; the photo-only terms (kept, focus, border, thirds) count as 0.5, neutral, so both
+methods share one scale; P = the aspect and pixel factors. It cannot see composition: prefer
+``score_boxes`` wherever the photo is known.
+
+``"nima"``: :class:`NimaScorer`
+-------------------------------
+NIMA (Talebi & Milanfar 2018): a timm backbone, dropout, a 10-way linear layer and softmax over the vote
+bins 1..10; ``score = sum_i i * p_i``. It needs weights: its own checkpoints (``rayjobs/train_nima.py``) or
+a pyiqa NIMA state dict (``base_model.*``, ``classifier.*``); ``"nima:<timm name>"`` names the backbone.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import timm
+import torch
+from torch import nn
+
+from rlhf.backbone import (
+    DEFAULT_BACKBONE,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    BackboneWeightsError,
+    input_stats,
+    load_backbone,
+    preprocess,
+)
+from rlhf.brisque import BrisqueRegions, brisque_score
+from rlhf.images import Photo, clip_box, resize
+
+FACE_CASCADE = Path(__file__).resolve().parent / "data" / "faces" / "lbpcascade_frontalface_improved.xml"
+NIMA_BINS = 10
+NIMA_FORMAT = "rlhf-nima"
+
+Crops = np.ndarray | Sequence[np.ndarray]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Base class and registry
+# ----------------------------------------------------------------------------------------------------
+class AestheticScorer(ABC):
+    """Scores crops on the 1-10 scale. Subclasses implement `score`; photo-aware ones `score_boxes`."""
+
+    name: str = "base"
+    input_size: int = 224
+
+    @abstractmethod
+    def score(self, crops: Crops) -> np.ndarray:
+        """Scores (N,) in [1, 10] of uint8 RGB crops (an N×H×W×3 array, or a list of H×W×3)."""
+
+    def distribution(self, crops: Crops) -> np.ndarray | None:
+        """(N, 10) probabilities of the scores 1..10, for scorers that model one; else None."""
+        return None
+
+    def score_boxes(self, photo: Photo, boxes: Sequence[Sequence[float]]) -> np.ndarray:
+        """Scores of boxes of one photo: by default each box is cropped, resized to input_size, scored."""
+        if len(boxes) == 0:
+            return np.zeros(0, dtype=np.float64)
+        crops = np.stack([photo.crop_resized(b, self.input_size) for b in boxes])
+        return np.asarray(self.score(crops), dtype=np.float64)
+
+
+_REGISTRY: dict[str, Callable[..., AestheticScorer]] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register_scorer(name: str, *aliases: str) -> Callable[[Callable[..., AestheticScorer]],
+                                                          Callable[..., AestheticScorer]]:
+    """Decorator: make a scorer class (or factory) available to `create_scorer` by name and aliases."""
+    def deco(factory: Callable[..., AestheticScorer]) -> Callable[..., AestheticScorer]:
+        _REGISTRY[name] = factory
+        for a in aliases:
+            _ALIASES[a] = name
+        return factory
+    return deco
+
+
+def list_scorers() -> list[str]:
+    """Registered scorer names (aliases not included)."""
+    return sorted(_REGISTRY)
+
+
+def create_scorer(name: str = "default", weights: str | None = None, device: str = "cpu",
+                  **kwargs: Any) -> AestheticScorer:
+    """Build a registered scorer: "default" (= "proxy") or "nima" (or "nima:<timm backbone>").
+
+    weights: for the proxy, an optional state dict for its EfficientNet-Lite0; for NIMA, the checkpoint
+    (required: no NIMA weights ship offline). Extra keyword arguments go to the scorer's constructor.
+    """
+    base, _, variant = name.partition(":")
+    key = _ALIASES.get(base, base)
+    if key not in _REGISTRY:
+        known = ", ".join(sorted([*_REGISTRY, *_ALIASES]))
+        raise ValueError(f"unknown scorer {name!r}; known: {known}")
+    if variant:
+        kwargs.setdefault("backbone", variant)
+    return _REGISTRY[key](weights=weights, device=device, **kwargs)
+
+
+def _as_crop_list(crops: Crops) -> list[np.ndarray]:
+    if isinstance(crops, np.ndarray):
+        if crops.ndim != 4 or crops.shape[-1] != 3:
+            raise ValueError(f"crops must be an N×H×W×3 uint8 array, got shape {crops.shape}")
+        items = list(crops)
+    else:
+        items = []
+        for i, c in enumerate(crops):
+            c = np.asarray(c)
+            if c.ndim != 3 or c.shape[-1] != 3:
+                raise ValueError(f"crop {i} must be H×W×3, got shape {c.shape}")
+            items.append(c)
+    out = []
+    for c in items:
+        if c.dtype != np.uint8:
+            if np.issubdtype(c.dtype, np.floating) and c.size and float(c.max()) <= 1.0:
+                c = c * 255.0  # float crops in [0, 1]
+            c = np.clip(c, 0, 255).astype(np.uint8)
+        out.append(c)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Summed-area tables: exact box sums of piecewise-constant maps at fractional coordinates, vectorised
+# ----------------------------------------------------------------------------------------------------
+def _sat(m: np.ndarray) -> np.ndarray:
+    """Summed-area table of (..., h, w) → (..., h + 1, w + 1) with a zero first row and column."""
+    s = np.zeros((*m.shape[:-2], m.shape[-2] + 1, m.shape[-1] + 1), dtype=np.float64)
+    s[..., 1:, 1:] = m.astype(np.float64).cumsum(-2).cumsum(-1)
+    return s
+
+
+def _sat_box(s: np.ndarray, x0: np.ndarray, y0: np.ndarray, x1: np.ndarray, y1: np.ndarray) -> np.ndarray:
+    """Sums (C, n) of a table (C, h+1, w+1) over boxes given by (n,) coordinate arrays in cells.
+
+    The integral of a piecewise-constant map is bilinear inside each cell, so bilinear interpolation of
+    the table is exact at fractional coordinates. All corners are gathered at once (numpy call overhead,
+    not arithmetic, is the cost at these sizes).
+    """
+    h, w = s.shape[-2] - 1, s.shape[-1] - 1
+    n = len(x0)
+    x = np.minimum(np.maximum(np.concatenate([x1, x0, x1, x0]), 0.0), float(w))
+    y = np.minimum(np.maximum(np.concatenate([y1, y1, y0, y0]), 0.0), float(h))
+    xi = np.minimum(x.astype(np.int64), w - 1)
+    yi = np.minimum(y.astype(np.int64), h - 1)
+    fx, fy = x - xi, y - yi
+    v = ((1 - fx) * (1 - fy) * s[:, yi, xi] + fx * (1 - fy) * s[:, yi, xi + 1]
+         + (1 - fx) * fy * s[:, yi + 1, xi] + fx * fy * s[:, yi + 1, xi + 1])
+    return v[:, :n] - v[:, n:2 * n] - v[:, 2 * n:3 * n] + v[:, 3 * n:]
+
+
+class _LRU:
+    """A small thread-safe LRU mapping (threads of one process may share a scorer)."""
+
+    def __init__(self, size: int):
+        self.size = max(0, int(size))
+        self._d: OrderedDict[Any, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> Any:
+        with self._lock:
+            v = self._d.get(key)
+            if v is not None:
+                self._d.move_to_end(key)
+            return v
+
+    def put(self, key: Any, value: Any) -> None:
+        if self.size == 0:
+            return
+        with self._lock:
+            self._d[key] = value
+            self._d.move_to_end(key)
+            while len(self._d) > self.size:
+                self._d.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._d.clear()
+
+
+# ----------------------------------------------------------------------------------------------------
+# The default scorer: a documented proxy
+# ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ProxyWeights:
+    """Weights of the proxy's terms (see the module docstring); normalised to sum to 1 when used."""
+
+    content: float = 0.30
+    quality: float = 0.15
+    kept: float = 0.05
+    focus: float = 0.20
+    border: float = 0.10
+    thirds: float = 0.10
+    exposure: float = 0.10
+
+    def normalised(self, names: Sequence[str]) -> dict[str, float]:
+        vals = {n: float(getattr(self, n)) for n in names}
+        if any(not np.isfinite(v) or v < 0 for v in vals.values()):
+            raise ValueError(f"proxy term weights must be finite and >= 0, got {vals}")
+        total = sum(vals.values())
+        if total <= 0:
+            raise ValueError(f"proxy term weights {names} sum to 0")
+        return {n: v / total for n, v in vals.items()}
+
+
+PHOTO_TERMS = tuple(f.name for f in fields(ProxyWeights))
+CROP_TERMS = ("content", "quality", "exposure")
+NEUTRAL = 0.5  # value of a photo-only term when scoring a crop without its photo
+
+
+@dataclass
+class _PhotoContext:
+    """Per-photo work shared by all of its boxes."""
+
+    width: int
+    height: int
+    logit_sat: np.ndarray      # (classes, fh + 1, fw + 1): summed class logits of the feature map
+    top_classes: np.ndarray    # the photo's top-k ImageNet classes
+    sal_sat: np.ndarray        # (3, sh + 1, sw + 1): saliency, saliency * x/W, saliency * y/H
+    sal_total: float
+    faces: np.ndarray          # (n, 4) heads (l, t, r, b) in photo pixels
+    brisque: BrisqueRegions    # on the analysis copy of the photo
+    expo_sat: np.ndarray       # (2, ah + 1, aw + 1): luma in [0, 1], clipped-pixel indicator
+    analysis_scale: float      # analysis copy pixels per photo pixel (<= 1)
+
+
+@register_scorer("default", "proxy")
+class ProxyAestheticScorer(AestheticScorer):
+    """A proxy aesthetic score, NOT NIMA: subject content + BRISQUE + saliency composition + exposure.
+
+    The formula is in the module docstring. `score_boxes(photo, boxes)` uses every term; `score(crops)`
+    only the crop-only ones. Works offline; nothing is downloaded.
+    """
+
+    name = "proxy (not NIMA): content + BRISQUE + saliency composition + exposure"
+    input_size = 224
+
+    def __init__(self, weights: str | None = None, device: str = "cpu", *,
+                 term_weights: ProxyWeights | None = None, top_k: int = 5,
+                 feature_long_side: int = 320, crop_content_size: int = 160,
+                 analysis_long_side: int = 384, saliency_long_side: int = 128,
+                 min_area: float = 0.12, max_aspect: float = 2.5, min_side_px: int = 32,
+                 detect_faces: bool = True, face_long_side: int = 512,
+                 photo_cache_size: int = 16, box_cache_size: int = 100_000,
+                 torch_threads: int | None = None, backbone: str = DEFAULT_BACKBONE):
+        if not 0 < min_area < 1:
+            raise ValueError(f"min_area must be in (0, 1), got {min_area}")
+        if not 1 <= max_aspect < 4:
+            raise ValueError(f"max_aspect must be in [1, 4), got {max_aspect}")
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        self.device = torch.device(device)
+        if torch_threads:
+            torch.set_num_threads(int(torch_threads))
+        self.model = load_backbone(backbone, weights=weights).to(self.device)
+        if not self.model.num_classes:
+            raise BackboneWeightsError(f"{weights}: the proxy's content term needs a classifier head")
+        self.mean, self.std = input_stats(self.model)
+        self.term_weights = term_weights or ProxyWeights()
+        self._w_photo = self.term_weights.normalised(PHOTO_TERMS)
+        self.top_k = int(top_k)
+        self.feature_long_side = int(feature_long_side)
+        self.crop_content_size = int(crop_content_size)
+        self.analysis_long_side = int(analysis_long_side)
+        self.saliency_long_side = int(saliency_long_side)
+        self.min_area = float(min_area)
+        self.max_aspect = float(max_aspect)
+        self.min_side_px = int(min_side_px)
+        self.face_long_side = int(face_long_side)
+        self._photos = _LRU(photo_cache_size)
+        self._boxes = _LRU(box_cache_size)
+        self._cv_lock = threading.Lock()
+        self._face_detector = None
+        if detect_faces:
+            self._face_detector = cv2.CascadeClassifier(str(FACE_CASCADE))
+            if self._face_detector.empty():
+                raise FileNotFoundError(f"{FACE_CASCADE}: face cascade missing or unreadable")
+        head = self.model.get_classifier()
+        self._cls_w = head.weight.detach().float().cpu().numpy().astype(np.float64)
+        self._cls_b = head.bias.detach().float().cpu().numpy().astype(np.float64)
+
+    # -- per-photo context -------------------------------------------------------------------------
+    def _normalised_input(self, pixels: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].float().div_(255.0)
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
+        return ((x - mean) / std).to(self.device)
+
+    def _logit_map(self, pixels: np.ndarray) -> np.ndarray:
+        """Class logits at every cell of the feature map (classes, fh, fw), at feature_long_side px."""
+        h, w = pixels.shape[:2]
+        s = self.feature_long_side / max(h, w)
+        size = (max(32, round(w * s)), max(32, round(h * s)))
+        with torch.inference_mode():
+            f = self.model.forward_features(self._normalised_input(resize(pixels, size)))[0]
+        f = f.float().cpu().numpy().astype(np.float64)
+        return np.einsum("kc,chw->khw", self._cls_w, f) + self._cls_b[:, None, None]
+
+    def _faces(self, pixels: np.ndarray) -> np.ndarray:
+        """Frontal faces as (l, t, r, b), each widened by a quarter of its size to hold the head."""
+        if self._face_detector is None:
+            return np.zeros((0, 4))
+        h, w = pixels.shape[:2]
+        s = min(1.0, self.face_long_side / max(h, w))
+        small = resize(pixels, (max(1, round(w * s)), max(1, round(h * s)))) if s < 1 else pixels
+        grey = cv2.equalizeHist(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY))
+        min_side = max(20, min(grey.shape) // 16)
+        with self._cv_lock:
+            found = self._face_detector.detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5,
+                                                         minSize=(min_side, min_side))
+        out = []
+        for x, y, fw, fh in np.asarray(found, dtype=np.float64).reshape(-1, 4) / s:
+            m = 0.25 * max(fw, fh)
+            out.append((max(0.0, x - m), max(0.0, y - m), min(float(w), x + fw + m), min(float(h), y + fh + m)))
+        return np.asarray(out, dtype=np.float64).reshape(-1, 4)
+
+    def _saliency(self, pixels: np.ndarray, subject: np.ndarray, faces: np.ndarray) -> np.ndarray:
+        h, w = pixels.shape[:2]
+        s = self.saliency_long_side / max(h, w)
+        sw, sh = max(8, round(w * s)), max(8, round(h * s))
+        bgr = np.ascontiguousarray(resize(pixels, (sw, sh))[..., ::-1])
+        maps = []
+        for ctor in (cv2.saliency.StaticSaliencySpectralResidual_create,
+                     cv2.saliency.StaticSaliencyFineGrained_create):
+            ok, m = ctor().computeSaliency(bgr)
+            m = np.asarray(m, dtype=np.float32) if ok else np.ones((sh, sw), np.float32)
+            if m.shape != (sh, sw):
+                m = cv2.resize(m, (sw, sh), interpolation=cv2.INTER_LINEAR)
+            maps.append(cv2.GaussianBlur(m, (0, 0), sigmaX=max(1.0, 0.02 * max(sw, sh))))
+        maps.append(cv2.resize(subject.astype(np.float32), (sw, sh), interpolation=cv2.INTER_LINEAR))
+        if len(faces):
+            yy, xx = np.mgrid[0:sh, 0:sw].astype(np.float64) + 0.5
+            fm = np.zeros((sh, sw))
+            for l, t, r, b in faces * (sw / w):
+                sig = max(0.5, 0.5 * max(r - l, b - t))
+                fm += np.exp(-((xx - (l + r) / 2) ** 2 + (yy - (t + b) / 2) ** 2) / (2 * sig ** 2))
+            maps.append(fm)
+        out = np.zeros((sh, sw), np.float64)
+        for m in maps:
+            m = np.maximum(np.asarray(m, dtype=np.float64), 0.0)
+            mean = m.mean()
+            out += m / mean if mean > 1e-12 else 1.0
+        return out / len(maps)
+
+    def _context(self, photo: Photo) -> _PhotoContext:
+        key = (photo.id, photo.width, photo.height)
+        ctx = self._photos.get(key)
+        if ctx is not None:
+            return ctx
+        px = photo.pixels
+        logits = self._logit_map(px)
+        top = np.argsort(logits.mean((1, 2)))[::-1][: self.top_k]
+        # Class-activation map of the top classes: where the photo's subject is.
+        p = np.exp(logits - logits.max(0, keepdims=True))
+        subject = p[top].sum(0) / p.sum(0)
+        faces = self._faces(px)
+        sal = self._saliency(px, subject, faces)
+        sh, sw = sal.shape
+        xs = (np.arange(sw) + 0.5) / sw
+        ys = (np.arange(sh) + 0.5) / sh
+        a = min(1.0, self.analysis_long_side / max(photo.width, photo.height))
+        small = px if a >= 1 else resize(px, (max(8, round(photo.width * a)), max(8, round(photo.height * a))))
+        a = small.shape[1] / photo.width
+        luma = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
+        expo = np.stack([luma / 255.0, ((luma <= 2) | (luma >= 253)).astype(np.float64)])
+        ctx = _PhotoContext(
+            width=photo.width, height=photo.height, logit_sat=_sat(logits), top_classes=top,
+            sal_sat=_sat(np.stack([sal, sal * xs[None, :], sal * ys[:, None]])), sal_total=float(sal.sum()),
+            faces=faces, brisque=BrisqueRegions(small), expo_sat=_sat(expo), analysis_scale=a)
+        self._photos.put(key, ctx)
+        return ctx
+
+    # -- terms ---------------------------------------------------------------------------------------
+    def _terms(self, ctx: _PhotoContext, boxes: np.ndarray) -> dict[str, np.ndarray]:
+        """Every term (n,) for boxes (n, 4) in photo pixels."""
+        l, t, r, b = boxes.T
+        W, H = ctx.width, ctx.height
+        area = (r - l) * (b - t) / (W * H)
+        # content: the classifier on the feature map pooled over each box
+        fh, fw = ctx.logit_sat.shape[-2] - 1, ctx.logit_sat.shape[-1] - 1
+        fx0, fx1, fy0, fy1 = l / W * fw, r / W * fw, t / H * fh, b / H * fh
+        cells = np.maximum((fx1 - fx0) * (fy1 - fy0), 1e-9)
+        z = _sat_box(ctx.logit_sat, fx0, fy0, fx1, fy1) / cells
+        p = np.exp(z - z.max(0, keepdims=True))
+        content = p[ctx.top_classes].sum(0) / p.sum(0)
+        if len(ctx.faces):
+            # People are the subject when present: the share of the heads' area inside the crop.
+            fl, ft, fr, fb = (c[:, None] for c in ctx.faces.T)
+            inter = (np.clip(np.minimum(fr, r) - np.maximum(fl, l), 0, None)
+                     * np.clip(np.minimum(fb, b) - np.maximum(ft, t), 0, None))
+            content = inter.sum(0) / ((fr - fl) * (fb - ft)).sum()
+        # saliency: kept, focus, border, thirds
+        sh, sw = ctx.sal_sat.shape[-2] - 1, ctx.sal_sat.shape[-1] - 1
+        sx0, sx1, sy0, sy1 = l / W * sw, r / W * sw, t / H * sh, b / H * sh
+        strip = np.maximum(0.04 * np.minimum(sx1 - sx0, sy1 - sy0), 0.5)
+        # One gather for the box and the four strips just inside its edges (left, right, top, bottom).
+        qx0 = np.concatenate([sx0, sx0, sx1 - strip, sx0, sx0])
+        qx1 = np.concatenate([sx1, sx0 + strip, sx1, sx1, sx1])
+        qy0 = np.concatenate([sy0, sy0, sy0, sy0, sy1 - strip])
+        qy1 = np.concatenate([sy1, sy1, sy1, sy0 + strip, sy1])
+        sums = _sat_box(ctx.sal_sat, qx0, qy0, qx1, qy1).reshape(3, 5, len(boxes))
+        inside, mx, my = sums[:, 0]
+        kept = np.clip(inside / ctx.sal_total, 0.0, 1.0)
+        focus = np.clip(0.5 + kept - area, 0.0, 1.0)
+        density = ctx.sal_total / (sw * sh)
+        strip_area = np.maximum((qx1 - qx0) * (qy1 - qy0), 1e-9).reshape(5, -1)[1:]
+        strip_density = sums[0, 1:] / strip_area / density
+        # Edges on the photo's own border cut nothing.
+        on_edge = np.stack([l <= 0.01 * W, r >= 0.99 * W, t <= 0.01 * H, b >= 0.99 * H])
+        rho = np.where(on_edge, 0.0, strip_density).max(0)
+        border = np.clip(1.25 - 0.5 * rho, 0.0, 1.0)
+        safe = np.maximum(inside, 1e-12)
+        u = (mx / safe * W - l) / np.maximum(r - l, 1)
+        v = (my / safe * H - t) / np.maximum(b - t, 1)
+        d_thirds = np.min([np.hypot(u - pu, v - pv) for pu in (1 / 3, 2 / 3) for pv in (1 / 3, 2 / 3)], axis=0)
+        d_centre = np.hypot(u - 0.5, v - 0.5)
+        thirds = np.maximum(np.exp(-d_thirds ** 2 / 0.02), 0.6 * np.exp(-d_centre ** 2 / 0.02))
+        thirds = np.where(inside > 1e-12, thirds, 0.0)
+        # quality and exposure on the analysis copy
+        ab = boxes * ctx.analysis_scale
+        bq = ctx.brisque.scores(ab)
+        short = np.minimum(ab[:, 2] - ab[:, 0], ab[:, 3] - ab[:, 1])
+        quality = np.where(np.isfinite(bq) & (short >= 16), np.clip(1.0 - np.nan_to_num(bq) / 100.0, 0, 1), 0.0)
+        luma, clipped = _sat_box(ctx.expo_sat, *ab.T) / np.maximum((ab[:, 2] - ab[:, 0]) * (ab[:, 3] - ab[:, 1]), 1e-9)
+        exposure = np.maximum(0.0, 1.0 - (2.0 * luma - 1.0) ** 2) * (1.0 - np.minimum(1.0, 2.0 * clipped))
+        return {"content": content, "quality": quality, "kept": kept, "focus": focus, "border": border,
+                "thirds": thirds, "exposure": exposure}
+
+    def _shape_factor(self, w: np.ndarray, h: np.ndarray) -> np.ndarray:
+        w = np.asarray(w, dtype=np.float64)
+        h = np.asarray(h, dtype=np.float64)
+        r = np.maximum(w, h) / np.maximum(np.minimum(w, h), 1.0)
+        aspect = np.where(r <= self.max_aspect, 1.0, np.clip((4.0 - r) / (4.0 - self.max_aspect), 0.0, 1.0))
+        return aspect * np.minimum(1.0, np.minimum(w, h) / self.min_side_px)
+
+    def _penalty(self, boxes: np.ndarray, width: int, height: int) -> np.ndarray:
+        w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        area = np.minimum(1.0, w * h / (width * height) / self.min_area) ** 1.5
+        return area * self._shape_factor(w, h)
+
+    def _score_array(self, ctx: _PhotoContext, boxes: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        terms = self._terms(ctx, boxes)
+        pen = self._penalty(boxes, ctx.width, ctx.height)
+        total = sum(self._w_photo[k] * v for k, v in terms.items())
+        return 1.0 + 9.0 * pen * np.clip(total, 0.0, 1.0), {**terms, "penalty": pen}
+
+    def explain(self, photo: Photo, box: Sequence[float]) -> dict[str, float]:
+        """Every term, the penalty factor P and the score of one box (for reports and debugging)."""
+        bx = np.asarray([clip_box(box, photo.width, photo.height)], dtype=np.float64)
+        score, terms = self._score_array(self._context(photo), bx)
+        return {**{k: float(v[0]) for k, v in terms.items()}, "score": float(score[0])}
+
+    def score_boxes(self, photo: Photo, boxes: Sequence[Sequence[float]]) -> np.ndarray:
+        clipped = [clip_box(b, photo.width, photo.height) for b in boxes]
+        out = np.empty(len(clipped), dtype=np.float64)
+        todo: dict[tuple[int, int, int, int], list[int]] = {}
+        for i, bx in enumerate(clipped):
+            hit = self._boxes.get((photo.id, photo.width, photo.height, bx))
+            if hit is None:
+                todo.setdefault(bx, []).append(i)
+            else:
+                out[i] = hit
+        if todo:
+            keys = list(todo)
+            scores, _ = self._score_array(self._context(photo), np.asarray(keys, dtype=np.float64))
+            for bx, s in zip(keys, scores, strict=True):
+                out[todo[bx]] = s
+                self._boxes.put((photo.id, photo.width, photo.height, bx), float(s))
+        return out
+
+    def score(self, crops: Crops) -> np.ndarray:
+        items = _as_crop_list(crops)
+        if not items:
+            return np.zeros(0, dtype=np.float64)
+        x = preprocess(items, self.crop_content_size, self.mean, self.std).to(self.device)
+        with torch.inference_mode():
+            probs = self.model(x).float().softmax(-1).cpu().numpy()
+        out = np.empty(len(items), dtype=np.float64)
+        for i, c in enumerate(items):
+            h, w = c.shape[:2]
+            s = self.analysis_long_side / max(h, w)
+            small = c if s >= 1 else resize(c, (max(1, round(w * s)), max(1, round(h * s))))
+            quality = 0.0
+            if min(small.shape[:2]) >= 16:
+                with self._cv_lock:
+                    quality = float(np.clip(1.0 - brisque_score(small) / 100.0, 0.0, 1.0))
+            luma = cv2.cvtColor(np.ascontiguousarray(small), cv2.COLOR_RGB2GRAY)
+            mean = float(luma.mean()) / 255.0
+            clipped = float(np.mean((luma <= 2) | (luma >= 253)))
+            exposure = max(0.0, 1.0 - (2.0 * mean - 1.0) ** 2) * (1.0 - min(1.0, 2.0 * clipped))
+            terms = {"content": float(probs[i].max()), "quality": quality, "exposure": exposure}
+            # Terms that need the photo count as neutral, so score() and score_boxes() share a scale.
+            terms.update({k: NEUTRAL for k in PHOTO_TERMS if k not in terms})
+            total = sum(self._w_photo[k] * v for k, v in terms.items())
+            out[i] = 1.0 + 9.0 * float(self._shape_factor(w, h)) * total
+        return out
+
+    def clear_caches(self) -> None:
+        """Forget cached photos and boxes (e.g. after a photo's pixels changed under the same id)."""
+        self._photos.clear()
+        self._boxes.clear()
+
+
+# ----------------------------------------------------------------------------------------------------
+# NIMA
+# ----------------------------------------------------------------------------------------------------
+# Backbones pyiqa's NIMA weights were trained with; a pyiqa file is matched against these by its keys.
+PYIQA_BACKBONES = ("vgg16", "inception_resnet_v2", "mobilenetv2_100")
+INCEPTION_MEAN = (0.5, 0.5, 0.5)
+INCEPTION_STD = (0.5, 0.5, 0.5)
+
+
+class NimaModel(nn.Module):
+    """NIMA: backbone → global average pool → dropout → linear(10) → softmax over the vote bins.
+
+    layout "rlhf": the whole timm backbone without its classifier (pooled pre-logit features; for
+    EfficientNet-Lite0, its 1280-channel head conv). layout "pyiqa": a timm `features_only` backbone and
+    its last feature map, as pyiqa builds it, so pyiqa's state dicts load unchanged. Either way the head is
+    `classifier = Sequential(Flatten, Dropout, Linear, Softmax)` (pyiqa's key names classifier.2.*).
+    """
+
+    def __init__(self, backbone: str = DEFAULT_BACKBONE, dropout: float = 0.75, layout: str = "rlhf",
+                 backbone_weights: str | None = None):
+        super().__init__()
+        if layout not in ("rlhf", "pyiqa"):
+            raise ValueError(f"layout must be 'rlhf' or 'pyiqa', got {layout!r}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.backbone_name = backbone
+        self.layout = layout
+        if layout == "rlhf":
+            self.base_model = load_backbone(backbone, weights=backbone_weights, num_classes=0)
+            in_ch = int(self.base_model.num_features)
+            mean, std = input_stats(self.base_model)
+        else:
+            self.base_model = timm.create_model(backbone, pretrained=False, features_only=True)
+            in_ch = int(self.base_model.feature_info.channels()[-1])
+            inception = "inception" in backbone
+            mean, std = (INCEPTION_MEAN, INCEPTION_STD) if inception else (IMAGENET_MEAN, IMAGENET_STD)
+        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Dropout(p=dropout), nn.Linear(in_ch, NIMA_BINS),
+                                        nn.Softmax(dim=-1))
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.dropout = float(dropout)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.layout == "rlhf":
+            return self.base_model.forward_head(self.base_model.forward_features(x), pre_logits=True)
+        return self.global_pool(self.base_model(x)[-1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised images (N, 3, H, W) → probabilities (N, 10) of the scores 1..10."""
+        return self.classifier(self.features(x))
+
+
+def nima_mean_score(probs: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+    """Mean score sum_i i * p_i of (N, 10) bin probabilities."""
+    bins = np.arange(1, NIMA_BINS + 1, dtype=np.float64)
+    if isinstance(probs, torch.Tensor):
+        return probs @ torch.as_tensor(bins, dtype=probs.dtype, device=probs.device)
+    return np.asarray(probs, dtype=np.float64) @ bins
+
+
+def _meta_state_keys(backbone: str) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):
+        m = timm.create_model(backbone, pretrained=False, features_only=True)
+    return {f"base_model.{k}": tuple(v.shape) for k, v in m.state_dict().items()}
+
+
+def _match_pyiqa_backbone(sd: dict[str, torch.Tensor], source: str, candidates: Sequence[str]) -> str:
+    want = {k: tuple(v.shape) for k, v in sd.items() if k.startswith("base_model.")}
+    for name in candidates:
+        try:
+            have = _meta_state_keys(name)
+        except RuntimeError:
+            continue
+        if have == want:
+            return name
+    raise BackboneWeightsError(
+        f"{source}: a pyiqa-style NIMA state dict whose base_model.* keys match none of "
+        f"{', '.join(candidates)}; name the backbone with create_scorer('nima:<timm name>', weights=...)")
+
+
+def load_nima_checkpoint(path: str | Path, backbone: str | None = None) -> tuple[NimaModel, dict[str, Any]]:
+    """A NimaModel from an rlhf-nima checkpoint or a pyiqa NIMA state dict, and the stored metadata.
+
+    Raises BackboneWeightsError (a ValueError) naming the file when it is missing, unreadable, or its
+    keys do not fit.
+    """
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise BackboneWeightsError(f"{p}: no such NIMA checkpoint")
+    try:
+        obj: Any = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for non-checkpoint files
+        raise BackboneWeightsError(f"{p}: not a readable torch checkpoint ({e})") from e
+    if not isinstance(obj, dict):
+        raise BackboneWeightsError(f"{p}: holds a {type(obj).__name__}, not a checkpoint dict")
+    if obj.get("format") == NIMA_FORMAT:
+        cfg = obj.get("config") or {}
+        try:
+            model = NimaModel(cfg["backbone"], float(cfg.get("dropout", 0.0)), cfg.get("layout", "rlhf"),
+                              backbone_weights="random")
+        except KeyError as e:
+            raise BackboneWeightsError(f"{p}: checkpoint config lacks {e}") from e
+        sd = obj.get("state_dict")
+        meta = {k: v for k, v in obj.items() if k not in ("state_dict", "optimizer")}
+    else:
+        sd = obj.get("params", obj)  # pyiqa saves {"params": state_dict}
+        if not isinstance(sd, dict) or "classifier.2.weight" not in sd:
+            raise BackboneWeightsError(
+                f"{p}: neither an {NIMA_FORMAT} checkpoint nor a pyiqa NIMA state dict "
+                "(expected keys base_model.* and classifier.2.weight)")
+        sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+        name = backbone or _match_pyiqa_backbone(sd, str(p), PYIQA_BACKBONES)
+        model = NimaModel(name, 0.0, "pyiqa")
+        meta = {"format": "pyiqa", "config": {"backbone": name, "layout": "pyiqa"}}
+    if not isinstance(sd, dict):
+        raise BackboneWeightsError(f"{p}: checkpoint has no state_dict")
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    wrong = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        parts = [f"{len(v)} {what} (e.g. {', '.join(v[:3])})" for v, what in
+                 ((missing, "missing"), (unexpected, "unexpected"), (wrong, "of another shape")) if v]
+        raise BackboneWeightsError(
+            f"{p}: weights do not fit NIMA on {model.backbone_name} ({model.layout} layout): " + "; ".join(parts))
+    model.load_state_dict(sd, strict=True)
+    cfg = meta.get("config", {})
+    if "mean" in cfg and "std" in cfg:
+        model.mean, model.std = tuple(cfg["mean"]), tuple(cfg["std"])
+    return model.eval(), meta
+
+
+def save_nima_checkpoint(path: str | Path, model: NimaModel, input_size: int, **extra: Any) -> Path:
+    """Write an rlhf-nima checkpoint: the state dict with the config needed to rebuild the model."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    cfg = {"backbone": model.backbone_name, "dropout": model.dropout, "layout": model.layout,
+           "input_size": int(input_size), "mean": list(model.mean), "std": list(model.std)}
+    tmp = p.with_suffix(p.suffix + ".tmp")
+    torch.save({"format": NIMA_FORMAT, "version": 1, "config": cfg, "state_dict": model.state_dict(), **extra},
+               tmp)
+    tmp.replace(p)  # atomic: a crash mid-save never leaves a half-written checkpoint
+    return p
+
+
+@register_scorer("nima")
+class NimaScorer(AestheticScorer):
+    """NIMA (Talebi & Milanfar 2018) on a timm backbone; score = the mean of the predicted distribution.
+
+    weights: an rlhf-nima checkpoint or a pyiqa NIMA state dict. Without weights the head is untrained
+    (for training only: `create_scorer("nima")` refuses that).
+    """
+
+    name = "nima"
+
+    def __init__(self, weights: str | None = None, device: str = "cpu", *, backbone: str | None = None,
+                 dropout: float = 0.75, input_size: int | None = None, batch_size: int = 32,
+                 backbone_weights: str | None = None):
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("device='cuda' asked for, but torch sees no CUDA GPU")
+        if weights:
+            self.model, self.meta = load_nima_checkpoint(weights, backbone)
+            self.trained = True
+        else:
+            self.model = NimaModel(backbone or DEFAULT_BACKBONE, dropout, "rlhf", backbone_weights)
+            self.meta = {}
+            self.trained = False
+        cfg = self.meta.get("config", {})
+        default_size = 299 if "inception" in self.model.backbone_name else 224
+        self.input_size = int(input_size or cfg.get("input_size") or default_size)
+        self.batch_size = int(batch_size)
+        self.model.to(self.device).eval()
+        self.name = f"nima ({self.model.backbone_name})"
+
+    def _autocast(self) -> Any:
+        if self.device.type == "cuda":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.autocast("cuda", dtype=dtype)
+        return torch.autocast("cpu", enabled=False)
+
+    def distribution(self, crops: Crops) -> np.ndarray:
+        items = _as_crop_list(crops)
+        out = []
+        with torch.inference_mode(), self._autocast():
+            for i in range(0, len(items), self.batch_size):
+                x = preprocess(items[i:i + self.batch_size], self.input_size, self.model.mean, self.model.std)
+                out.append(self.model(x.to(self.device)).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, NIMA_BINS))
+
+    def score(self, crops: Crops) -> np.ndarray:
+        return np.asarray(nima_mean_score(self.distribution(crops)), dtype=np.float64)
+
+
+def _nima_factory(weights: str | None = None, device: str = "cpu", **kwargs: Any) -> NimaScorer:
+    if not weights:
+        raise ValueError(
+            "the 'nima' scorer needs weights=CHECKPOINT: no NIMA weights ship offline. Train one with "
+            "`python -m rayjobs.train_nima --ava AVA.txt --images DIR` or pass a pyiqa NIMA .pth; "
+            "the offline default is create_scorer('default') (a proxy, not NIMA)")
+    return NimaScorer(weights=weights, device=device, **kwargs)
+
+
+_REGISTRY["nima"] = _nima_factory
