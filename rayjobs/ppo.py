@@ -201,6 +201,11 @@ def train(ppo: PPOSettings, env_config: dict[str, Any], out: Path, *, resume: bo
     ppo.validate()
     CropEnvConfig(**{k: v for k, v in env_config.items() if k in CropEnvConfig.__dataclass_fields__})
     init_ray()
+    # The local learner runs in this process: give it the cores the env runners leave, no more
+    # (oversubscribed torch threads made an update 50x slower on a busy 2-core machine).
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) - ppo.num_env_runners))
     ckpt_dir = out / "checkpoints"
     progress = out / "progress.csv"
     algo = build_ppo_config(ppo, env_config).build_algo()

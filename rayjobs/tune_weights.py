@@ -35,7 +35,7 @@ evaluations) and stops the bottom ``1 - 1/reduction_factor`` at each rung after 
 Where things go
 ---------------
 * ``--out`` (default results/tune-<time>/): config.json, baseline.json, trials.csv (one row per
-  trial), best.json (the best weights and its checkpoint) and tune_weights.png (objective against
+  trial), best.json (the best weights and its checkpoint) and objective_vs_weight.png (objective against
   w_human, and each trial's objective over training).
 * ``--storage_path`` (default: the ``--out`` folder): Tune's experiment ``<storage_path>/<name>/``
   with every trial's reports and checkpoints. On a cluster it must be a folder every node can reach
@@ -436,7 +436,9 @@ def summarize_results(results, n_reports: int) -> list[dict[str, Any]]:
             list(zip(hist["training_iteration"].tolist(), hist["objective"].tolist(), strict=True)),
         }
         row["stopped_early"] = bool(not r.error and row["reports"] < n_reports)
-        best = max(r.best_checkpoints or [], key=lambda cm: cm[1].get("objective", -math.inf), default=None)
+        # Ties go to the later report: the longer-trained policy.
+        best = max(r.best_checkpoints or [], default=None,
+                   key=lambda cm: (cm[1].get("objective", -math.inf), cm[1].get("training_iteration", 0)))
         row["objective_best"] = best[1].get("objective") if best else m.get("objective")
         row["best_checkpoint"] = best[0].path if best else (r.checkpoint.path if r.checkpoint else "")
         rows.append(row)
@@ -452,7 +454,7 @@ def write_trials_csv(rows: list[dict[str, Any]], path: Path) -> Path:
 
 
 def plot_sweep(rows: list[dict[str, Any]], baseline_objective: float, path: Path, personal: str) -> Path:
-    """tune_weights.png: objective against w_human (left), each trial's objective over training (right)."""
+    """objective_vs_weight.png: objective against w_human (left), each trial's objective over training (right)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -487,6 +489,7 @@ def plot_sweep(rows: list[dict[str, Any]], baseline_objective: float, path: Path
                      label=f"w_human={r['w_human']:.2f}")
     ax2.axhline(baseline_objective, color="grey", ls="--", lw=1)
     ax2.set_xlabel("evaluation (Tune training_iteration)")
+    ax2.xaxis.get_major_locator().set_params(integer=True)
     ax2.set_title("objective during training (dashed: stopped early)")
     if len(ok) <= 12:
         ax2.legend(fontsize=7)
@@ -513,7 +516,7 @@ def run(cfg: TuneWeightsConfig, image_given: bool = False) -> dict[str, Any]:
     results = make_tuner(cfg, setup, storage).fit()
     rows = summarize_results(results, cfg.n_reports)
     write_trials_csv(rows, out / "trials.csv")
-    plot_sweep(rows, baseline["metrics"]["objective"], out / "tune_weights.png", setup.objective.personal)
+    plot_sweep(rows, baseline["metrics"]["objective"], out / "objective_vs_weight.png", setup.objective.personal)
     ok = [r for r in rows if r["status"] == "ok" and r["objective_best"] is not None]
     if not ok:
         errors = "; ".join(r["error"] for r in rows if r["error"]) or "no trial reported"
@@ -525,13 +528,13 @@ def run(cfg: TuneWeightsConfig, image_given: bool = False) -> dict[str, Any]:
         "bootstrap_objective": baseline["metrics"]["objective"], "checkpoint": best["best_checkpoint"],
         "trial": best["trial"], "trials": len(rows), "stopped_early": sum(r["stopped_early"] for r in rows),
         "errored": sum(r["status"] == "error" for r in rows), "experiment": f"{storage}/{cfg.name}",
-        "plot": str(out / "tune_weights.png"),
+        "plot": str(out / "objective_vs_weight.png"),
     }
     (out / "best.json").write_text(json.dumps(_finite(summary), indent=2) + "\n")
     print(f"best weights: w_nima={best['w_nima']:.3f} w_human={best['w_human']:.3f} lr={best['lr']:.2e}: "
           f"objective {best['objective_best']:.4f} (bootstrap {baseline['metrics']['objective']:.4f}); "
           f"{summary['stopped_early']} of {len(rows)} trials stopped early", flush=True)
-    print(f"best checkpoint: {best['best_checkpoint']}\nplot: {out / 'tune_weights.png'}\n"
+    print(f"best checkpoint: {best['best_checkpoint']}\nplot: {out / 'objective_vs_weight.png'}\n"
           f"to train with these weights: photographer finetune --policy {cfg.policy} --human_reward_model "
           f"{cfg.human_reward_model} --w_nima {best['w_nima']:.3f} --w_human {best['w_human']:.3f}", flush=True)
     return summary
