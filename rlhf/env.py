@@ -4,7 +4,8 @@ An episode starts from the whole photo (or the largest box of the locked aspect 
 takes discrete actions that shrink, move, squash or stretch the box by one grid step, until
 the agent stops, the step cap is reached, or an action would make the box smaller than the
 minimum area. Reward is dense: the change of the crop's score, so an episode's return is
-``score(final crop) - score(start)`` and the agent is paid for improvement only.
+``score(final crop) - score(start)`` (less a small cost per action that changes nothing) and the
+agent is paid for improvement only.
 
 Why a grid: a coarse action set keeps the policy's job small (14 actions) and makes boxes
 recur, so the scoring cache hits often.
@@ -84,6 +85,9 @@ class CropEnvConfig:
     augment_variants: int = field(
         default=0, metadata={"help": "per photo, this many fixed random sub-photos/mirrors also used as "
                              "training photos (more variety from few photos; 0 = off)"})
+    noop_penalty: float = field(
+        default=0.005, metadata={"help": "cost of an action that leaves the box unchanged (a blocked move): "
+                                 "without it, idling at the border is as good as stopping"})
     random_start: float = field(
         default=0.0, metadata={"help": "share of episodes that start from a random box instead of the whole "
                                "photo (exploring starts for training: the policy learns to repair bad "
@@ -284,6 +288,8 @@ class CropEnv(gym.Env):
             area = (new[2] - new[0]) * (new[3] - new[1])
             if area < self.cfg.min_area - 1e-9:
                 terminated = True  # the minimum size ends the episode; the box stays valid
+            elif np.allclose(new, self.box):
+                reward = -self.cfg.noop_penalty
             else:
                 self.box = new
                 new_score = self._score(new)
