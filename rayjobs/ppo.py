@@ -41,6 +41,8 @@ class PPOSettings:
     timesteps: int = field(default=20000, metadata={"help": "env steps to train for (in total, across resumes)"})
     num_env_runners: int = field(default_factory=default_env_runners,
                                  metadata={"help": "parallel env runner actors (0 = sample in the driver)"})
+    num_envs_per_env_runner: int = field(default=4, metadata={"help": "envs stepped together in each runner "
+                                                              "(one batched policy forward for all)"})
     lr: float = field(default=3e-4, metadata={"help": "Adam learning rate"})
     gamma: float = field(default=0.99, metadata={"help": "discount; rewards are score changes, so ~1 keeps "
                                                  "the return equal to the final crop's improvement"})
@@ -104,7 +106,7 @@ def build_ppo_config(ppo: PPOSettings, env_config: dict[str, Any]) -> PPOConfig:
     return (
         PPOConfig()
         .environment(CropEnv, env_config=env_config)
-        .env_runners(num_env_runners=ppo.num_env_runners, num_envs_per_env_runner=1,
+        .env_runners(num_env_runners=ppo.num_env_runners, num_envs_per_env_runner=ppo.num_envs_per_env_runner,
                      sample_timeout_s=ppo.sample_timeout_s, rollout_fragment_length="auto")
         .learners(num_learners=learners, num_gpus_per_learner=gpus)
         .training(lr=ppo.lr, gamma=ppo.gamma, lambda_=ppo.lambda_,

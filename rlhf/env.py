@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import cv2
 import gymnasium as gym
 import numpy as np
 
@@ -85,6 +86,8 @@ class CropEnvConfig:
     augment_variants: int = field(
         default=0, metadata={"help": "per photo, this many fixed random sub-photos/mirrors also used as "
                              "training photos (more variety from few photos; 0 = off)"})
+    max_aspect: float = field(default=3.0, metadata={"help": "longest/shortest side limit (pixels): actions "
+                                                     "that would make a sliver are refused"})
     noop_penalty: float = field(
         default=0.005, metadata={"help": "cost of an action that leaves the box unchanged (a blocked move): "
                                  "without it, idling at the border is as good as stopping"})
@@ -103,6 +106,8 @@ class CropEnvConfig:
             raise ValueError(f"min_area must be in [0.01, 1], got {self.min_area}")
         if self.aspect not in ASPECTS:
             raise ValueError(f"aspect must be one of {list(ASPECTS)}, got {self.aspect!r}")
+        if self.max_aspect < 1.0:
+            raise ValueError(f"max_aspect must be >= 1, got {self.max_aspect}")
         if not 0.0 <= self.random_start <= 1.0:
             raise ValueError(f"random_start must be in [0, 1], got {self.random_start}")
         if self.obs_size < 16:
@@ -125,12 +130,27 @@ def augmented_variants(photo: Photo, n: int, rng: np.random.Generator) -> list[P
     return out
 
 
+def saliency_channel(rgb: np.ndarray) -> np.ndarray:
+    """Spectral-residual saliency (Hou & Zhang 2007) as uint8, blurred, scaled to its max."""
+    ok, m = cv2.saliency.StaticSaliencySpectralResidual_create().computeSaliency(
+        np.ascontiguousarray(rgb[..., ::-1]))
+    if not ok:
+        return np.zeros(rgb.shape[:2], np.uint8)
+    m = cv2.GaussianBlur(np.asarray(m, np.float32), (0, 0), sigmaX=max(1.0, 0.03 * max(rgb.shape[:2])))
+    return np.clip(m / max(float(m.max()), 1e-6) * 255.0, 0, 255).astype(np.uint8)
+
+
 class CropEnv(gym.Env):
     """Gymnasium env: observe the photo, the current crop and the box; act on the box.
 
     Observation (Dict):
-      photo: uint8 (S, S, 3), the whole photo resized;  crop: uint8 (S, S, 3), the current crop;
+      photo: uint8 (S, S, 4), the whole photo resized, RGB + a saliency channel;
+      crop: uint8 (S, S, 4), the current crop, the same four channels;
       box: float32 (5,), [left, top, right, bottom] as fractions of the photo, and steps used / cap.
+
+    The saliency channel (OpenCV spectral residual, computed once per photo) is a cheap, scorer-
+    independent hint of where the subject is; with only a few training photos it lets the policy
+    learn "frame the salient mass" instead of memorising each photo.
     """
 
     metadata = {"render_modes": ["rgb_array"]}
@@ -158,8 +178,8 @@ class CropEnv(gym.Env):
         self.ratio = ASPECTS[self.cfg.aspect]
         s = self.cfg.obs_size
         self.observation_space = gym.spaces.Dict({
-            "photo": gym.spaces.Box(0, 255, (s, s, 3), np.uint8),
-            "crop": gym.spaces.Box(0, 255, (s, s, 3), np.uint8),
+            "photo": gym.spaces.Box(0, 255, (s, s, 4), np.uint8),
+            "crop": gym.spaces.Box(0, 255, (s, s, 4), np.uint8),
             "box": gym.spaces.Box(0.0, 1.0, (5,), np.float32),
         })
         self.action_space = gym.spaces.Discrete(len(Action))
@@ -187,7 +207,8 @@ class CropEnv(gym.Env):
         g = self.cfg.grid
         while True:
             w, h = self.np_random.integers(g // 2, g + 1, size=2)
-            if w * h >= self.cfg.min_area * g * g:
+            aspect = (w * self.photo.width) / (h * self.photo.height)
+            if w * h >= self.cfg.min_area * g * g and max(aspect, 1 / aspect) <= self.cfg.max_aspect:
                 break
         x, y = self.np_random.integers(0, g - w + 1), self.np_random.integers(0, g - h + 1)
         box = np.array([x, y, x + w, y + h], dtype=float) / g
@@ -217,6 +238,10 @@ class CropEnv(gym.Env):
         new = np.clip(new, 0.0, 1.0)
         if self.ratio:
             new = self._project(new)
+        w_px = (new[2] - new[0]) * self.photo.width
+        h_px = (new[3] - new[1]) * self.photo.height
+        if w_px <= 0 or h_px <= 0 or max(w_px / h_px, h_px / w_px) > self.cfg.max_aspect + 1e-9:
+            return self.box.copy()  # refused like a blocked move: slivers are not crops
         return np.round(new, 9)
 
     # -- gym API ---------------------------------------------------------------------------------
@@ -235,7 +260,8 @@ class CropEnv(gym.Env):
             scale = 4 * s / max(big.shape[:2])
             if scale < 1:
                 big = resize(big, (max(1, round(big.shape[1] * scale)), max(1, round(big.shape[0] * scale))))
-            self._photo_obs[self.photo.id] = (resize(self.photo.pixels, s), big)
+            big = np.concatenate([big, saliency_channel(big)[..., None]], axis=2)
+            self._photo_obs[self.photo.id] = (resize(big, s), big)
         return self._photo_obs[self.photo.id]
 
     def _obs(self) -> dict[str, np.ndarray]:

@@ -114,3 +114,12 @@ def test_random_start_explores_and_inference_starts_whole(photos):
     assert len(starts) > 5
     env.reset(options={"random_start": 0.0, "photo_index": 0})
     assert np.allclose(env.box, [0, 0, 1, 1])
+
+
+def test_slivers_are_refused(photos):
+    env = make(photos, min_area=0.05, max_aspect=2.0, max_steps=40)
+    env.reset(options={"photo_index": 1})  # coffee, 600x400: aspect 1.5
+    for _ in range(30):
+        env.step(Action.SQUASH_Y)
+    l, t, r, b = env.pixel_box()
+    assert (r - l) / (b - t) <= 2.0 + 1e-6
