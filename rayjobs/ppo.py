@@ -75,12 +75,14 @@ class PPOSettings:
 class CropMetrics(RLlibCallback):
     """Logs the score of each episode's final crop, the number that matters to a user."""
 
-    def on_episode_end(self, *, episode, metrics_logger=None, **kwargs) -> None:
+    def on_episode_end(self, *, episode, prev_episode_chunks=None, metrics_logger=None, **kwargs) -> None:
         infos = episode.get_infos()
-        if metrics_logger is None or not len(infos) or infos[0].get("random_start"):
+        # An episode that spans sampling calls arrives in chunks: its first info is in the first chunk.
+        first = prev_episode_chunks[0].get_infos()[0] if prev_episode_chunks else (infos[0] if len(infos) else None)
+        if metrics_logger is None or first is None or first.get("random_start"):
             return  # exploring starts are training aids; report what inference sees (whole-photo starts)
         metrics_logger.log_value("final_score", float(infos[-1]["score"]), reduce="mean", window=100)
-        metrics_logger.log_value("start_score", float(infos[0]["score"]), reduce="mean", window=100)
+        metrics_logger.log_value("start_score", float(first["score"]), reduce="mean", window=100)
 
 
 def _gpu_here() -> bool:

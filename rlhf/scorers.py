@@ -47,7 +47,7 @@ area ``min(1, area / 0.12) ** 1.5`` (tiny high-contrast patches score near 1), a
 ``min(1, short side / 32 px)``.
 
 Per photo, the feature map, top classes, faces, saliency and the BRISQUE/exposure tables are computed once
-(about 0.1-0.3 s) and kept in an LRU cache keyed by photo id (15-22 MB a photo; 16 photos by default); a
+(about 0.1-0.3 s) and kept in an LRU cache keyed by photo id (15-22 MB a photo; 96 photos by default, enough for a training set of 8 photos x 12 framings); a
 box then costs only table look-ups (well under a millisecond on an idle core), and its score is cached by
 (photo id, box).
 
@@ -307,7 +307,7 @@ class ProxyAestheticScorer(AestheticScorer):
                  analysis_long_side: int = 384, saliency_long_side: int = 128,
                  min_area: float = 0.12, max_aspect: float = 2.5, min_side_px: int = 32,
                  detect_faces: bool = True, face_long_side: int = 512,
-                 photo_cache_size: int = 16, box_cache_size: int = 100_000,
+                 photo_cache_size: int = 96, box_cache_size: int = 100_000,
                  torch_threads: int | None = None, backbone: str = DEFAULT_BACKBONE):
         if not 0 < min_area < 1:
             raise ValueError(f"min_area must be in (0, 1), got {min_area}")
