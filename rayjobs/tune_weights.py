@@ -236,12 +236,17 @@ def _save_trial_checkpoint(algo, folder: Path, state: dict[str, Any], env: dict[
 
 def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     """Tune's function trainable: fine-tune with this trial's weights, report the objective as it goes."""
+    import ray
+    import torch
     from ray import tune
 
     from rlhf.evaluation import evaluate_policy
     from rlhf.images import load_collection
     from rlhf.policy import MODULE_SUBDIR, CropPolicy
 
+    # The learner (and the in-process env) get the cores Ray gave this trial, no more: trials side by
+    # side with default torch threads oversubscribe the machine.
+    torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
     w_human = float(config["w_human"])
     ppo = PPOSettings(**{**setup.ppo, "lr": float(config.get("lr", setup.ppo["lr"]))})
     spec = RewardSpec(**{**setup.reward, "w_nima": 1.0 - w_human, "w_human": w_human})
@@ -377,10 +382,19 @@ def build_setup(cfg: TuneWeightsConfig, out: Path, image_given: bool) -> tuple[T
     return setup, baseline
 
 
+def make_scheduler(cfg: TuneWeightsConfig):
+    """ASHA over evaluations: every report is one step of `training_iteration`, n_reports in all."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if not cfg.asha:
+        return FIFOScheduler()
+    return ASHAScheduler(time_attr="training_iteration", max_t=cfg.n_reports,
+                         grace_period=min(cfg.grace_period, cfg.n_reports), reduction_factor=cfg.reduction_factor)
+
+
 def make_tuner(cfg: TuneWeightsConfig, setup: TrialSetup, storage: str):
     """A new Tuner, or the crashed sweep restored (--resume) when its experiment state is there."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     env = {**setup.env, "reward": setup.reward}
@@ -391,15 +405,11 @@ def make_tuner(cfg: TuneWeightsConfig, setup: TrialSetup, storage: str):
             print(f"restoring the sweep from {exp_path}", flush=True)
             return tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
         print(f"--resume: no sweep in {exp_path}; starting a new one", flush=True)
-    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=cfg.n_reports,
-                               grace_period=min(cfg.grace_period, cfg.n_reports),
-                               reduction_factor=cfg.reduction_factor)
-                 if cfg.asha else FIFOScheduler())
     search = BasicVariantGenerator(points_to_evaluate=seeded_points(cfg), random_state=cfg.seed)
     return tune.Tuner(
         trainable,
         param_space=param_space(cfg),
-        tune_config=tune.TuneConfig(metric="objective", mode="max", search_alg=search, scheduler=scheduler,
+        tune_config=tune.TuneConfig(metric="objective", mode="max", search_alg=search, scheduler=make_scheduler(cfg),
                                     num_samples=cfg.num_samples, reuse_actors=False,
                                     max_concurrent_trials=cfg.max_concurrent_trials or None),
         run_config=tune.RunConfig(
