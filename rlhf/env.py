@@ -130,6 +130,36 @@ def augmented_variants(photo: Photo, n: int, rng: np.random.Generator) -> list[P
     return out
 
 
+def _sat(m: np.ndarray) -> np.ndarray:
+    """Summed-area tables of saliency, saliency*x, saliency*y (box sums in O(1))."""
+    h, w = m.shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64) + 0.5
+    out = np.zeros((3, h + 1, w + 1))
+    for i, a in enumerate((m, m * xx, m * yy)):
+        out[i, 1:, 1:] = a.cumsum(0).cumsum(1)
+    return out
+
+
+def _box_sum(sat: np.ndarray, l: int, t: int, r: int, b: int) -> np.ndarray:
+    return sat[:, b, r] - sat[:, t, r] - sat[:, b, l] + sat[:, t, l]
+
+
+def _framing_cues(sat: np.ndarray, box: Box) -> np.ndarray:
+    l, t, r, b = box
+    h, w = sat.shape[1] - 1, sat.shape[2] - 1
+    total = max(sat[0, h, w], 1e-9)
+    mean = total / (h * w)
+    s, sx, sy = _box_sum(sat, l, t, r, b)
+    kept = s / total
+    area = (r - l) * (b - t) / (h * w)
+    cx = ((sx / s) - l) / (r - l) if s > 1e-9 else 0.5
+    cy = ((sy / s) - t) / (b - t) if s > 1e-9 else 0.5
+    k = max(1, round(0.06 * min(r - l, b - t)))
+    strips = [(l, t, l + k, b), (l, t, r, t + k), (r - k, t, r, b), (l, b - k, r, b)]
+    edges = [_box_sum(sat, *e)[0] / max((e[2] - e[0]) * (e[3] - e[1]), 1) / mean / 4 for e in strips]
+    return np.array([kept, area, cx, cy, *edges])
+
+
 def saliency_channel(rgb: np.ndarray) -> np.ndarray:
     """Spectral-residual saliency (Hou & Zhang 2007) as uint8, blurred, scaled to its max."""
     ok, m = cv2.saliency.StaticSaliencySpectralResidual_create().computeSaliency(
@@ -146,7 +176,11 @@ class CropEnv(gym.Env):
     Observation (Dict):
       photo: uint8 (S, S, 4), the whole photo resized, RGB + a saliency channel;
       crop: uint8 (S, S, 4), the current crop, the same four channels;
-      box: float32 (5,), [left, top, right, bottom] as fractions of the photo, and steps used / cap.
+      box: float32 (13,), [left, top, right, bottom] as fractions of the photo, steps used / cap, then
+           framing cues from the saliency map: share of the photo's saliency inside the box, the box's
+           area, the saliency centroid inside the box (x, y as fractions of the box), and the saliency
+           density of a thin strip inside each edge (left, top, right, bottom; /4, clipped): high
+           means the edge cuts through the subject.
 
     The saliency channel (OpenCV spectral residual, computed once per photo) is a cheap, scorer-
     independent hint of where the subject is; with only a few training photos it lets the policy
@@ -180,7 +214,7 @@ class CropEnv(gym.Env):
         self.observation_space = gym.spaces.Dict({
             "photo": gym.spaces.Box(0, 255, (s, s, 4), np.uint8),
             "crop": gym.spaces.Box(0, 255, (s, s, 4), np.uint8),
-            "box": gym.spaces.Box(0.0, 1.0, (5,), np.float32),
+            "box": gym.spaces.Box(0.0, 1.0, (13,), np.float32),
         })
         self.action_space = gym.spaces.Discrete(len(Action))
         self._photo_obs: dict[str, np.ndarray] = {}
@@ -260,18 +294,20 @@ class CropEnv(gym.Env):
             scale = 4 * s / max(big.shape[:2])
             if scale < 1:
                 big = resize(big, (max(1, round(big.shape[1] * scale)), max(1, round(big.shape[0] * scale))))
-            big = np.concatenate([big, saliency_channel(big)[..., None]], axis=2)
-            self._photo_obs[self.photo.id] = (resize(big, s), big)
+            sal = saliency_channel(big)
+            big = np.concatenate([big, sal[..., None]], axis=2)
+            self._photo_obs[self.photo.id] = (resize(big, s), big, _sat(sal.astype(np.float64)))
         return self._photo_obs[self.photo.id]
 
     def _obs(self) -> dict[str, np.ndarray]:
         s = self.cfg.obs_size
-        small, big = self._thumbs()
+        small, big, sat = self._thumbs()
         l, t, r, b = self.box
         h, w = big.shape[:2]
         l, t, r, b = clip_box((l * w, t * h, r * w, b * h), w, h)
-        box5 = np.append(self.box, self.steps / self.cfg.max_steps).astype(np.float32)
-        return {"photo": small, "crop": resize(big[t:b, l:r], s), "box": np.clip(box5, 0.0, 1.0)}
+        vec = np.concatenate([self.box, [self.steps / self.cfg.max_steps], _framing_cues(sat, (l, t, r, b))])
+        return {"photo": small, "crop": resize(big[t:b, l:r], s),
+                "box": np.clip(vec, 0.0, 1.0).astype(np.float32)}
 
     def _score(self, box: np.ndarray) -> float:
         return float(self.reward_fn(self.photo, [self.pixel_box(box)])[0])
