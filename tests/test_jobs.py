@@ -1,6 +1,6 @@
 """Stages as Ray jobs: a real Ray head on 127.0.0.1, `ray job submit` of a tiny stage 1, its outputs.
 
-Also checks that every job command in docs/cluster.md names a real stage and flags it accepts.
+Also checks that every job command in README.md names a real stage and flags it accepts.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the cluster's Python is this venv's, as on a real node
-DOCS = ROOT / "docs" / "cluster.md"
+DOCS = ROOT / "README.md"
 HEAD_PORTS = ("port", "dashboard-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
               "metrics-export-port", "runtime-env-agent-port", "ray-client-server-port", "node-manager-port",
               "object-manager-port")
@@ -90,7 +90,7 @@ def ray_head():
 
 def _submit(address: str, env: dict[str, str], entrypoint: list[str], timeout: float
             ) -> tuple[str, subprocess.CompletedProcess]:
-    """`ray job submit --working-dir .` from the repo root, as docs/cluster.md says; waits for the end."""
+    """`ray job submit --working-dir .` from the repo root, as README.md says; waits for the end."""
     job_id = f"photographer-test-{uuid.uuid4().hex[:8]}"
     try:
         done = _ray(["job", "submit", "--address", address, "--working-dir", ".", "--submission-id", job_id,
@@ -145,7 +145,7 @@ def test_tiny_bootstrap_job_succeeds_and_writes_its_run(ray_head, tmp_path):
     assert size < 20e6, f"the job uploaded {size / 1e6:.0f} MB"
 
 
-# --- docs/cluster.md: every job command names a real stage and flags it takes -----------------------
+# --- README.md: every job command names a real stage and flags it takes -----------------------
 
 def _stage_config(module_name: str) -> type:
     """The stage's config dataclass: the most derived *Config dataclass its module holds."""
@@ -188,11 +188,11 @@ def test_docs_job_commands_name_real_stages_and_flags():
     modules = {m for m, _ in cmds}
     expected = {"rayjobs.bootstrap", "rayjobs.pairs", "rayjobs.train_reward", "rayjobs.finetune",
                 "rayjobs.tune_weights", "rayjobs.evaluate", "annotator.app"}
-    assert expected <= modules, f"docs/cluster.md lacks commands for {expected - modules}"
+    assert expected <= modules, f"README.md lacks commands for {expected - modules}"
     for module, args in cmds:
         parser = argparse.ArgumentParser(prog=module, exit_on_error=False)
         add_dataclass_arguments(parser, _stage_config(module))
         try:
             parser.parse_args(args)
         except (argparse.ArgumentError, SystemExit) as e:
-            pytest.fail(f"docs/cluster.md: `{module} {shlex.join(args)}`: {e}")
+            pytest.fail(f"README.md: `{module} {shlex.join(args)}`: {e}")
