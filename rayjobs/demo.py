@@ -26,8 +26,8 @@ class DemoConfig:
     """The whole photographer loop on the bundled photos."""
 
     out: str | None = field(default=None, metadata={"help": "demo folder (default results/demo-<time>)"})
-    timesteps: int = field(default=12000, metadata={"help": "stage 1 env steps"})
-    finetune_timesteps: int = field(default=6000, metadata={"help": "stage 3 env steps"})
+    timesteps: int = field(default=20000, metadata={"help": "stage 1 env steps"})
+    finetune_timesteps: int = field(default=10000, metadata={"help": "stage 3 env steps"})
     num_pairs: int = field(default=100, metadata={"help": "pairs to annotate"})
     taste: str = field(default="tight", metadata={"help": "the simulated annotator's taste"})
     noise: float = field(default=0.1, metadata={"help": "the simulated annotator's label noise"})

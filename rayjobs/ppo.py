@@ -43,10 +43,12 @@ class PPOSettings:
                                  metadata={"help": "parallel env runner actors (0 = sample in the driver)"})
     num_envs_per_env_runner: int = field(default=4, metadata={"help": "envs stepped together in each runner "
                                                               "(one batched policy forward for all)"})
-    lr: float = field(default=3e-4, metadata={"help": "Adam learning rate"})
+    lr: float = field(default=5e-4, metadata={"help": "Adam learning rate"})
     gamma: float = field(default=0.99, metadata={"help": "discount; rewards are score changes, so ~1 keeps "
                                                  "the return equal to the final crop's improvement"})
-    lambda_: float = field(default=0.95, metadata={"help": "GAE lambda", "aliases": ("gae_lambda",)})
+    lambda_: float = field(default=0.9, metadata={"help": "GAE lambda (lower = less variance; the reward is "
+                                                 "dense, so short credit assignment suffices)",
+                                                 "aliases": ("gae_lambda",)})
     train_batch_size: int = field(default=512, metadata={"help": "env steps per PPO iteration"})
     minibatch_size: int = field(default=128, metadata={"help": "SGD minibatch size"})
     num_epochs: int = field(default=4, metadata={"help": "SGD passes over each batch"})
