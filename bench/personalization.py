@@ -1,0 +1,315 @@
+"""Does the loop learn one person's taste? (issue: Personalization, "Done when")
+
+For each SIMULATED taste (rlhf/simulated.py; a stand-in for a person with a known taste):
+
+  1. pairs      100 crop pairs from the bootstrap policy on the training photos   (rayjobs.pairs)
+  2. annotate   the simulated annotator answers them with 10% label noise         (rlhf.simulated)
+  3. reward     the human reward model is trained on those answers                (rayjobs.train_reward)
+  4. stage 3    PPO fine-tunes the bootstrap on w_nima*(nima-1)/9 + w_human*human  (rayjobs.finetune)
+  5. evaluate   on unseen photos (bundled held-out photos + fixed framings of them, written as files)
+
+and prints, per taste:
+
+  accuracy    the reward model's accuracy on held-out pairs (pairs from the bootstrap policy on the
+              unseen photos, labelled by the taste WITHOUT noise; its ties excluded)   target >= 0.80
+  preferred   how often the taste (without noise) prefers the stage-3 crop over the bootstrap crop of
+              the same unseen photo; a tie (no preference, e.g. the same crop) counts half  target >= 0.70
+  score_kept  mean aesthetic score of the stage-3 crops / that of the bootstrap crops   target >= 0.95
+
+The last line is `personalization: accuracy=A preferred=P score_kept=K` with the values of the worst
+taste: the one whose smallest ratio to its targets (A/0.80, P/0.70, K/0.95) is lowest.
+
+    python bench/personalization.py                         # everything, about 20 min on 2 cores
+    python bench/personalization.py --bootstrap results/boot --tastes tight   # reuse a stage-1 policy
+    python bench/personalization.py --out DIR               # an existing DIR resumes: finished steps are kept
+
+Each taste's folder holds its pairs, store, reward model, stage-3 run and eval/ (report.md,
+comparison.png: bootstrap vs stage 3 per photo). personalization.json has every number.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rlhf.config import parse_config, run_dir  # noqa: E402
+from rlhf.images import HELDOUT_PHOTOS, TRAIN_PHOTOS, bundled_photos  # noqa: E402
+
+TARGETS = {"accuracy": 0.80, "preferred": 0.70, "score_kept": 0.95}
+
+
+@dataclass
+class BenchConfig:
+    """Personalization benchmark: pairs -> simulated answers -> reward model -> stage 3 -> unseen photos."""
+
+    out: str | None = field(default=None, metadata={
+        "help": "bench folder (default results/bench-personalization-<time>); an existing one resumes"})
+    bootstrap: str | None = field(default=None, metadata={
+        "help": "reuse this stage-1 run folder or checkpoint (default: train one, shared by all tastes)"})
+    bootstrap_timesteps: int = field(default=8000, metadata={"help": "stage-1 env steps when training here"})
+    tastes: list[str] = field(default_factory=lambda: ["tight", "left_third", "warm"], metadata={
+        "help": "simulated tastes to test (see rlhf.simulated.TASTES)"})
+    num_pairs: int = field(default=100, metadata={"help": "annotated pairs per taste"})
+    noise: float = field(default=0.1, metadata={"help": "label noise of the simulated annotator"})
+    select: str = field(default="diverse", metadata={"help": "pair selection (rayjobs.pairs --select)"})
+    heldout_pairs: int = field(default=120, metadata={"help": "held-out pairs on the unseen photos"})
+    variants: int = field(default=5, metadata={"help": "fixed framings (sub-photos, mirrors) per held-out photo"})
+    finetune_timesteps: int = field(default=3072, metadata={"help": "stage-3 env steps per taste"})
+    finetune_lr: float = field(default=1e-4, metadata={"help": "stage-3 learning rate"})
+    w_nima: float = field(default=0.7, metadata={"help": "stage-3 weight of (nima-1)/9"})
+    w_human: float = field(default=0.3, metadata={"help": "stage-3 weight of the human score"})
+    reward_args: list[str] = field(default_factory=list, metadata={
+        "help": "extra flags for train-reward, e.g. --reward_args=--epochs=80 (one per item, flag=value)"})
+    num_env_runners: int = field(default=1, metadata={"help": "PPO env runners"})
+    service: bool = field(default=True, metadata={"help": "score through the shared scoring actor"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+
+    def __post_init__(self) -> None:
+        from rlhf.simulated import TASTES
+
+        unknown = [t for t in self.tastes if t not in TASTES]
+        if unknown:
+            raise ValueError(f"unknown taste(s) {unknown}; choose from {sorted(TASTES)}")
+        if self.num_pairs < 2 or self.heldout_pairs < 2:
+            raise ValueError("num_pairs and heldout_pairs must be >= 2")
+
+
+def _step(title: str) -> float:
+    print(f"\n=== {title} ===", flush=True)
+    return time.time()
+
+
+def unseen_photos(out: Path, variants: int, seed: int) -> list[Path]:
+    """The held-out photos plus fixed framings of them, as files (pairs files reference files)."""
+    from PIL import Image
+
+    from rlhf.env import augmented_variants
+    from rlhf.images import load_collection
+
+    folder = out / "unseen"
+    marker = folder / "DONE"
+    if marker.exists():
+        return sorted(p for p in folder.iterdir() if p.suffix == ".png")
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for photo in load_collection(bundled_photos(HELDOUT_PHOTOS)):
+        stem = Path(photo.id).stem
+        for i, v in enumerate([photo, *augmented_variants(photo, variants, rng)]):
+            path = folder / f"{stem}_{i}.png"  # lossless: the framing's pixels are the photo's
+            Image.fromarray(v.pixels).save(path)
+            paths.append(path)
+    marker.write_text("")
+    return sorted(paths)
+
+
+def release_ray() -> None:
+    """End the local Ray session after a PPO stage, and with it that stage's scoring actor.
+
+    Each stage's scoring actor holds a CPU for as long as the driver lives; on 2 cores the stage-1
+    actor plus a stage-3 actor leave no CPU for the env runner and the next stage waits forever.
+    The next stage starts a fresh session (rayjobs.ppo.init_ray). Joined clusters are left alone.
+    """
+    import os
+
+    import ray
+
+    if ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
+        ray.shutdown()
+
+
+def bootstrap(cfg: BenchConfig, out: Path) -> str:
+    if cfg.bootstrap:
+        return cfg.bootstrap
+    from rayjobs.bootstrap import BootstrapConfig, run
+
+    folder = out / "bootstrap"
+    done = folder / "DONE"
+    if not done.exists():
+        t = _step(f"stage 1: bootstrap on the training photos, {cfg.bootstrap_timesteps} steps")
+        try:
+            run(BootstrapConfig(timesteps=cfg.bootstrap_timesteps, out=str(folder), seed=cfg.seed,
+                                num_env_runners=cfg.num_env_runners, service=cfg.service,
+                                resume=folder.exists()))
+        finally:
+            release_ray()
+        done.write_text("")
+        print(f"stage 1 took {time.time() - t:.0f}s", flush=True)
+    return str(folder)
+
+
+def heldout_pairs(cfg: BenchConfig, out: Path, policy: str, unseen: list[Path]) -> list:
+    """Unlabelled pairs from the bootstrap policy on the unseen photos (labelled per taste later)."""
+    from rayjobs.pairs import PairsConfig, run
+    from rlhf.pairs import load_pairs
+
+    folder = out / "heldout_pairs"
+    path = folder / "preference_pairs.json"
+    if not path.exists():
+        _step(f"{cfg.heldout_pairs} held-out pairs on {len(unseen)} unseen photos")
+        run(PairsConfig(policy=policy, image=[str(p) for p in unseen], num_pairs=cfg.heldout_pairs,
+                        out=str(folder), seed=cfg.seed + 1000))
+    return load_pairs(path)
+
+
+def run_taste(cfg: BenchConfig, out: Path, taste: str, policy: str, unseen_files: list[Path],
+              unlabelled_heldout: list, shared: dict) -> dict:
+    """One taste through the loop; returns its numbers."""
+    from dataclasses import replace
+
+    from rayjobs import evaluate as evaluate_job
+    from rayjobs import finetune, pairs, train_reward
+    from rlhf.evaluation import evaluate_policy, photo_key, reward_model_accuracy
+    from rlhf.pairs import save_pairs
+    from rlhf.policy import CropPolicy
+    from rlhf.reward_model import PreferenceRewardModel
+    from rlhf.simulated import SimulatedAnnotator
+    from rlhf.store import PreferenceStore
+
+    folder = out / taste
+    folder.mkdir(parents=True, exist_ok=True)
+    times: dict[str, float] = {}
+    train_photos = [str(p) for p in bundled_photos(TRAIN_PHOTOS)]
+
+    t = _step(f"[{taste}] 1. {cfg.num_pairs} pairs from the bootstrap policy ({cfg.select})")
+    pairs_json = folder / "pairs" / "preference_pairs.json"
+    if not pairs_json.exists():
+        pairs.run(pairs.PairsConfig(policy=policy, image=train_photos, num_pairs=cfg.num_pairs,
+                                    out=str(folder / "pairs"), seed=cfg.seed, select=cfg.select))
+    times["pairs"] = time.time() - t
+
+    t = _step(f"[{taste}] 2. SIMULATED annotator answers them (noise {cfg.noise})")
+    store = PreferenceStore(folder / "pairs" / "preferences.sqlite")
+    annotator = SimulatedAnnotator(taste, noise=cfg.noise, seed=cfg.seed)
+    n = annotator.annotate_store(store, shared["train_photos"])
+    answered = store.pairs(answered=True, annotator=annotator.name)
+    counts = {c: sum(p.preference == c for p in answered) for c in (0, 1, 2)}
+    print(f"{n} new answers; {len(answered)} answered ({counts[1]} A, {counts[2]} B, {counts[0]} no preference)",
+          flush=True)
+    times["annotate"] = time.time() - t
+
+    t = _step(f"[{taste}] 3. human reward model")
+    model_path = folder / "reward" / "human_reward_model.pth"
+    if not model_path.exists():
+        train_reward.main(["--preference_data", str(store.path), "--annotator", annotator.name,
+                           "--out", str(folder / "reward"), "--seed", str(cfg.seed), *cfg.reward_args])
+    model = PreferenceRewardModel.load(model_path)
+    truth = SimulatedAnnotator(taste, noise=0.0)
+    photos_by_id = shared["unseen_by_id"]
+    heldout = [replace(p, preference=truth.true_choice(photos_by_id[photo_key(p.image)], p.crop_a, p.crop_b),
+                       extra=dict(p.extra)) for p in unlabelled_heldout]
+    heldout_path = save_pairs(folder / "heldout_labelled.json", heldout)
+    accuracy, n_acc = reward_model_accuracy(model, heldout, photos_by_id)
+    print(f"reward model: held-out accuracy {accuracy:.3f} on {n_acc} pairs (noiseless labels); "
+          f"its own validation split: {model.metrics.get('val_accuracy')}", flush=True)
+    times["reward"] = time.time() - t
+
+    t = _step(f"[{taste}] 4. stage 3: {cfg.w_nima}*aesthetic + {cfg.w_human}*human, {cfg.finetune_timesteps} steps")
+    ft_dir = folder / "finetune"
+    if not (ft_dir / "DONE").exists():
+        try:
+            finetune.run(finetune.FinetuneConfig(
+                policy=policy, human_reward_model=str(model_path), w_nima=cfg.w_nima, w_human=cfg.w_human,
+                timesteps=cfg.finetune_timesteps, lr=cfg.finetune_lr, out=str(ft_dir), seed=cfg.seed,
+                num_env_runners=cfg.num_env_runners, service=cfg.service, resume=ft_dir.exists()))
+        finally:
+            release_ray()
+        (ft_dir / "DONE").write_text("")
+    times["finetune"] = time.time() - t
+
+    t = _step(f"[{taste}] 5. evaluate bootstrap vs stage 3 on {len(unseen_files)} unseen photos")
+    photos = shared["unseen"]
+    boot_eval = evaluate_policy(shared["boot_policy"], photos, shared["scorer"], model, heldout, name="bootstrap")
+    ft_eval = evaluate_policy(CropPolicy.load(ft_dir), photos, shared["scorer"], model, heldout, name="stage3")
+    votes = []
+    for p in photos:
+        c = truth.true_choice(p, ft_eval.boxes[p.id], boot_eval.boxes[p.id])
+        votes.append(1.0 if c == 1 else 0.0 if c == 2 else 0.5)
+    preferred = float(np.mean(votes))
+    kept = ft_eval.aesthetic_mean / boot_eval.aesthetic_mean
+    changed = sum(ft_eval.boxes[p.id] != boot_eval.boxes[p.id] for p in photos)
+    eval_cfg = evaluate_job.EvalConfig(policies=[policy, str(ft_dir)], names=["bootstrap", "stage3"],
+                                       image=[str(p) for p in unseen_files], preference_data=str(heldout_path),
+                                       human_reward_model=str(model_path), out=str(folder / "eval"))
+    (folder / "eval").mkdir(exist_ok=True)
+    report = evaluate_job.write_outputs([boot_eval, ft_eval], photos, eval_cfg, folder / "eval", extra={
+        "simulated taste": f"{taste} ({truth.taste.description})",
+        "stage-3 crop preferred by the taste (ties half)": f"{preferred:.3f} over {len(photos)} photos",
+        "aesthetic score kept": f"{kept:.3f}"})
+    times["evaluate"] = time.time() - t
+    result = {"taste": taste, "accuracy": accuracy, "accuracy_pairs": n_acc,
+              "reward_model_val_accuracy": model.metrics.get("val_accuracy"),
+              "preferred": preferred, "score_kept": kept, "crops_changed": changed, "photos": len(photos),
+              "aesthetic_bootstrap": boot_eval.aesthetic_mean, "aesthetic_stage3": ft_eval.aesthetic_mean,
+              "human_bootstrap": boot_eval.human_mean, "human_stage3": ft_eval.human_mean,
+              "agreement_bootstrap": boot_eval.agreement, "agreement_stage3": ft_eval.agreement,
+              "answers": counts, "seconds": {k: round(v, 1) for k, v in times.items()}, "report": str(report)}
+    print(f"[{taste}] accuracy={accuracy:.3f} preferred={preferred:.3f} score_kept={kept:.3f} "
+          f"(crops changed on {changed}/{len(photos)} photos; human score {boot_eval.human_mean:.3f} -> "
+          f"{ft_eval.human_mean:.3f}; agreement {boot_eval.agreement:.3f} -> {ft_eval.agreement:.3f})", flush=True)
+    return result
+
+
+def worst(results: list[dict]) -> dict:
+    """The taste furthest below (or least above) its targets."""
+    return min(results, key=lambda r: min(r[k] / v for k, v in TARGETS.items()))
+
+
+def run(cfg: BenchConfig) -> list[dict]:
+    from rlhf.images import load_collection
+    from rlhf.policy import CropPolicy
+    from rlhf.scorers import create_scorer
+
+    out = run_dir(cfg.out, "bench-personalization")
+    (out / "bench_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    t0 = time.time()
+    policy = bootstrap(cfg, out)
+    unseen = unseen_photos(out, cfg.variants, cfg.seed)
+    unlabelled = heldout_pairs(cfg, out, policy, unseen)
+    photos = load_collection([str(p) for p in unseen])
+    from rlhf.evaluation import photo_key
+
+    by_id = {p.id: p for p in photos} | {photo_key(p.id): p for p in photos}
+    shared = {"unseen": photos, "unseen_by_id": by_id,
+              "train_photos": load_collection(bundled_photos(TRAIN_PHOTOS)),
+              "boot_policy": CropPolicy.load(policy), "scorer": create_scorer("default")}
+    results = []
+    for taste in cfg.tastes:
+        results.append(run_taste(cfg, out, taste, policy, unseen, unlabelled, shared))
+        (out / "personalization.json").write_text(json.dumps(results, indent=2, default=_plain) + "\n")
+    print(f"\n=== personalization ({time.time() - t0:.0f}s; SIMULATED annotators, noise {cfg.noise}) ===")
+    print(f"{'taste':<11} {'accuracy':>9} {'preferred':>10} {'score_kept':>11}   targets >= "
+          f"{TARGETS['accuracy']:.2f} / {TARGETS['preferred']:.2f} / {TARGETS['score_kept']:.2f}")
+    for r in results:
+        ok = all(r[k] >= v for k, v in TARGETS.items())
+        print(f"{r['taste']:<11} {r['accuracy']:>9.3f} {r['preferred']:>10.3f} {r['score_kept']:>11.3f}   "
+              f"{'meets targets' if ok else 'BELOW TARGET'}")
+    w = worst(results)
+    print(f"worst taste: {w['taste']}; results in {out}")
+    print(f"personalization: accuracy={w['accuracy']:.3f} preferred={w['preferred']:.3f} "
+          f"score_kept={w['score_kept']:.3f}", flush=True)
+    return results
+
+
+def _plain(o):
+    if isinstance(o, float) and math.isnan(o):
+        return None
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    return str(o)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    return run(parse_config(BenchConfig, argv, prog="bench/personalization.py"))
+
+
+if __name__ == "__main__":
+    main()

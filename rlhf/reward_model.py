@@ -1,0 +1,882 @@
+"""The human reward model: a per-crop score r(x) learned from one person's crop comparisons.
+
+A crop's features are
+- the frozen backbone's pooled embedding of the crop's pixels (content), reduced by PCA fitted on
+  the training crops so 80 pairs cannot fit 1280 free weights;
+- its geometry in the photo (centre, size, area, log aspect ratio, all relative to the photo),
+  since taste in crops is about framing as much as content;
+- cheap colour statistics of the crop (mean RGB, warmth, luminance, contrast, saturation);
+- where the photo's salient mass falls (how much of it the crop holds, and where inside the crop
+  its centroid lies, with distances to the thirds lines), from the backbone's activation energy
+  over the whole photo: "the subject near the left third" is a property of crop *and* photo.
+
+A small head (linear, or one hidden layer) maps standardised features to r and is trained with
+the Bradley-Terry loss on pairs (A better: y=1, B better: y=0, no preference: y=0.5). After
+training r is centred, as TRL's reward centring does, by subtracting its mean over the training
+crops, so ``human_score = sigmoid(r)`` is 0.5 for an average crop and lies in [0, 1].
+
+Mirror augmentation is off by default: a mirrored crop has mirrored geometry, and a taste such as
+"subject near the LEFT third" is not mirror-invariant, so mirroring would teach the opposite of it.
+Turn it on only for tastes known to be left/right symmetric.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from rlhf.images import Box, Photo, clip_box, resize
+
+FORMAT_VERSION = 1
+
+GEOMETRY_FEATURES = ("cx", "cy", "w", "h", "area", "log_aspect")
+COLOUR_FEATURES = ("mean_r", "mean_g", "mean_b", "warmth", "luminance", "contrast", "saturation")
+# Framing cues, computed from each of two saliency maps of the whole photo (prefix "net_": the
+# backbone's activation energy, a semantic subject; "sr_": OpenCV spectral residual, low-level
+# salience, the same cue the crop policy sees in rlhf.env):
+SALIENCY_CUES = (
+    "kept",           # share of the photo's salient mass inside the crop
+    "density",        # salient mass per area of the crop, relative to the photo's
+    "cx", "cy",       # salient centroid inside the crop (0 = left/top edge, 1 = right/bottom)
+    "dx_left_third", "dx_right_third", "dy_top_third", "dy_bottom_third",  # |centroid - thirds line|
+    "edge_cut",       # highest salient density along the crop's four edges: the edge cuts the subject
+    "subj_inside",    # share of the main salient region's bounding box inside the crop
+    "subj_x", "subj_y",  # that region's centroid relative to the crop (may lie outside 0..1)
+    "subj_dx_left_third", "subj_dx_right_third",
+)
+SALIENCY_MAPS = ("net", "sr")
+SALIENCY_FEATURES = tuple(f"{m}_{c}" for m in SALIENCY_MAPS for c in SALIENCY_CUES)
+HAND_FEATURES = GEOMETRY_FEATURES + COLOUR_FEATURES + SALIENCY_FEATURES
+# Long side of the grid the photo's saliency map is resampled to; 1/128 of the photo is finer
+# than any box a policy or a person distinguishes.
+SALIENCY_GRID = 128
+# The subject: the connected region above this fraction of the map's peak holding the most mass.
+# 0.5 matched hand-drawn subject boxes of the bundled photos best (0.3 spills into background,
+# 0.7 shrinks to one part of the subject).
+SUBJECT_THRESHOLD = 0.5
+
+
+class PreferenceDataError(ValueError):
+    """Preference data that cannot train a model; the message names the file and the problem."""
+
+
+@dataclass
+class RewardTrainConfig:
+    """Train the human reward model (per-crop score, Bradley-Terry) on crop preference pairs."""
+
+    preference_data: str = field(default="", metadata={
+        "help": "pairs JSON file or preference store (SQLite) with answered pairs"})
+    out: str | None = field(default=None, metadata={
+        "help": "run folder (default: results/reward-<time>/)"})
+    annotator: str | None = field(default=None, metadata={
+        "help": "use this annotator's answers only; default: consensus (mean target) of all answers"})
+    epochs: int = field(default=50, metadata={"help": "maximum training epochs over the pairs"})
+    lr: float = field(default=0.01, metadata={"help": "Adam learning rate of the head"})
+    l1: float = field(default=10.0, metadata={
+        "help": "L1 penalty on the head's weights: objective = mean BT loss + (l1*|w|_1 + "
+                "weight_decay*|w|^2) / n_train_pairs; favours tastes resting on few features"})
+    weight_decay: float = field(default=1.0, metadata={
+        "help": "L2 penalty on the head's weights (scaled by 1/n_train_pairs like l1)"})
+    batch_size: int = field(default=16, metadata={"help": "pairs per gradient step"})
+    val_fraction: float = field(default=0.2, metadata={
+        "help": "fraction of pairs held out (split by pair, seeded) for early stopping and metrics"})
+    patience: int = field(default=10, metadata={
+        "help": "stop after this many epochs without a better held-out loss (0 = never stop early)"})
+    seed: int = field(default=0, metadata={"help": "seed of the split, initialisation and augmentation"})
+    backbone: str = field(default="efficientnet_lite0", metadata={
+        "help": "timm model name of the frozen feature extractor"})
+    backbone_weights: str | None = field(default=None, metadata={
+        "help": "local weights file for the backbone (default: the shipped EfficientNet-Lite0 ImageNet weights)"})
+    input_size: int = field(default=160, metadata={"help": "crops are resized to this square size for the backbone"})
+    embed_dim: int = field(default=8, metadata={
+        "help": "PCA components of the backbone embedding fed to the head (0 = none, -1 = all)"})
+    hidden: int = field(default=0, metadata={"help": "hidden units of the head (0 = linear head)"})
+    augment_mirror: bool = field(default=False, metadata={
+        "help": "add mirrored pairs (mirrored pixels and geometry); wrong for left/right tastes, so off"})
+    augment_jitter: float = field(default=0.0, metadata={
+        "help": "box jitter as a fraction of box size (e.g. 0.03); 0 = off"})
+    jitter_copies: int = field(default=2, metadata={"help": "jittered copies of each pair when jitter is on"})
+    device: str = field(default="cpu", metadata={"help": "torch device (cpu, cuda)"})
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.lr <= 0 or self.weight_decay < 0 or self.l1 < 0:
+            raise ValueError(f"lr must be > 0, l1 and weight_decay >= 0; got lr={self.lr}, l1={self.l1}, "
+                             f"weight_decay={self.weight_decay}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.patience < 0 or self.hidden < 0 or self.jitter_copies < 0:
+            raise ValueError("patience, hidden and jitter_copies must be >= 0")
+        if self.input_size < 32:
+            raise ValueError(f"input_size must be >= 32, got {self.input_size}")
+        if self.embed_dim < -1:
+            raise ValueError(f"embed_dim must be -1 (all), 0 (none) or a positive count, got {self.embed_dim}")
+        if not 0.0 <= self.augment_jitter <= 0.2:
+            raise ValueError(f"augment_jitter is a small fraction of the box size in [0, 0.2], got {self.augment_jitter}")
+
+
+# --- the frozen backbone -------------------------------------------------------------------------
+
+def _backbone(name: str, weights: str | None) -> nn.Module:
+    from rlhf.backbone import load_backbone
+
+    return load_backbone(name, weights=weights)
+
+
+def _embed(model: nn.Module, crops: np.ndarray, size: int) -> np.ndarray:
+    from rlhf.backbone import embed
+
+    return embed(model, crops, size)
+
+
+def _feature_map(model: nn.Module, image: np.ndarray, size: int) -> np.ndarray:
+    """(h, w) activation energy of the backbone's last feature map over one image."""
+    from rlhf.backbone import input_stats, preprocess
+
+    param = next(model.parameters())
+    x = preprocess(image[None], size, *input_stats(model)).to(device=param.device, dtype=param.dtype)
+    with torch.no_grad():
+        fmap = model.forward_features(x)[0]
+    return fmap.float().norm(dim=0).cpu().numpy()
+
+
+def mirror_box(box: Box, width: int) -> Box:
+    """The same box in the horizontally mirrored photo."""
+    l, t, r, b = box
+    return (width - r, t, width - l, b)
+
+
+class CropFeaturizer:
+    """Features of crops: frozen backbone embedding + geometry + colour + saliency, cached.
+
+    Each crop is embedded once: embeddings and features are cached in memory keyed by (photo id,
+    box, mirrored), and the photo's saliency map by (photo id, mirrored); `save_cache` /
+    `load_cache` keep the embeddings on disk (e.g. under a run folder). The photo id is trusted to
+    name the pixels (it is the absolute path), as everywhere in this project.
+    """
+
+    def __init__(self, backbone: str = "efficientnet_lite0", backbone_weights: str | None = None,
+                 input_size: int = 160, device: str = "cpu", batch_size: int = 32):
+        self.backbone_name = backbone
+        self.backbone_weights = backbone_weights
+        self.input_size = int(input_size)
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.model = _backbone(backbone, backbone_weights).to(self.device).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.embed_dim = int(getattr(self.model, "num_features", 0)) or int(
+            _embed(self.model, np.zeros((1, 32, 32, 3), np.uint8), self.input_size).shape[1])
+        self.feature_names = tuple(f"emb{i}" for i in range(self.embed_dim)) + HAND_FEATURES
+        self._cache: dict[tuple[str, Box, bool], np.ndarray] = {}
+        self._emb: dict[tuple[str, Box, bool], np.ndarray] = {}
+        self._maps: dict[tuple[str, bool, str], Saliency] = {}
+        self.crops_embedded = 0
+        self.seconds_embedding = 0.0
+
+    @property
+    def dim(self) -> int:
+        return len(self.feature_names)
+
+    def to(self, device: str | torch.device) -> CropFeaturizer:
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        return self
+
+    def features(self, photo: Photo, boxes: Sequence[Sequence[float]], mirrored: bool = False) -> np.ndarray:
+        """(N, dim) float32 raw (unstandardised) features of the boxes in the photo."""
+        w, h = photo.width, photo.height
+        keys = [(photo.id, clip_box(b, w, h), bool(mirrored)) for b in boxes]
+        missing = [k for k in dict.fromkeys(keys) if k not in self._cache]
+        for i in range(0, len(missing), self.batch_size):
+            self._compute(photo, missing[i:i + self.batch_size], mirrored)
+        if not keys:
+            return np.zeros((0, self.dim), np.float32)
+        return np.stack([self._cache[k] for k in keys])
+
+    def _compute(self, photo: Photo, keys: list[tuple[str, Box, bool]], mirrored: bool) -> None:
+        w, h = photo.width, photo.height
+        pixels = photo.pixels[:, ::-1] if mirrored else photo.pixels
+        boxes = [mirror_box(k[1], w) if mirrored else k[1] for k in keys]
+        crops = np.stack([resize(pixels[t:b, l:r], self.input_size) for (l, t, r, b) in boxes])
+        todo = [i for i, k in enumerate(keys) if k not in self._emb]
+        if todo:
+            t0 = time.perf_counter()
+            emb = _embed(self.model, crops[todo], self.input_size).astype(np.float32)
+            self.seconds_embedding += time.perf_counter() - t0
+            self.crops_embedded += len(todo)
+            for i, e in zip(todo, emb, strict=True):
+                self._emb[keys[i]] = e
+        maps = [self._saliency(photo, mirrored, kind) for kind in SALIENCY_MAPS]
+        for k, box, crop in zip(keys, boxes, crops, strict=True):
+            hand = [geometry_features(box, w, h), colour_features(crop)] + [m.features(box) for m in maps]
+            self._cache[k] = np.concatenate([self._emb[k], *hand]).astype(np.float32)
+
+    def _saliency(self, photo: Photo, mirrored: bool, kind: str) -> Saliency:
+        """A saliency map of the whole photo: "net" (backbone activation energy) or "sr"."""
+        key = (photo.id, bool(mirrored), kind)
+        if key not in self._maps:
+            other = self._maps.get((photo.id, not mirrored, kind))
+            if other is not None:
+                grid = other.grid[:, ::-1]
+            else:
+                if kind == "net":
+                    # Twice the crop size: the whole photo needs more cells than one crop does.
+                    raw = _feature_map(self.model, photo.pixels, 2 * self.input_size)
+                else:
+                    raw = spectral_residual(photo.pixels)
+                grid = Saliency.grid_from_map(raw, photo.width, photo.height)
+                grid = grid[:, ::-1] if mirrored else grid
+            self._maps[key] = Saliency(np.ascontiguousarray(grid), photo.width, photo.height)
+        return self._maps[key]
+
+    def cache_state(self) -> dict[str, Any]:
+        """The expensive part of the cache (embeddings, saliency grids) as plain data.
+
+        The cheap hand-made features are recomputed from it, so a saved cache stays valid when
+        they change."""
+        return {"backbone": self.backbone_name, "backbone_weights": self.backbone_weights,
+                "input_size": self.input_size, "embeddings": dict(self._emb),
+                "grids": {k: (m.grid, m.width, m.height) for k, m in self._maps.items()}}
+
+    def load_cache_state(self, state: dict[str, Any]) -> int:
+        """Adopt a saved cache made by the same backbone, weights and size; returns crops adopted."""
+        same = (state.get("backbone"), state.get("backbone_weights"), state.get("input_size")) == (
+            self.backbone_name, self.backbone_weights, self.input_size)
+        if not same:
+            return 0
+        self._emb.update(state["embeddings"])
+        for k, (grid, w, h) in state["grids"].items():
+            if len(k) == 3:  # (photo id, mirrored, kind)
+                self._maps.setdefault(k, Saliency(grid, w, h))
+        return len(state["embeddings"])
+
+    def save_cache(self, path: str | Path) -> Path:
+        torch.save(self.cache_state(), path)
+        return Path(path)
+
+    def load_cache(self, path: str | Path) -> int:
+        """Adopt a cache file if it exists and matches (0 otherwise)."""
+        p = Path(path)
+        if not p.is_file():
+            return 0
+        return self.load_cache_state(torch.load(p, map_location="cpu", weights_only=False))
+
+
+def geometry_features(box: Box, width: int, height: int) -> np.ndarray:
+    """Centre, size, area and log aspect ratio of a box, relative to the photo."""
+    l, t, r, b = box
+    bw, bh = (r - l) / width, (b - t) / height
+    return np.array([(l + r) / 2 / width, (t + b) / 2 / height, bw, bh, bw * bh,
+                     math.log((r - l) / (b - t))], np.float32)
+
+
+def colour_features(crop: np.ndarray) -> np.ndarray:
+    """Mean RGB, warmth (R - B), luminance, its spread (contrast) and mean saturation, in [0, 1]."""
+    x = crop.reshape(-1, 3).astype(np.float32) / 255.0
+    mean = x.mean(0)
+    lum = x @ np.array([0.299, 0.587, 0.114], np.float32)
+    mx, mn = x.max(1), x.min(1)
+    sat = np.where(mx > 0, (mx - mn) / np.maximum(mx, 1e-6), 0.0)
+    return np.array([mean[0], mean[1], mean[2], mean[0] - mean[2], lum.mean(), lum.std(), sat.mean()],
+                    np.float32)
+
+
+def spectral_residual(pixels: np.ndarray) -> np.ndarray:
+    """OpenCV's spectral-residual saliency (Hou & Zhang 2007) of a photo at <= 256 px, blurred."""
+    import cv2
+
+    scale = min(1.0, 256 / max(pixels.shape[:2]))
+    small = resize(pixels, (max(8, round(pixels.shape[1] * scale)), max(8, round(pixels.shape[0] * scale))))
+    ok, m = cv2.saliency.StaticSaliencySpectralResidual_create().computeSaliency(
+        np.ascontiguousarray(small[..., ::-1]))
+    if not ok:
+        return np.ones(small.shape[:2], np.float32)
+    return cv2.GaussianBlur(np.asarray(m, np.float32), (0, 0), 2.0)
+
+
+class Saliency:
+    """A photo's saliency map on a grid of long side SALIENCY_GRID (summing to 1), its main
+    salient region, and the framing cues of a box read off it in O(1) by integral images."""
+
+    def __init__(self, grid: np.ndarray, width: int, height: int):
+        self.grid = grid
+        self.width, self.height = width, height
+        gh, gw = grid.shape
+        self._sx, self._sy = gw / width, gh / height
+        xs = (np.arange(gw) + 0.5)[None, :]
+        ys = (np.arange(gh) + 0.5)[:, None]
+        self._ii = np.zeros((3, gh + 1, gw + 1))
+        for i, a in enumerate((grid, grid * xs, grid * ys)):
+            self._ii[i, 1:, 1:] = a.astype(np.float64).cumsum(0).cumsum(1)
+        self.subject_point, self.subject_box = self._subject()
+
+    @staticmethod
+    def grid_from_map(raw: np.ndarray, width: int, height: int) -> np.ndarray:
+        """Resample to the grid; keep only what rises above the map's median, so the mass sits
+        on the subject rather than on the floor of texture every photo has everywhere."""
+        import cv2
+
+        scale = SALIENCY_GRID / max(width, height)
+        gw, gh = max(1, round(width * scale)), max(1, round(height * scale))
+        grid = cv2.resize(raw.astype(np.float32), (gw, gh), interpolation=cv2.INTER_AREA
+                          if raw.shape[1] > gw else cv2.INTER_LINEAR)
+        grid = np.clip(grid - np.median(grid), 0, None)
+        if grid.sum() <= 0:  # a flat photo: every cell equally (un)interesting
+            grid = np.ones_like(grid)
+        return (grid / grid.sum()).astype(np.float32)
+
+    def _subject(self) -> tuple[tuple[float, float], tuple[float, float, float, float]]:
+        """(mass centroid, bounding box) in photo pixels of the main salient region: the connected
+        region above SUBJECT_THRESHOLD of the peak that holds the most mass."""
+        import cv2
+
+        g = self.grid
+        mask = (g >= SUBJECT_THRESHOLD * g.max()).astype(np.uint8)
+        n, labels = cv2.connectedComponents(mask)
+        masses = np.bincount(labels.ravel(), weights=g.ravel().astype(np.float64), minlength=n)
+        masses[0] = 0.0  # label 0 is everything below the threshold
+        ys, xs = np.nonzero(labels == int(np.argmax(masses)))
+        wts = g[ys, xs].astype(np.float64)
+        cx = float(((xs + 0.5) * wts).sum() / wts.sum()) / self._sx
+        cy = float(((ys + 0.5) * wts).sum() / wts.sum()) / self._sy
+        box = (xs.min() / self._sx, ys.min() / self._sy, (xs.max() + 1) / self._sx, (ys.max() + 1) / self._sy)
+        return (cx, cy), box
+
+    def _cells(self, l: float, t: float, r: float, b: float) -> tuple[int, int, int, int]:
+        gh, gw = self.grid.shape
+        x0 = min(int(l * self._sx), gw - 1)
+        y0 = min(int(t * self._sy), gh - 1)
+        x1 = min(gw, max(x0 + 1, math.ceil(r * self._sx)))
+        y1 = min(gh, max(y0 + 1, math.ceil(b * self._sy)))
+        return x0, y0, x1, y1
+
+    def _sums(self, cells: tuple[int, int, int, int]) -> np.ndarray:
+        x0, y0, x1, y1 = cells
+        ii = self._ii
+        return ii[:, y1, x1] - ii[:, y0, x1] - ii[:, y1, x0] + ii[:, y0, x0]
+
+    def features(self, box: Box) -> np.ndarray:
+        """The SALIENCY_CUES of a box (see there)."""
+        l, t, r, b = box
+        cells = self._cells(l, t, r, b)
+        x0, y0, x1, y1 = cells
+        mass, mx, my = self._sums(cells)
+        n_cells = (x1 - x0) * (y1 - y0)
+        density = mass * self.grid.size / n_cells
+        if mass > 1e-9:
+            cx = min(max((mx / mass / self._sx - l) / (r - l), 0.0), 1.0)
+            cy = min(max((my / mass / self._sy - t) / (b - t), 0.0), 1.0)
+        else:
+            cx = cy = 0.5
+        # Strips 6% of the crop deep inside each edge (as the env's framing cues).
+        k = 0.06
+        dw, dh = k * (r - l), k * (b - t)
+        edges = []
+        for strip in ((l, t, l + dw, b), (l, t, r, t + dh), (r - dw, t, r, b), (l, b - dh, r, b)):
+            c = self._cells(*strip)
+            edges.append(self._sums(c)[0] * self.grid.size / ((c[2] - c[0]) * (c[3] - c[1])))
+        sl, st, sr, sb = self.subject_box
+        iw = max(0.0, min(sr, r) - max(sl, l))
+        ih = max(0.0, min(sb, b) - max(st, t))
+        inside = iw * ih / max((sr - sl) * (sb - st), 1e-9)
+        px, py = self.subject_point
+        # Outside the crop the position still says how far off it is; beyond a crop-width it no longer matters.
+        sx = min(max((px - l) / (r - l), -1.0), 2.0)
+        sy = min(max((py - t) / (b - t), -1.0), 2.0)
+        return np.array([mass, density, cx, cy, abs(cx - 1 / 3), abs(cx - 2 / 3), abs(cy - 1 / 3),
+                         abs(cy - 2 / 3), max(edges), inside, sx, sy, abs(sx - 1 / 3), abs(sx - 2 / 3)],
+                        np.float32)
+
+
+# --- normaliser and head -------------------------------------------------------------------------
+
+class FeatureNormaliser:
+    """PCA of the embedding block (fitted on training crops), centring and scaling of every feature."""
+
+    def __init__(self, n_embed: int, components: np.ndarray, embed_mean: np.ndarray,
+                 mean: np.ndarray, std: np.ndarray):
+        self.n_embed = n_embed
+        self.components = components.astype(np.float32)  # (k, n_embed)
+        self.embed_mean = embed_mean.astype(np.float32)
+        self.mean = mean.astype(np.float32)
+        self.std = std.astype(np.float32)
+
+    @classmethod
+    def fit(cls, x: np.ndarray, n_embed: int, embed_dim: int, x_other: np.ndarray | None = None
+            ) -> FeatureNormaliser:
+        """Fit on training crops `x`; with `x_other` (the other crop of each pair, row for row) the
+        scale is the spread of within-pair differences rather than of crops.
+
+        Bradley-Terry sees only r_a - r_b of two crops of one photo. A feature such as warmth
+        varies far more between photos than between two crops of one photo, so scaling by its
+        spread over crops would shrink exactly the differences the person judged, and the
+        penalty would then silence it. Scaling by the within-pair spread puts every feature on
+        the footing the loss sees.
+        """
+        both = x if x_other is None else np.concatenate([x, x_other])
+        emb = both[:, :n_embed].astype(np.float64)
+        emb_mean = emb.mean(0)
+        k = n_embed if embed_dim == -1 else min(embed_dim, n_embed, max(len(both) - 1, 0))
+        if k > 0 and embed_dim != -1:
+            _, _, vt = np.linalg.svd(emb - emb_mean, full_matrices=False)
+            comps = vt[:k]
+        elif k > 0:
+            comps = np.eye(n_embed)
+        else:
+            comps = np.zeros((0, n_embed))
+
+        def reduce(a: np.ndarray) -> np.ndarray:
+            return np.concatenate([(a[:, :n_embed] - emb_mean) @ comps.T, a[:, n_embed:]], axis=1)
+
+        reduced = reduce(both)
+        spread = reduced.std(0) if x_other is None else (reduce(x) - reduce(x_other)).std(0)
+        # A feature that never differs carries nothing; dividing by ~0 would blow it up.
+        spread = np.where(spread > 1e-6, spread, 1.0)
+        return cls(n_embed, comps, emb_mean, reduced.mean(0), spread)
+
+    @property
+    def out_dim(self) -> int:
+        return len(self.mean)
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        emb = (x[:, :self.n_embed] - self.embed_mean) @ self.components.T
+        reduced = np.concatenate([emb, x[:, self.n_embed:]], axis=1)
+        return ((reduced - self.mean) / self.std).astype(np.float32)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"n_embed": self.n_embed, "components": torch.from_numpy(self.components),
+                "embed_mean": torch.from_numpy(self.embed_mean), "mean": torch.from_numpy(self.mean),
+                "std": torch.from_numpy(self.std)}
+
+    @classmethod
+    def from_state_dict(cls, s: dict[str, Any]) -> FeatureNormaliser:
+        return cls(int(s["n_embed"]), s["components"].numpy(), s["embed_mean"].numpy(),
+                   s["mean"].numpy(), s["std"].numpy())
+
+
+class RewardHead(nn.Module):
+    """Standardised features -> r: linear, or one hidden layer when hidden > 0."""
+
+    def __init__(self, in_dim: int, hidden: int = 0):
+        super().__init__()
+        self.in_dim, self.hidden = in_dim, hidden
+        self.net = (nn.Linear(in_dim, 1) if hidden == 0 else
+                    nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, 1)))
+        # Start indifferent (r = 0 for every crop): a random start would favour arbitrary features,
+        # and with few pairs the penalty would take many steps to undo that.
+        last = self.net if hidden == 0 else self.net[-1]
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(-1)
+
+    def weights(self) -> list[nn.Parameter]:
+        """The penalised parameters (biases are free: a bias cancels in r_a - r_b anyway)."""
+        return [m.weight for m in self.net.modules() if isinstance(m, nn.Linear)]
+
+
+def _proximal_l1(opt: torch.optim.Adam, weights: Sequence[nn.Parameter], strength: float) -> None:
+    """Soft-threshold weights after an Adam step: the L1 part of a proximal-gradient step.
+
+    Adam scales each coordinate's step by 1/sqrt(v); the threshold is scaled the same way, so a
+    weight moves by (|gradient| - strength) in Adam's units and stays exactly 0 while its gradient
+    is below the L1 strength. (A subgradient of |w| in the loss would only make Adam hover around
+    zero, and shrink all weights a little, rather than select features.)
+    """
+    group = opt.param_groups[0]
+    lr, (_, beta2), eps = group["lr"], group["betas"], group["eps"]
+    with torch.no_grad():
+        for w in weights:
+            state = opt.state.get(w)
+            if not state:
+                continue
+            v_hat = state["exp_avg_sq"] / (1 - beta2 ** float(state["step"]))
+            thresh = lr * strength / (v_hat.sqrt() + eps)
+            w.copy_(w.sign() * (w.abs() - thresh).clamp_min(0.0))
+
+
+def bradley_terry_loss(r_a: torch.Tensor, r_b: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean of -[y log sigma(r_a - r_b) + (1 - y) log(1 - sigma(r_a - r_b))]; y=0.5 for a tie."""
+    return nn.functional.binary_cross_entropy_with_logits(r_a - r_b, y)
+
+
+# --- the model -----------------------------------------------------------------------------------
+
+class PreferenceRewardModel:
+    """r(photo, box): featurizer -> normaliser -> head, minus the centring offset."""
+
+    def __init__(self, featurizer: CropFeaturizer, normaliser: FeatureNormaliser, head: RewardHead,
+                 offset: float = 0.0, config: dict[str, Any] | None = None,
+                 metrics: dict[str, Any] | None = None):
+        self.featurizer = featurizer
+        self.normaliser = normaliser
+        self.head = head.to(featurizer.device).eval()
+        self.offset = float(offset)
+        self.config = dict(config or {})
+        self.metrics = dict(metrics or {})
+
+    @property
+    def device(self) -> torch.device:
+        return self.featurizer.device
+
+    def to(self, device: str | torch.device) -> PreferenceRewardModel:
+        self.featurizer.to(device)
+        self.head.to(device)
+        return self
+
+    def raw_from_features(self, raw_features: np.ndarray) -> np.ndarray:
+        """Uncentred r for raw feature rows."""
+        x = torch.from_numpy(self.normaliser.transform(raw_features)).to(self.device)
+        with torch.no_grad():
+            return self.head(x).double().cpu().numpy()
+
+    def reward(self, photo: Photo, boxes: Sequence[Sequence[float]]) -> np.ndarray:
+        """Centred r per box (0 for an average training crop)."""
+        return self.raw_from_features(self.featurizer.features(photo, boxes)) - self.offset
+
+    def human_score(self, photo: Photo, boxes: Sequence[Sequence[float]]) -> np.ndarray:
+        """sigmoid(r) per box in [0, 1]; 0.5 for an average crop."""
+        return 1.0 / (1.0 + np.exp(-self.reward(photo, boxes)))
+
+    def prefer(self, photo: Photo, box_a: Sequence[float], box_b: Sequence[float]) -> float:
+        """P(A better than B) under Bradley-Terry."""
+        r = self.reward(photo, [box_a, box_b])
+        return float(1.0 / (1.0 + math.exp(-(r[0] - r[1]))))
+
+    def save(self, path: str | Path) -> Path:
+        """One .pth: head weights, normaliser, centring offset, backbone name + weights, config."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({
+            "format": "rlhf-photographer/human-reward-model", "version": FORMAT_VERSION,
+            "backbone": self.featurizer.backbone_name, "backbone_weights": self.featurizer.backbone_weights,
+            "input_size": self.featurizer.input_size, "feature_names": list(self.featurizer.feature_names),
+            "head": {k: v.detach().cpu() for k, v in self.head.state_dict().items()},
+            "head_in_dim": self.head.in_dim, "head_hidden": self.head.hidden,
+            "normaliser": self.normaliser.state_dict(), "offset": self.offset,
+            "config": self.config, "metrics": self.metrics,
+        }, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu", backbone_weights: str | None = None,
+             featurizer: CropFeaturizer | None = None) -> PreferenceRewardModel:
+        """Load a saved model; `backbone_weights` overrides the stored path (a moved weights file)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such human reward model file")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:  # noqa: BLE001 - any unpickling failure means "not our file"
+            raise ValueError(f"{path}: not a readable human reward model ({e})") from e
+        if not isinstance(state, dict) or state.get("format") != "rlhf-photographer/human-reward-model":
+            raise ValueError(f"{path}: not a human reward model file (no 'format' marker)")
+        if state.get("version") != FORMAT_VERSION:
+            raise ValueError(f"{path}: model format version {state.get('version')}, expected {FORMAT_VERSION}")
+        weights = backbone_weights or state["backbone_weights"]
+        if featurizer is None:
+            featurizer = CropFeaturizer(state["backbone"], weights, state["input_size"], device=device)
+        elif (featurizer.backbone_name, featurizer.input_size) != (state["backbone"], state["input_size"]):
+            raise ValueError(f"{path}: saved for {state['backbone']}@{state['input_size']}, "
+                             f"featurizer is {featurizer.backbone_name}@{featurizer.input_size}")
+        head = RewardHead(state["head_in_dim"], state["head_hidden"])
+        head.load_state_dict(state["head"])
+        return cls(featurizer, FeatureNormaliser.from_state_dict(state["normaliser"]), head,
+                   state["offset"], state.get("config"), state.get("metrics"))
+
+
+# --- training ------------------------------------------------------------------------------------
+
+@dataclass
+class PreferenceExample:
+    """One comparison ready to train on: y = 1 (A better), 0 (B better), 0.5 (no preference)."""
+
+    pair_id: str
+    photo: Photo
+    box_a: Box
+    box_b: Box
+    y: float
+
+
+@dataclass
+class TrainHistory:
+    """Per-epoch curves and the final held-out figures."""
+
+    epochs: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    val_accuracy: list[float] = field(default_factory=list)
+    train_accuracy: list[float] = field(default_factory=list)
+    best_epoch: int = 0
+    n_train: int = 0
+    n_val: int = 0
+    stopped_early: bool = False
+    seconds_featurizing: float = 0.0
+    ms_per_crop: float = 0.0
+
+    def final(self) -> dict[str, Any]:
+        i = self.epochs.index(self.best_epoch) if self.best_epoch in self.epochs else -1
+        return {"val_accuracy": self.val_accuracy[i] if self.n_val else None,
+                "val_log_loss": self.val_loss[i] if self.n_val else None,
+                "train_loss": self.train_loss[i], "train_accuracy": self.train_accuracy[i],
+                "best_epoch": self.best_epoch, "epochs_run": len(self.epochs),
+                "stopped_early": self.stopped_early, "n_pairs": self.n_train + self.n_val,
+                "n_train": self.n_train, "n_val": self.n_val,
+                "seconds_featurizing": round(self.seconds_featurizing, 3),
+                "ms_per_crop": round(self.ms_per_crop, 2)}
+
+
+def examples_from_pairs(pairs: Sequence[Any], source: str | Path = "<pairs>") -> list[PreferenceExample]:
+    """Answered pairs (rlhf.pairs.Pair) -> examples; each photo is loaded once.
+
+    Unanswered pairs are skipped. A photo that cannot be loaded, or a box outside its photo, raises
+    PreferenceDataError naming the preference file, the pair and the problem.
+    """
+    from rlhf.images import ImageLoadError, load_image, photo_id
+
+    target = {1: 1.0, 2: 0.0, 0: 0.5}
+    photos: dict[str, Photo] = {}
+    out = []
+    for i, p in enumerate(pairs):
+        if p.preference is None:
+            continue
+        if p.preference not in target:
+            raise PreferenceDataError(f"{source}: pair #{i} (id {p.id!r}) field 'preference': must be "
+                                      f"1, 2 or 0, got {p.preference!r}")
+        if p.image not in photos:
+            try:
+                photos[p.image] = Photo(photo_id(p.image), load_image(p.image))
+            except ImageLoadError as e:
+                raise PreferenceDataError(f"{source}: pair #{i} (id {p.id!r}) field 'image': {e}") from e
+        photo = photos[p.image]
+        boxes = []
+        for name in ("crop_a", "crop_b"):
+            box = tuple(int(v) for v in getattr(p, name))
+            l, t, r, b = box
+            if not (0 <= l < r <= photo.width and 0 <= t < b <= photo.height):
+                raise PreferenceDataError(
+                    f"{source}: pair #{i} (id {p.id!r}) field {name!r}: box {list(box)} lies outside "
+                    f"the {photo.width}x{photo.height} photo {p.image}")
+            boxes.append(box)
+        out.append(PreferenceExample(p.id, photo, boxes[0], boxes[1], target[p.preference]))
+    return out
+
+
+def split_pairs(examples: Sequence[PreferenceExample], val_fraction: float, seed: int
+                ) -> tuple[list[PreferenceExample], list[PreferenceExample]]:
+    """Seeded split by pair; the held-out side gets round(n * val_fraction), at least 1 if asked."""
+    order = np.random.default_rng(seed).permutation(len(examples))
+    n_val = 0 if val_fraction <= 0 else max(1, round(len(examples) * val_fraction))
+    val = [examples[i] for i in sorted(order[:n_val])]
+    train = [examples[i] for i in sorted(order[n_val:])]
+    return train, val
+
+
+def jitter_box(box: Box, frac: float, width: int, height: int, rng: np.random.Generator) -> Box:
+    """Move each edge by up to frac of the box's size, staying inside the photo."""
+    l, t, r, b = box
+    dx, dy = frac * (r - l), frac * (b - t)
+    j = rng.uniform(-1, 1, 4) * np.array([dx, dy, dx, dy])
+    return clip_box((l + j[0], t + j[1], r + j[2], b + j[3]), width, height)
+
+
+def _box_iou(a: Box, b: Box) -> float:
+    iw = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union else 0.0
+
+
+def _pair_features(fz: CropFeaturizer, examples: Sequence[PreferenceExample], mirrored: bool = False,
+                   jitter: float = 0.0, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Raw features (n, dim) of the A crops and of the B crops, grouped per photo for batching."""
+    fa = np.zeros((len(examples), fz.dim), np.float32)
+    fb = np.zeros_like(fa)
+    by_photo: dict[str, list[int]] = {}
+    for i, ex in enumerate(examples):
+        by_photo.setdefault(ex.photo.id, []).append(i)
+    for idx in by_photo.values():
+        photo = examples[idx[0]].photo
+        boxes: list[Box] = []
+        for i in idx:
+            a, b = examples[i].box_a, examples[i].box_b
+            if jitter > 0 and rng is not None:
+                # Jitter could swap which of two near-identical crops is better: keep those as they are.
+                if _box_iou(a, b) < 0.8:
+                    a = jitter_box(a, jitter, photo.width, photo.height, rng)
+                    b = jitter_box(b, jitter, photo.width, photo.height, rng)
+            boxes += [a, b]
+        f = fz.features(photo, boxes, mirrored=mirrored)
+        fa[idx], fb[idx] = f[0::2], f[1::2]
+    return fa, fb
+
+
+def _evaluate(head: RewardHead, xa: torch.Tensor, xb: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """(BT log-loss, accuracy over non-tied pairs; NaN when all are ties)."""
+    with torch.no_grad():
+        ra, rb = head(xa), head(xb)
+        loss = float(bradley_terry_loss(ra, rb, y))
+        decided = y != 0.5
+        acc = float(((ra - rb > 0) == (y > 0.5))[decided].float().mean()) if decided.any() else float("nan")
+    return loss, acc
+
+
+def train_reward_model(examples: Sequence[PreferenceExample], cfg: RewardTrainConfig,
+                       featurizer: CropFeaturizer | None = None,
+                       log: Callable[[str], None] | None = print) -> tuple[PreferenceRewardModel, TrainHistory]:
+    """Fit the head with the Bradley-Terry loss; early stopping on held-out loss, best weights kept."""
+    if len(examples) < 2:
+        raise PreferenceDataError(f"need at least 2 answered pairs to train, got {len(examples)}")
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    fz = featurizer or CropFeaturizer(cfg.backbone, cfg.backbone_weights, cfg.input_size, cfg.device)
+    if (fz.backbone_name, fz.input_size) != (cfg.backbone, cfg.input_size):
+        raise ValueError(f"featurizer is {fz.backbone_name}@{fz.input_size}, config asks "
+                         f"{cfg.backbone}@{cfg.input_size}")
+    train, val = split_pairs(examples, cfg.val_fraction, cfg.seed)
+    if not train:
+        raise PreferenceDataError(f"no training pairs left after holding out {len(val)} of {len(examples)}")
+    hist = TrainHistory(n_train=len(train), n_val=len(val))
+
+    t0, n0, s0 = time.perf_counter(), fz.crops_embedded, fz.seconds_embedding
+    views = [_pair_features(fz, train)]  # the pairs as annotated come first
+    if cfg.augment_mirror:
+        views.append(_pair_features(fz, train, mirrored=True))
+    if cfg.augment_jitter > 0:
+        for _ in range(cfg.jitter_copies):
+            views.append(_pair_features(fz, train, jitter=cfg.augment_jitter, rng=rng))
+    va_raw, vb_raw = _pair_features(fz, val) if val else (np.zeros((0, fz.dim), np.float32),) * 2
+    hist.seconds_featurizing = time.perf_counter() - t0
+    n_new = fz.crops_embedded - n0
+    hist.ms_per_crop = 1000 * (fz.seconds_embedding - s0) / n_new if n_new else 0.0
+
+    # The normaliser (PCA + standardisation) sees only the training crops as annotated.
+    norm = FeatureNormaliser.fit(views[0][0], fz.embed_dim, cfg.embed_dim, views[0][1])
+    dev = fz.device
+
+    def tensor(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(norm.transform(a)).to(dev)
+
+    xa = torch.stack([tensor(v[0]) for v in views])  # (views, n_train, d)
+    xb = torch.stack([tensor(v[1]) for v in views])
+    y_train = torch.tensor([ex.y for ex in train], dtype=torch.float32, device=dev)
+    vxa, vxb = tensor(va_raw), tensor(vb_raw)
+    y_val = torch.tensor([ex.y for ex in val], dtype=torch.float32, device=dev)
+
+    head = RewardHead(norm.out_dim, cfg.hidden).to(dev)
+    opt = torch.optim.Adam(head.parameters(), lr=cfg.lr)
+    steps = cfg.epochs * math.ceil(len(train) / cfg.batch_size)
+    # Cosine decay to zero: the L1 term's subgradient makes Adam hover around zero weights; a
+    # shrinking step lets those settle and the rest converge.
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + math.cos(math.pi * min(k, steps) / steps)))
+    best = (math.inf, 0, {k: v.clone() for k, v in head.state_dict().items()})
+    n = len(train)
+    since_best = 0
+    for epoch in range(1, cfg.epochs + 1):
+        head.train()
+        perm = torch.randperm(n, device=dev)
+        view = torch.randint(len(views), (n,), device=dev)  # one random view of each pair per epoch
+        for i in range(0, n, cfg.batch_size):
+            j = perm[i:i + cfg.batch_size]
+            v = view[j]
+            loss = bradley_terry_loss(head(xa[v, j]), head(xb[v, j]), y_train[j])
+            # The penalties are a prior over the whole data set: their weight per pair falls as pairs grow.
+            obj = loss + cfg.weight_decay / n * sum((w ** 2).sum() for w in head.weights())
+            opt.zero_grad()
+            obj.backward()
+            opt.step()
+            if cfg.l1 > 0:
+                _proximal_l1(opt, head.weights(), cfg.l1 / n)
+            sched.step()
+        head.eval()
+        tr_loss, tr_acc = _evaluate(head, xa[0], xb[0], y_train)
+        if val:
+            v_loss, v_acc = _evaluate(head, vxa, vxb, y_val)
+        else:
+            v_loss, v_acc = float("nan"), float("nan")
+        hist.epochs.append(epoch)
+        hist.train_loss.append(tr_loss)
+        hist.train_accuracy.append(tr_acc)
+        hist.val_loss.append(v_loss)
+        hist.val_accuracy.append(v_acc)
+        monitored = v_loss if val else tr_loss
+        if monitored < best[0] - 1e-6:
+            best = (monitored, epoch, {k: v.clone() for k, v in head.state_dict().items()})
+            since_best = 0
+        else:
+            since_best += 1
+        if log:
+            log(f"epoch {epoch:3d}/{cfg.epochs}  train_loss {tr_loss:.4f}  train_acc {tr_acc:.3f}  "
+                f"val_loss {v_loss:.4f}  val_acc {v_acc:.3f}" + ("  *" if best[1] == epoch else ""))
+        if val and cfg.patience and since_best >= cfg.patience:
+            hist.stopped_early = True
+            break
+    head.load_state_dict(best[2])
+    head.eval()
+    hist.best_epoch = best[1]
+
+    # TRL-style centring: an average training crop gets r = 0, i.e. human_score 0.5.
+    with torch.no_grad():
+        offset = float(torch.cat([head(xa[0]), head(xb[0])]).mean())
+    model = PreferenceRewardModel(fz, norm, head, offset, dataclasses.asdict(cfg), hist.final())
+    if log:
+        f = hist.final()
+        log(f"best epoch {hist.best_epoch}: held-out accuracy {f['val_accuracy']}, "
+            f"log-loss {f['val_log_loss']} on {hist.n_val} pairs ({hist.n_train} train); "
+            f"featurizing {hist.ms_per_crop:.1f} ms/crop")
+    return model, hist
+
+
+def plot_history(hist: TrainHistory, path: str | Path, title: str = "human reward model") -> Path:
+    """reward_training.png: BT loss (train, held-out) and held-out accuracy per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax1.plot(hist.epochs, hist.train_loss, label="train")
+    if hist.n_val:
+        ax1.plot(hist.epochs, hist.val_loss, label=f"held-out ({hist.n_val} pairs)")
+    ax1.axhline(math.log(2), color="grey", ls=":", lw=1, label="chance (ln 2)")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("Bradley-Terry log-loss")
+    ax1.legend()
+    ax2.plot(hist.epochs, hist.train_accuracy, label="train")
+    if hist.n_val:
+        ax2.plot(hist.epochs, hist.val_accuracy, label="held-out")
+    ax2.axhline(0.5, color="grey", ls=":", lw=1)
+    ax2.set_ylim(0, 1.02)
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("pair accuracy (ties excluded)")
+    ax2.legend()
+    for ax in (ax1, ax2):
+        ax.axvline(hist.best_epoch, color="k", ls="--", lw=0.8)
+    f = hist.final()
+    acc = f["val_accuracy"]
+    fig.suptitle(f"{title}: best epoch {hist.best_epoch}"
+                 + (f", held-out accuracy {acc:.3f}" if acc is not None and not math.isnan(acc) else ""))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def history_json(hist: TrainHistory) -> str:
+    return json.dumps(dataclasses.asdict(hist), indent=2)

@@ -1,0 +1,285 @@
+"""The human reward model: Bradley-Terry maths, learning a known taste, save/load, ties, bad input.
+
+Every test uses the real frozen EfficientNet-Lite0 (shipped ImageNet weights) on the real bundled
+photos, at a small input size so the whole file stays well under a minute on two cores; the
+backbone is loaded once and crop features are cached across tests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rlhf.images import TRAIN_PHOTOS, Photo, bundled_photos, load_image, photo_id
+from rlhf.reward_model import (
+    CropFeaturizer,
+    PreferenceDataError,
+    PreferenceExample,
+    PreferenceRewardModel,
+    RewardTrainConfig,
+    bradley_terry_loss,
+    examples_from_pairs,
+    mirror_box,
+    train_reward_model,
+)
+
+SIZE = 128  # small input: fast on CPU, still the real pretrained features
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def featurizer() -> CropFeaturizer:
+    return CropFeaturizer(input_size=SIZE)
+
+
+@pytest.fixture(scope="module")
+def photos() -> list[Photo]:
+    return [Photo(photo_id(p), load_image(p)) for p in bundled_photos(TRAIN_PHOTOS)]
+
+
+def _random_box(photo: Photo, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    w = int(photo.width * rng.uniform(0.3, 0.95))
+    h = int(photo.height * rng.uniform(0.3, 0.95))
+    left = int(rng.integers(0, photo.width - w + 1))
+    top = int(rng.integers(0, photo.height - h + 1))
+    return (left, top, left + w, top + h)
+
+
+def _area(photo: Photo, box) -> float:
+    return (box[2] - box[0]) * (box[3] - box[1]) / (photo.width * photo.height)
+
+
+def _warmth(photo: Photo, box) -> float:
+    c = photo.crop(box).astype(np.float64)
+    return float((c[..., 0] - c[..., 2]).mean())
+
+
+def _pairs(photos, rule, n, seed, noise=0.0) -> list[PreferenceExample]:
+    """Pairs of random crops answered by a known rule (the crop with the larger rule value wins)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        photo = photos[i % len(photos)]
+        a, b = _random_box(photo, rng), _random_box(photo, rng)
+        y = 1.0 if rule(photo, a) > rule(photo, b) else 0.0
+        if rng.random() < noise:
+            y = 1.0 - y
+        out.append(PreferenceExample(f"{seed}-{i}", photo, a, b, y))
+    return out
+
+
+def _accuracy(model: PreferenceRewardModel, examples) -> float:
+    hits = [(model.prefer(e.photo, e.box_a, e.box_b) > 0.5) == (e.y > 0.5) for e in examples if e.y != 0.5]
+    return float(np.mean(hits))
+
+
+# --- Bradley-Terry ---------------------------------------------------------------------------------
+
+def test_bradley_terry_loss_by_hand():
+    r_a, r_b = torch.tensor([2.0]), torch.tensor([0.0])
+    # -log sigma(2) = log(1 + e^-2); for B better it is -log(1 - sigma(2)) = log(1 + e^2).
+    assert float(bradley_terry_loss(r_a, r_b, torch.tensor([1.0]))) == pytest.approx(math.log(1 + math.exp(-2)), abs=1e-6)
+    assert float(bradley_terry_loss(r_a, r_b, torch.tensor([0.0]))) == pytest.approx(math.log(1 + math.exp(2)), abs=1e-6)
+    # A tie (target 0.5) costs the mean of both, and is cheapest when the two rewards are equal.
+    tie = float(bradley_terry_loss(r_a, r_b, torch.tensor([0.5])))
+    assert tie == pytest.approx((math.log(1 + math.exp(-2)) + math.log(1 + math.exp(2))) / 2, abs=1e-6)
+    assert float(bradley_terry_loss(r_b, r_b, torch.tensor([0.5]))) == pytest.approx(math.log(2), abs=1e-6)
+    assert float(bradley_terry_loss(r_b, r_b, torch.tensor([0.5]))) < tie
+
+
+# --- learning a known taste ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("rule", [_area, _warmth], ids=["larger-wins", "warmer-wins"])
+def test_learns_a_known_taste_with_label_noise(featurizer, photos, rule):
+    """80 answered pairs with 10% flipped answers; judged on 120 fresh, clean pairs."""
+    train = _pairs(photos, rule, 80, seed=1, noise=0.1)
+    test = _pairs(photos, rule, 120, seed=2)
+    cfg = RewardTrainConfig(input_size=SIZE, epochs=60, seed=0)
+    model, hist = train_reward_model(train, cfg, featurizer, log=None)
+    acc = _accuracy(model, test)
+    assert acc >= 0.85, f"held-out accuracy {acc:.3f} on a {rule.__name__} taste"
+    assert hist.n_train == 64 and hist.n_val == 16
+    assert 1 <= hist.best_epoch <= len(hist.epochs)
+    # Early stopping restores the best epoch's weights: the model's held-out loss is the best seen.
+    assert model.metrics["val_log_loss"] == pytest.approx(min(hist.val_loss))
+    # Centring: the average training crop scores 0 (human_score 0.5).
+    r = np.concatenate([model.reward(e.photo, [e.box_a, e.box_b]) for e in train[16:]])
+    assert abs(float(np.mean(r))) < 0.5
+    s = model.human_score(photos[0], [photos[0].full_box, (0, 0, 100, 100)])
+    assert np.all((s >= 0) & (s <= 1))
+
+
+def test_random_answers_teach_nothing(featurizer, photos):
+    """The same pipeline on coin-flip answers stays near chance: the taste test is not a fluke."""
+    rng = np.random.default_rng(5)
+    train = [PreferenceExample(e.pair_id, e.photo, e.box_a, e.box_b, float(rng.integers(2)))
+             for e in _pairs(photos, _area, 80, seed=1)]
+    model, _ = train_reward_model(train, RewardTrainConfig(input_size=SIZE, epochs=60), featurizer, log=None)
+    assert _accuracy(model, _pairs(photos, _area, 120, seed=2)) < 0.75
+
+
+# --- save / load, ties, augmentation ---------------------------------------------------------------
+
+def test_save_load_round_trip_gives_identical_scores(featurizer, photos, tmp_path):
+    train = _pairs(photos, _area, 30, seed=3)
+    model, _ = train_reward_model(train, RewardTrainConfig(input_size=SIZE, epochs=5, hidden=8),
+                                  featurizer, log=None)
+    path = model.save(tmp_path / "human_reward_model.pth")
+    fresh = PreferenceRewardModel.load(path)  # its own backbone, loaded from the file's settings
+    boxes = [photos[1].full_box, (10, 20, 200, 180), (50, 0, 300, 250)]
+    np.testing.assert_array_equal(fresh.reward(photos[1], boxes), model.reward(photos[1], boxes))
+    np.testing.assert_array_equal(fresh.human_score(photos[1], boxes), model.human_score(photos[1], boxes))
+    assert fresh.offset == model.offset and fresh.config["hidden"] == 8
+    assert fresh.featurizer.input_size == SIZE and fresh.featurizer.backbone_name == "efficientnet_lite0"
+
+
+def test_load_refuses_a_file_that_is_not_a_reward_model(tmp_path):
+    bad = tmp_path / "other.pth"
+    torch.save({"weights": torch.zeros(3)}, bad)
+    with pytest.raises(ValueError, match="other.pth.*not a human reward model"):
+        PreferenceRewardModel.load(bad)
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        PreferenceRewardModel.load(tmp_path / "missing.pth")
+
+
+def test_ties_train_towards_equal_rewards(featurizer, photos):
+    """'No preference' answers are targets of 0.5 and are left out of accuracy, not counted wrong."""
+    decided = _pairs(photos, _area, 24, seed=4)
+    ties = [PreferenceExample(f"t{i}", e.photo, e.box_a, e.box_b, 0.5) for i, e in enumerate(_pairs(photos, _area, 16, seed=6))]
+    model, hist = train_reward_model(decided + ties, RewardTrainConfig(input_size=SIZE, epochs=10, val_fraction=0.25),
+                                     featurizer, log=None)
+    assert all(0.0 <= a <= 1.0 for a in hist.val_accuracy)
+    # With nothing but ties the best model is indifferent: accuracy undefined, loss ln 2 at best.
+    model, hist = train_reward_model(ties, RewardTrainConfig(input_size=SIZE, epochs=10, l1=0.0), featurizer, log=None)
+    assert all(math.isnan(a) for a in hist.val_accuracy)
+    assert min(hist.val_loss) >= math.log(2) - 1e-4
+    assert model.metrics["val_log_loss"] == pytest.approx(math.log(2), abs=0.05)
+
+
+def test_mirrored_crop_has_mirrored_geometry(featurizer, photos):
+    photo = photos[2]
+    box = (40, 30, 300, 260)
+    names = featurizer.feature_names
+    plain = featurizer.features(photo, [box])[0]
+    mirrored = featurizer.features(photo, [box], mirrored=True)[0]
+    assert mirror_box(box, photo.width) == (photo.width - 300, 30, photo.width - 40, 260)
+    for name in ("cx", "subj_x"):
+        i = names.index(name)
+        assert mirrored[i] == pytest.approx(1.0 - plain[i], abs=1e-4), name
+    for name in ("cy", "w", "h", "area", "log_aspect", "warmth", "luminance", "sal_coverage", "subj_inside"):
+        i = names.index(name)
+        assert mirrored[i] == pytest.approx(plain[i], abs=2e-3), name
+
+
+def test_mirror_and_jitter_augmentation_still_learn(featurizer, photos):
+    train = _pairs(photos, _area, 40, seed=7)
+    cfg = RewardTrainConfig(input_size=SIZE, epochs=30, augment_mirror=True, augment_jitter=0.03, jitter_copies=1)
+    model, _ = train_reward_model(train, cfg, featurizer, log=None)
+    assert _accuracy(model, _pairs(photos, _area, 80, seed=8)) >= 0.85
+
+
+# --- preference files: the job end to end, and bad input ------------------------------------------
+
+def _write_pairs(path: Path, photos, examples) -> Path:
+    pref = {1.0: 1, 0.0: 2, 0.5: 0}
+    doc = {"version": 1, "pairs": [
+        {"id": e.pair_id, "image": e.photo.id, "crop_a": list(e.box_a), "crop_b": list(e.box_b),
+         "preference": pref[e.y]} for e in examples]}
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_train_reward_job_from_a_store(photos, tmp_path, capsys):
+    from rayjobs.train_reward import main
+    from rlhf.store import PreferenceStore
+
+    pairs_file = _write_pairs(tmp_path / "pairs.json", photos, _pairs(photos, _area, 30, seed=9))
+    store = PreferenceStore(tmp_path / "prefs.sqlite")
+    store.import_json(pairs_file, annotator="alice")
+    out = main(["--preference_data", str(store.path), "--annotator", "alice", "--out", str(tmp_path / "run"),
+                "--epochs", "5", "--input_size", str(SIZE)])
+    for name in ("config.json", "human_reward_model.pth", "reward_training.png", "metrics.json", "features_cache.pt"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_pairs"] == 30 and metrics["n_val"] == 6 and 0.0 <= metrics["val_accuracy"] <= 1.0
+    assert json.loads((out / "config.json").read_text())["annotator"] == "alice"
+    printed = capsys.readouterr().out
+    assert "epoch   1/5" in printed and "held-out accuracy" in printed
+    model = PreferenceRewardModel.load(out / "human_reward_model.pth")
+    assert model.human_score(photos[0], [photos[0].full_box]).shape == (1,)
+    # Someone with no answers yet: a clear error naming the store, and nothing trained.
+    with pytest.raises(PreferenceDataError, match=r"prefs.sqlite: no answered pairs from annotator 'bob'"):
+        main(["--preference_data", str(store.path), "--annotator", "bob", "--out", str(tmp_path / "run2")])
+    assert not (tmp_path / "run2").exists()
+
+
+def test_bad_preference_files_give_clear_errors(photos, tmp_path):
+    from rayjobs.train_reward import run
+    from rlhf.pairs import PairsFormatError
+
+    def cfg(path):
+        return RewardTrainConfig(preference_data=str(path), out=str(tmp_path / "out"), input_size=SIZE)
+
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"version": 1, "pairs": [{"image": "x.jpg", "crop_a": [0, 0, 10')
+    with pytest.raises(PairsFormatError, match="broken.json.*invalid JSON"):
+        run(cfg(broken))
+    unanswered = _write_pairs(tmp_path / "unanswered.json", photos, _pairs(photos, _area, 3, seed=1))
+    doc = json.loads(unanswered.read_text())
+    for p in doc["pairs"]:
+        p["preference"] = None
+    unanswered.write_text(json.dumps(doc))
+    with pytest.raises(PreferenceDataError, match="unanswered.json: no answered pairs"):
+        run(cfg(unanswered))
+    missing = _write_pairs(tmp_path / "missing.json", photos, _pairs(photos, _area, 3, seed=1))
+    doc = json.loads(missing.read_text())
+    doc["pairs"][1]["image"] = str(tmp_path / "nowhere.jpg")
+    missing.write_text(json.dumps(doc))
+    with pytest.raises(PreferenceDataError, match=r"missing.json: pair #1 .*field 'image'.*nowhere.jpg"):
+        run(cfg(missing))
+    outside = _write_pairs(tmp_path / "outside.json", photos, _pairs(photos, _area, 3, seed=1))
+    doc = json.loads(outside.read_text())
+    doc["pairs"][2]["crop_b"] = [0, 0, 5000, 100]
+    outside.write_text(json.dumps(doc))
+    with pytest.raises(PreferenceDataError, match=r"outside.json: pair #2 .*field 'crop_b'.*outside"):
+        run(cfg(outside))
+    with pytest.raises(FileNotFoundError, match="nothing.json"):
+        run(cfg(tmp_path / "nothing.json"))
+    assert not (tmp_path / "out").exists()  # bad input loses nothing and writes nothing
+    with pytest.raises(ValueError, match="val_fraction"):
+        RewardTrainConfig(val_fraction=1.5)
+
+
+def test_examples_from_pairs_maps_answers_to_targets(photos):
+    from rlhf.pairs import Pair
+
+    img = photos[0].id
+    pairs = [Pair("a", img, (0, 0, 100, 100), (10, 10, 200, 200), 1),
+             Pair("b", img, (0, 0, 100, 100), (10, 10, 200, 200), 2),
+             Pair("c", img, (0, 0, 100, 100), (10, 10, 200, 200), 0),
+             Pair("d", img, (0, 0, 100, 100), (10, 10, 200, 200), None)]
+    ex = examples_from_pairs(pairs)
+    assert [(e.pair_id, e.y) for e in ex] == [("a", 1.0), ("b", 0.0), ("c", 0.5)]
+    assert ex[0].photo is ex[1].photo  # each photo loaded once
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_scores_match_cpu(featurizer, photos, tmp_path):
+    model, _ = train_reward_model(_pairs(photos, _area, 20, seed=3), RewardTrainConfig(input_size=SIZE, epochs=3),
+                                  featurizer, log=None)
+    path = model.save(tmp_path / "m.pth")
+    gpu = PreferenceRewardModel.load(path, device="cuda")
+    boxes = [photos[0].full_box, (10, 20, 200, 180)]
+    np.testing.assert_allclose(gpu.reward(photos[0], boxes), model.reward(photos[0], boxes), atol=1e-3)
