@@ -72,7 +72,17 @@ def run(cfg: BootstrapConfig) -> Path:
     env = env_config(cfg, reward_spec(cfg, kind="aesthetic"))
     save_config_with_env(cfg, env, out)
     print(f"stage 1 (bootstrap): {len(env['images'])} photos, scorer={cfg.scorer}, out={out}", flush=True)
-    return train(cfg, env, out, resume=cfg.resume, title="stage 1: aesthetic reward")
+    try:
+        return train(cfg, env, out, resume=cfg.resume, title="stage 1: aesthetic reward")
+    finally:
+        release(env["reward"].get("service"))
+
+
+def release(service: str | None) -> None:
+    if service:
+        from rlhf.scoring_service import release_service
+
+        release_service(service)
 
 
 def save_config_with_env(cfg, env: dict, out: Path) -> None:

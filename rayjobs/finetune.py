@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rayjobs.bootstrap import BootstrapConfig, save_config_with_env
+from rayjobs.bootstrap import BootstrapConfig, release, save_config_with_env
 from rayjobs.ppo import init_ray, train
 from rlhf.config import parse_config, run_dir
 from rlhf.images import resolve_paths
@@ -70,8 +70,11 @@ def run(cfg: FinetuneConfig, image_given: bool = False) -> Path:
     save_config_with_env(cfg, env, out)
     print(f"stage 3 (finetune): from {latest_checkpoint(cfg.policy)}, reward = {cfg.w_nima}*(nima-1)/9 + "
           f"{cfg.w_human}*human, out={out}", flush=True)
-    return train(cfg, env, out, resume=cfg.resume, init_policy=cfg.policy,
-                 title=f"stage 3: {cfg.w_nima} aesthetic + {cfg.w_human} human")
+    try:
+        return train(cfg, env, out, resume=cfg.resume, init_policy=cfg.policy,
+                     title=f"stage 3: {cfg.w_nima} aesthetic + {cfg.w_human} human")
+    finally:
+        release(spec.service)
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -212,6 +212,11 @@ def train(ppo: PPOSettings, env_config: dict[str, Any], out: Path, *, resume: bo
     import torch
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) - ppo.num_env_runners))
+    free = ray.available_resources().get("CPU", 0)
+    if ppo.num_env_runners > free + 1e-9:
+        # RLlib would wait forever for env runners that cannot be placed: say so now.
+        raise ValueError(f"num_env_runners={ppo.num_env_runners} needs {ppo.num_env_runners} free CPUs, the "
+                         f"cluster has {free:g} free (the scoring actor holds one): lower --num_env_runners")
     ckpt_dir = out / "checkpoints"
     progress = out / "progress.csv"
     algo = build_ppo_config(ppo, env_config).build_algo()

@@ -718,6 +718,13 @@ def ensure_service(spec: RewardSpec | dict[str, Any], name: str | None = None, m
     return name
 
 
+def release_service(name: str | None) -> None:
+    """Stop a service this process started (end of a stage): its CPU or GPU goes back to the cluster."""
+    handle = _HANDLES.pop(name, None) if name else None
+    if handle is not None:
+        ray.kill(handle, no_restart=True)
+
+
 def get_service(name: str):
     """The actor handle of a running service."""
     return ray.get_actor(name)
