@@ -86,7 +86,7 @@ def run(cfg: CropConfig) -> Path:
         print(f"{stem}: box {list(box)} score {score:.2f} (whole photo {whole:.2f})", flush=True)
     (out / "crops.json").write_text(json.dumps(records, indent=2) + "\n")
     sheet = contact_sheet(rows, out / "contact_sheet.png",
-                          title=f"{policy.source} — {cfg.scorer} scorer (1-10)")
+                          title=f"{policy.source}  ({cfg.scorer} scorer, 1-10)")
     print(f"{len(photos)} photos, {sec * 1000:.1f} ms per photo (policy); contact sheet: {sheet}", flush=True)
     return out
 
