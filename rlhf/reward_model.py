@@ -81,10 +81,10 @@ class RewardTrainConfig:
     annotator: str | None = field(default=None, metadata={
         "help": "use this annotator's answers only; default: consensus (mean target) of all answers"})
     epochs: int = field(default=50, metadata={"help": "maximum training epochs over the pairs"})
-    lr: float = field(default=0.01, metadata={"help": "Adam learning rate of the head"})
+    lr: float = field(default=0.03, metadata={"help": "Adam learning rate of the head (cosine-decayed to 0)"})
     l1: float = field(default=10.0, metadata={
-        "help": "L1 penalty on the head's weights: objective = mean BT loss + (l1*|w|_1 + "
-                "weight_decay*|w|^2) / n_train_pairs; favours tastes resting on few features"})
+        "help": "L1 penalty on the head's input weights (proximal steps): objective = mean BT loss + "
+                "(l1*|w|_1 + weight_decay*|w|^2) / n_train_pairs; selects the few features a taste rests on"})
     weight_decay: float = field(default=1.0, metadata={
         "help": "L2 penalty on the head's weights (scaled by 1/n_train_pairs like l1)"})
     batch_size: int = field(default=16, metadata={"help": "pairs per gradient step"})
@@ -477,9 +477,13 @@ class RewardHead(nn.Module):
         self.net = (nn.Linear(in_dim, 1) if hidden == 0 else
                     nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, 1)))
         # Start indifferent (r = 0 for every crop): a random start would favour arbitrary features,
-        # and with few pairs the penalty would take many steps to undo that.
+        # and with few pairs the penalty would take many steps to undo that. A hidden layer's
+        # output weights start small instead (at zero its inputs would get no gradient).
         last = self.net if hidden == 0 else self.net[-1]
-        nn.init.zeros_(last.weight)
+        if hidden == 0:
+            nn.init.zeros_(last.weight)
+        else:
+            last.weight.data.mul_(0.1)
         nn.init.zeros_(last.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -506,7 +510,9 @@ def _proximal_l1(opt: torch.optim.Adam, weights: Sequence[nn.Parameter], strengt
             if not state:
                 continue
             v_hat = state["exp_avg_sq"] / (1 - beta2 ** float(state["step"]))
-            thresh = lr * strength / (v_hat.sqrt() + eps)
+            # Capped at Adam's own largest step (lr): a weight that has seen no gradient yet
+            # (v = 0) shrinks like any other instead of being wiped out at once.
+            thresh = (lr * strength / (v_hat.sqrt() + eps)).clamp_max(lr)
             w.copy_(w.sign() * (w.abs() - thresh).clamp_min(0.0))
 
 
@@ -802,7 +808,9 @@ def train_reward_model(examples: Sequence[PreferenceExample], cfg: RewardTrainCo
             obj.backward()
             opt.step()
             if cfg.l1 > 0:
-                _proximal_l1(opt, head.weights(), cfg.l1 / n)
+                # On the input layer only: L1 there selects features; on a hidden head's output
+                # layer it would also switch off hidden units it still needs.
+                _proximal_l1(opt, head.weights()[:1], cfg.l1 / n)
             sched.step()
         head.eval()
         tr_loss, tr_acc = _evaluate(head, xa[0], xb[0], y_train)
