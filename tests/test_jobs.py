@@ -161,7 +161,8 @@ def _stage_config(module_name: str) -> type:
 
 def _doc_commands() -> list[tuple[str, list[str]]]:
     text = DOCS.read_text()
-    blocks = re.findall(r"```(?:bash|sh|shell)?\n(.*?)```", text, re.S)
+    # Pair fences with their language tag so that a ```json block is skipped, not misread.
+    blocks = [body for lang, body in re.findall(r"```(\w*)\n(.*?)```", text, re.S) if lang in ("", "bash", "sh", "shell")]
     cmds = []
     for block in blocks:
         for line in block.replace("\\\n", " ").splitlines():
