@@ -329,7 +329,7 @@ def _baseline(cfg: TuneWeightsConfig, out: Path, photos_paths: list[str], pairs:
     path = out / "baseline.json"
     if cfg.resume and path.is_file():
         return json.loads(path.read_text())
-    from rlhf.evaluation import evaluate_policy
+    from rlhf.evaluation import _finite, evaluate_policy
     from rlhf.images import load_collection
     from rlhf.policy import CropPolicy
     from rlhf.reward_model import PreferenceRewardModel
@@ -344,16 +344,6 @@ def _baseline(cfg: TuneWeightsConfig, out: Path, photos_paths: list[str], pairs:
     data = {"objective_personal_term": personal, "metrics": spec.metrics(ev), "eval": ev.to_json()}
     path.write_text(json.dumps(_finite(data), indent=2) + "\n")
     return json.loads(path.read_text())
-
-
-def _finite(o: Any) -> Any:
-    if isinstance(o, float):
-        return None if math.isnan(o) else o
-    if isinstance(o, dict):
-        return {k: _finite(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_finite(v) for v in o]
-    return o
 
 
 def build_setup(cfg: TuneWeightsConfig, out: Path, image_given: bool) -> tuple[TrialSetup, dict[str, Any]]:
