@@ -67,6 +67,7 @@ from typing import Any
 from rayjobs.finetune import FinetuneConfig, finetune_env
 from rayjobs.ppo import PPOSettings, build_ppo_config, init_ray, summarize
 from rlhf.config import parse_config, run_dir
+from rlhf.evaluation import _finite
 from rlhf.images import HELDOUT_PHOTOS, bundled_photos, resolve_paths
 from rlhf.rewards import RewardSpec
 
@@ -329,7 +330,7 @@ def _baseline(cfg: TuneWeightsConfig, out: Path, photos_paths: list[str], pairs:
     path = out / "baseline.json"
     if cfg.resume and path.is_file():
         return json.loads(path.read_text())
-    from rlhf.evaluation import _finite, evaluate_policy
+    from rlhf.evaluation import evaluate_policy
     from rlhf.images import load_collection
     from rlhf.policy import CropPolicy
     from rlhf.reward_model import PreferenceRewardModel
