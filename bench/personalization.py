@@ -2,10 +2,12 @@
 
 For each SIMULATED taste (rlhf/simulated.py; a stand-in for a person with a known taste):
 
-  1. pairs      100 crop pairs from the bootstrap policy on the training photos   (rayjobs.pairs)
-  2. annotate   the simulated annotator answers them with 10% label noise         (rlhf.simulated)
-  3. reward     the human reward model is trained on those answers                (rayjobs.train_reward)
-  4. stage 3    PPO fine-tunes the bootstrap on w_nima*(nima-1)/9 + w_human*human  (rayjobs.finetune)
+  1. round 1    50 diverse crop pairs from the bootstrap policy on the training photos (rayjobs.pairs),
+                answered by the simulated annotator with 10% label noise               (rlhf.simulated)
+  2. round 2    a reward model of those answers (rayjobs.train_reward) picks the 50 pairs it is least
+                sure about (rayjobs.pairs --select uncertain); the annotator answers them too
+  3. reward     the human reward model is trained on all 100 answers                   (rayjobs.train_reward)
+  4. stage 3    PPO fine-tunes the bootstrap on w_nima*(nima-1)/9 + w_human*human       (rayjobs.finetune)
   5. evaluate   on unseen photos (bundled held-out photos + fixed framings of them, written as files)
 
 and prints, per taste:
@@ -59,7 +61,9 @@ class BenchConfig:
         "help": "simulated tastes to test (see rlhf.simulated.TASTES)"})
     num_pairs: int = field(default=100, metadata={"help": "annotated pairs per taste"})
     noise: float = field(default=0.1, metadata={"help": "label noise of the simulated annotator"})
-    select: str = field(default="diverse", metadata={"help": "pair selection (rayjobs.pairs --select)"})
+    uncertain_pairs: int = field(default=50, metadata={
+        "help": "of num_pairs, how many come from a second round that asks what the first round's reward "
+                "model is least sure about (rayjobs.pairs --select uncertain); 0 = one diverse round"})
     heldout_pairs: int = field(default=120, metadata={"help": "held-out pairs on the unseen photos"})
     variants: int = field(default=5, metadata={"help": "fixed framings (sub-photos, mirrors) per held-out photo"})
     finetune_timesteps: int = field(default=3072, metadata={"help": "stage-3 env steps per taste"})
@@ -80,6 +84,8 @@ class BenchConfig:
             raise ValueError(f"unknown taste(s) {unknown}; choose from {sorted(TASTES)}")
         if self.num_pairs < 2 or self.heldout_pairs < 2:
             raise ValueError("num_pairs and heldout_pairs must be >= 2")
+        if not 0 <= self.uncertain_pairs <= self.num_pairs - 2:
+            raise ValueError(f"uncertain_pairs must be in [0, num_pairs - 2], got {self.uncertain_pairs}")
 
 
 def _step(title: str) -> float:
@@ -179,24 +185,32 @@ def run_taste(cfg: BenchConfig, out: Path, taste: str, policy: str, unseen_files
     times: dict[str, float] = {}
     train_photos = [str(p) for p in bundled_photos(TRAIN_PHOTOS)]
 
-    t = _step(f"[{taste}] 1. {cfg.num_pairs} pairs from the bootstrap policy ({cfg.select})")
-    pairs_json = folder / "pairs" / "preference_pairs.json"
-    if not pairs_json.exists():
-        pairs.run(pairs.PairsConfig(policy=policy, image=train_photos, num_pairs=cfg.num_pairs,
-                                    out=str(folder / "pairs"), seed=cfg.seed, select=cfg.select))
-    times["pairs"] = time.time() - t
-
-    t = _step(f"[{taste}] 2. SIMULATED annotator answers them (noise {cfg.noise})")
     store = PreferenceStore(folder / "pairs" / "preferences.sqlite")
     annotator = SimulatedAnnotator(taste, noise=cfg.noise, seed=cfg.seed)
-    n = annotator.annotate_store(store, shared["train_photos"])
-    answered = store.pairs(answered=True, annotator=annotator.name)
-    counts = {c: sum(p.preference == c for p in answered) for c in (0, 1, 2)}
-    print(f"{n} new answers; {len(answered)} answered ({counts[1]} A, {counts[2]} B, {counts[0]} no preference)",
-          flush=True)
-    times["annotate"] = time.time() - t
+    first = cfg.num_pairs - cfg.uncertain_pairs
+    rounds = [("pairs", first, "diverse", None)]
+    if cfg.uncertain_pairs:
+        rounds.append(("pairs_round2", cfg.uncertain_pairs, "uncertain", folder / "reward_round1"))
+    for i, (sub, n_pairs, select, prev_model) in enumerate(rounds, 1):
+        t = _step(f"[{taste}] round {i}: {n_pairs} pairs from the bootstrap policy ({select}), "
+                  f"answered by a SIMULATED annotator (noise {cfg.noise})")
+        if prev_model is not None and not (prev_model / "human_reward_model.pth").exists():
+            # The reward model of the answers so far picks what to ask next.
+            train_reward.main(["--preference_data", str(store.path), "--annotator", annotator.name,
+                               "--out", str(prev_model), "--seed", str(cfg.seed), *cfg.reward_args])
+        if not (folder / sub / "preference_pairs.json").exists():
+            pairs.run(pairs.PairsConfig(
+                policy=policy, image=train_photos, num_pairs=n_pairs, out=str(folder / sub), store=str(store.path),
+                seed=cfg.seed + i - 1, select=select,
+                human_reward_model=str(prev_model / "human_reward_model.pth") if prev_model else None))
+        n = annotator.annotate_store(store, shared["train_photos"])
+        answered = store.pairs(answered=True, annotator=annotator.name)
+        counts = {c: sum(p.preference == c for p in answered) for c in (0, 1, 2)}
+        print(f"{n} new answers; {len(answered)} answered ({counts[1]} A, {counts[2]} B, {counts[0]} no "
+              "preference)", flush=True)
+        times[f"round{i}"] = time.time() - t
 
-    t = _step(f"[{taste}] 3. human reward model")
+    t = _step(f"[{taste}] human reward model on all {len(answered)} answers")
     model_path = folder / "reward" / "human_reward_model.pth"
     if not model_path.exists():
         train_reward.main(["--preference_data", str(store.path), "--annotator", annotator.name,
@@ -212,7 +226,7 @@ def run_taste(cfg: BenchConfig, out: Path, taste: str, policy: str, unseen_files
           f"its own validation split: {model.metrics.get('val_accuracy')}", flush=True)
     times["reward"] = time.time() - t
 
-    t = _step(f"[{taste}] 4. stage 3: {cfg.w_nima}*aesthetic + {cfg.w_human}*human, {cfg.finetune_timesteps} steps")
+    t = _step(f"[{taste}] stage 3: {cfg.w_nima}*aesthetic + {cfg.w_human}*human, {cfg.finetune_timesteps} steps")
     ft_dir = folder / "finetune"
     if not (ft_dir / "DONE").exists():
         try:
@@ -225,7 +239,7 @@ def run_taste(cfg: BenchConfig, out: Path, taste: str, policy: str, unseen_files
         (ft_dir / "DONE").write_text("")
     times["finetune"] = time.time() - t
 
-    t = _step(f"[{taste}] 5. evaluate bootstrap vs stage 3 on {len(unseen_files)} unseen photos")
+    t = _step(f"[{taste}] evaluate bootstrap vs stage 3 on {len(unseen_files)} unseen photos")
     photos = shared["unseen"]
     boot_eval = evaluate_policy(shared["boot_policy"], photos, shared["scorer"], model, heldout, name="bootstrap")
     ft_eval = evaluate_policy(CropPolicy.load(ft_dir), photos, shared["scorer"], model, heldout, name="stage3")

@@ -2,22 +2,31 @@
 
 A crop's features are
 - the frozen backbone's pooled embedding of the crop's pixels (content), reduced by PCA fitted on
-  the training crops so 80 pairs cannot fit 1280 free weights;
+  the training crops, so 80 pairs need not fit 1280 free weights;
 - its geometry in the photo (centre, size, area, log aspect ratio, all relative to the photo),
   since taste in crops is about framing as much as content;
-- cheap colour statistics of the crop (mean RGB, warmth, luminance, contrast, saturation);
-- where the photo's salient mass falls (how much of it the crop holds, and where inside the crop
-  its centroid lies, with distances to the thirds lines), from the backbone's activation energy
-  over the whole photo: "the subject near the left third" is a property of crop *and* photo.
+- cheap colour statistics of the crop (mean RGB, warmth R - B, luminance, contrast, saturation);
+- framing cues from two saliency maps of the whole photo (the backbone's activation energy, a
+  semantic subject; OpenCV's spectral residual, the cue the crop policy also sees): how much of
+  the salient mass the crop holds, where its centroid lies inside the crop and how far from the
+  thirds lines, whether an edge cuts through it, and where the main salient region sits. "The
+  subject near the left third" is a property of crop *and* photo, which a crop's pixels alone
+  show only faintly.
 
-A small head (linear, or one hidden layer) maps standardised features to r and is trained with
-the Bradley-Terry loss on pairs (A better: y=1, B better: y=0, no preference: y=0.5). After
-training r is centred, as TRL's reward centring does, by subtracting its mean over the training
-crops, so ``human_score = sigmoid(r)`` is 0.5 for an average crop and lies in [0, 1].
+Features are centred on the training crops and scaled by their spread *within* pairs (what the
+Bradley-Terry loss sees). A small head (linear by default, or one hidden layer) maps them to r;
+it is trained with the Bradley-Terry loss (A better: y=1, B better: y=0, no preference: y=0.5),
+an L1 penalty applied by proximal steps (tastes rest on a few features; with 80 pairs a plain L2
+penalty spreads the weight over every correlated feature) plus a light L2 penalty, early stopping
+on the held-out loss with the best weights kept. After training r is centred, as TRL's reward
+centring does, by subtracting its mean over the training crops, so ``human_score = sigmoid(r)``
+is 0.5 for an average crop and lies in [0, 1].
 
 Mirror augmentation is off by default: a mirrored crop has mirrored geometry, and a taste such as
 "subject near the LEFT third" is not mirror-invariant, so mirroring would teach the opposite of it.
-Turn it on only for tastes known to be left/right symmetric.
+Turn it on only for tastes known to be left/right symmetric. Box jitter (off by default) adds
+copies of each pair with every edge moved by up to a few percent of the box; pairs whose two
+crops nearly coincide are not jittered, since jitter could swap which one is better.
 """
 
 from __future__ import annotations
@@ -77,9 +86,9 @@ class RewardTrainConfig:
     preference_data: str = field(default="", metadata={
         "help": "pairs JSON file or preference store (SQLite) with answered pairs"})
     out: str | None = field(default=None, metadata={
-        "help": "run folder (default: results/reward-<time>/)"})
+        "help": "run folder; None = results/reward-<time>/"})
     annotator: str | None = field(default=None, metadata={
-        "help": "use this annotator's answers only; default: consensus (mean target) of all answers"})
+        "help": "use this annotator's answers only; None = the store's consensus (majority vote) of all answers"})
     epochs: int = field(default=50, metadata={"help": "maximum training epochs over the pairs"})
     lr: float = field(default=0.03, metadata={"help": "Adam learning rate of the head (cosine-decayed to 0)"})
     l1: float = field(default=10.0, metadata={
@@ -169,7 +178,8 @@ class CropFeaturizer:
     """
 
     def __init__(self, backbone: str = "efficientnet_lite0", backbone_weights: str | None = None,
-                 input_size: int = 160, device: str = "cpu", batch_size: int = 32):
+                 input_size: int = 160, device: str = "cpu", batch_size: int = 32,
+                 max_cached_crops: int = 50_000, max_cached_photos: int = 256):
         self.backbone_name = backbone
         self.backbone_weights = backbone_weights
         self.input_size = int(input_size)
@@ -184,6 +194,8 @@ class CropFeaturizer:
         self._cache: dict[tuple[str, Box, bool], np.ndarray] = {}
         self._emb: dict[tuple[str, Box, bool], np.ndarray] = {}
         self._maps: dict[tuple[str, bool, str], Saliency] = {}
+        # Bounds for long-lived users (the RL scoring actor): about 5 KB per crop, 0.5 MB per photo.
+        self.max_cached_crops, self.max_cached_photos = max_cached_crops, max_cached_photos
         self.crops_embedded = 0
         self.seconds_embedding = 0.0
 
@@ -196,8 +208,19 @@ class CropFeaturizer:
         self.model.to(self.device)
         return self
 
+    def clear_caches(self) -> None:
+        """Forget every cached embedding, feature and saliency map."""
+        self._cache.clear()
+        self._emb.clear()
+        self._maps.clear()
+
     def features(self, photo: Photo, boxes: Sequence[Sequence[float]], mirrored: bool = False) -> np.ndarray:
         """(N, dim) float32 raw (unstandardised) features of the boxes in the photo."""
+        if len(self._emb) > self.max_cached_crops:
+            self._cache.clear()
+            self._emb.clear()
+        if len(self._maps) > 2 * self.max_cached_photos:
+            self._maps.clear()
         w, h = photo.width, photo.height
         keys = [(photo.id, clip_box(b, w, h), bool(mirrored)) for b in boxes]
         missing = [k for k in dict.fromkeys(keys) if k not in self._cache]
