@@ -297,3 +297,18 @@ def test_gpu_scores_match_cpu(featurizer, photos, tmp_path):
     gpu = PreferenceRewardModel.load(path, device="cuda")
     boxes = [photos[0].full_box, (10, 20, 200, 180)]
     np.testing.assert_allclose(gpu.reward(photos[0], boxes), model.reward(photos[0], boxes), atol=1e-3)
+
+
+def test_featurizer_cache_is_bounded(featurizer, photos):
+    """A long-lived scorer (the RL scoring actor) must not grow its crop cache without limit."""
+    old = featurizer.max_cached_crops
+    featurizer.max_cached_crops = 3
+    try:
+        boxes = [(0, 0, 100 + i, 100) for i in range(4)]
+        featurizer.features(photos[0], boxes)
+        featurizer.features(photos[0], [(5, 5, 50, 50)])  # over the bound: the cache starts afresh
+        assert len(featurizer._emb) == 1
+        featurizer.clear_caches()
+        assert not featurizer._emb and not featurizer._cache and not featurizer._maps
+    finally:
+        featurizer.max_cached_crops = old
