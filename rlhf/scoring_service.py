@@ -447,7 +447,6 @@ class ScoringService:
             if self.human is not None and any(HUMAN in r.kinds for r in reqs):
                 for pid, (photo, slot) in by_photo.items():
                     values[pid][HUMAN] = np.asarray(self.human.human_score(photo, list(slot)), np.float64)
-                self._bound_model_caches()
             for i, r in enumerate(reqs):
                 if r.photo is None:
                     continue
@@ -457,14 +456,6 @@ class ScoringService:
                     out[i][k] = values[r.photo.id][k][idx]
         self.seconds_computing += time.perf_counter() - t0
         return out
-
-    def _bound_model_caches(self) -> None:
-        # The human model's featurizer caches every crop it embeds, unbounded; a long-lived actor
-        # must not grow without limit, so drop it when it outgrows this actor's own cache.
-        fz = getattr(self.human, "featurizer", None)
-        cache = getattr(fz, "_cache", None)
-        if isinstance(cache, dict) and len(cache) > max(self.cache.size, 10_000):
-            cache.clear()
 
     # -- requests (on Ray's request threads) -----------------------------------------------------
     def _photo(self, photo_id: str, photo_refs: Sequence[Any] | None) -> Photo:
@@ -614,9 +605,6 @@ class ScoringService:
             for obj in (self.scorer, getattr(self.human, "featurizer", None)):
                 if hasattr(obj, "clear_caches"):
                     obj.clear_caches()
-            fz = getattr(self.human, "featurizer", None)
-            if isinstance(getattr(fz, "_cache", None), dict):
-                fz._cache.clear()
 
     def configure(self, max_batch_size: int | None = None, batch_wait_s: float | None = None,
                   cache_size: int | None = None) -> dict[str, Any]:
