@@ -170,7 +170,7 @@ def candidate_pairs(cands: Sequence[Candidate], max_iou: float) -> list[tuple[in
     return out
 
 
-def widen(policy, env, index: int, cands: list[Candidate], cfg: PairsConfig, need: int,
+def widen(env, index: int, cands: list[Candidate], cfg: PairsConfig, need: int,
           rng: np.random.Generator, min_area: float) -> list[Candidate]:
     """A peaked policy gives too few clearly different crops: perturb harder until enough pairs exist."""
     photo = env.photos[index]
@@ -317,7 +317,7 @@ def run(cfg: PairsConfig) -> Path:
     cands, pairs = [], []
     for k, photo in enumerate(photos):
         cs = candidate_boxes(policy, env, k, cfg.rollouts, cfg.perturb, rng, min_area)
-        cs = widen(policy, env, k, cs, cfg, 3 * need, rng, min_area)
+        cs = widen(env, k, cs, cfg, 3 * need, rng, min_area)
         key = photo_key(photo.id)
         ps = [(i, j, iou) for i, j, iou in candidate_pairs(cs, cfg.max_iou)
               if (key, frozenset((cs[i].box, cs[j].box))) not in known]
