@@ -19,9 +19,12 @@ and prints, per taste:
   score_kept  mean aesthetic score of the stage-3 crops / that of the bootstrap crops   target >= 0.95
 
 The last line is `personalization: accuracy=A preferred=P score_kept=K` with the values of the worst
-taste: the one whose smallest ratio to its targets (A/0.80, P/0.70, K/0.95) is lowest.
+taste: the one whose smallest ratio to its targets (A/0.80, P/0.70, K/0.95) is lowest. Each taste's
+line also gives `preferred on the training photos` (the same comparison on the photos and framings
+stage 3 trained on): high there but low on unseen photos means the policy did not generalise; low on
+both means it did not learn the reward.
 
-    python bench/personalization.py                         # everything, about 20 min on 2 cores
+    python bench/personalization.py                         # everything, about 10-12 min on 2 free cores
     python bench/personalization.py --bootstrap results/boot --tastes tight   # reuse a stage-1 policy
     python bench/personalization.py --out DIR               # an existing DIR resumes: finished steps are kept
 
@@ -117,21 +120,6 @@ def unseen_photos(out: Path, variants: int, seed: int) -> list[Path]:
     return sorted(paths)
 
 
-def release_ray() -> None:
-    """End the local Ray session after a PPO stage, and with it that stage's scoring actor.
-
-    Each stage's scoring actor holds a CPU for as long as the driver lives; on 2 cores the stage-1
-    actor plus a stage-3 actor leave no CPU for the env runner and the next stage waits forever.
-    The next stage starts a fresh session (rayjobs.ppo.init_ray). Joined clusters are left alone.
-    """
-    import os
-
-    import ray
-
-    if ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
-        ray.shutdown()
-
-
 def bootstrap(cfg: BenchConfig, out: Path) -> str:
     if cfg.bootstrap:
         return cfg.bootstrap
@@ -141,12 +129,8 @@ def bootstrap(cfg: BenchConfig, out: Path) -> str:
     done = folder / "DONE"
     if not done.exists():
         t = _step(f"stage 1: bootstrap on the training photos, {cfg.bootstrap_timesteps} steps")
-        try:
-            run(BootstrapConfig(timesteps=cfg.bootstrap_timesteps, out=str(folder), seed=cfg.seed,
-                                num_env_runners=cfg.num_env_runners, service=cfg.service,
-                                resume=folder.exists()))
-        finally:
-            release_ray()
+        run(BootstrapConfig(timesteps=cfg.bootstrap_timesteps, out=str(folder), seed=cfg.seed,
+                            num_env_runners=cfg.num_env_runners, service=cfg.service, resume=folder.exists()))
         done.write_text("")
         print(f"stage 1 took {time.time() - t:.0f}s", flush=True)
     return str(folder)
@@ -173,7 +157,7 @@ def run_taste(cfg: BenchConfig, out: Path, taste: str, policy: str, unseen_files
 
     from rayjobs import evaluate as evaluate_job
     from rayjobs import finetune, pairs, train_reward
-    from rlhf.evaluation import evaluate_policy, photo_key, reward_model_accuracy
+    from rlhf.evaluation import evaluate_policy, photo_key, policy_boxes, reward_model_accuracy
     from rlhf.pairs import save_pairs
     from rlhf.policy import CropPolicy
     from rlhf.reward_model import PreferenceRewardModel
@@ -229,25 +213,25 @@ def run_taste(cfg: BenchConfig, out: Path, taste: str, policy: str, unseen_files
     t = _step(f"[{taste}] stage 3: {cfg.w_nima}*aesthetic + {cfg.w_human}*human, {cfg.finetune_timesteps} steps")
     ft_dir = folder / "finetune"
     if not (ft_dir / "DONE").exists():
-        try:
-            finetune.run(finetune.FinetuneConfig(
-                policy=policy, human_reward_model=str(model_path), w_nima=cfg.w_nima, w_human=cfg.w_human,
-                timesteps=cfg.finetune_timesteps, lr=cfg.finetune_lr, out=str(ft_dir), seed=cfg.seed,
-                num_env_runners=cfg.num_env_runners, service=cfg.service, resume=ft_dir.exists()))
-        finally:
-            release_ray()
+        # Each stage releases its scoring actor when it ends, so on 2 cores the next stage's env runner fits.
+        finetune.run(finetune.FinetuneConfig(
+            policy=policy, human_reward_model=str(model_path), w_nima=cfg.w_nima, w_human=cfg.w_human,
+            timesteps=cfg.finetune_timesteps, lr=cfg.finetune_lr, out=str(ft_dir), seed=cfg.seed,
+            num_env_runners=cfg.num_env_runners, service=cfg.service, resume=ft_dir.exists()))
         (ft_dir / "DONE").write_text("")
     times["finetune"] = time.time() - t
 
     t = _step(f"[{taste}] evaluate bootstrap vs stage 3 on {len(unseen_files)} unseen photos")
     photos = shared["unseen"]
     boot_eval = evaluate_policy(shared["boot_policy"], photos, shared["scorer"], model, heldout, name="bootstrap")
-    ft_eval = evaluate_policy(CropPolicy.load(ft_dir), photos, shared["scorer"], model, heldout, name="stage3")
-    votes = []
-    for p in photos:
-        c = truth.true_choice(p, ft_eval.boxes[p.id], boot_eval.boxes[p.id])
-        votes.append(1.0 if c == 1 else 0.0 if c == 2 else 0.5)
-    preferred = float(np.mean(votes))
+    ft_policy = CropPolicy.load(ft_dir)
+    ft_eval = evaluate_policy(ft_policy, photos, shared["scorer"], model, heldout, name="stage3")
+    preferred = preferred_rate(truth, photos, boot_eval.boxes, ft_eval.boxes)
+    # The same comparison on the photos stage 3 trained on: high here but low on unseen photos means
+    # the policy did not generalise; low on both means it did not learn the reward.
+    seen = shared["seen"]
+    preferred_seen = preferred_rate(truth, seen, shared["boot_seen_boxes"],
+                                    dict(zip([p.id for p in seen], policy_boxes(ft_policy, seen)[0], strict=True)))
     kept = ft_eval.aesthetic_mean / boot_eval.aesthetic_mean
     changed = sum(ft_eval.boxes[p.id] != boot_eval.boxes[p.id] for p in photos)
     eval_cfg = evaluate_job.EvalConfig(policies=[policy, str(ft_dir)], names=["bootstrap", "stage3"],
@@ -261,15 +245,22 @@ def run_taste(cfg: BenchConfig, out: Path, taste: str, policy: str, unseen_files
     times["evaluate"] = time.time() - t
     result = {"taste": taste, "accuracy": accuracy, "accuracy_pairs": n_acc,
               "reward_model_val_accuracy": model.metrics.get("val_accuracy"),
-              "preferred": preferred, "score_kept": kept, "crops_changed": changed, "photos": len(photos),
+              "preferred": preferred, "preferred_on_training_photos": preferred_seen, "score_kept": kept, "crops_changed": changed, "photos": len(photos),
               "aesthetic_bootstrap": boot_eval.aesthetic_mean, "aesthetic_stage3": ft_eval.aesthetic_mean,
               "human_bootstrap": boot_eval.human_mean, "human_stage3": ft_eval.human_mean,
               "agreement_bootstrap": boot_eval.agreement, "agreement_stage3": ft_eval.agreement,
               "answers": counts, "seconds": {k: round(v, 1) for k, v in times.items()}, "report": str(report)}
     print(f"[{taste}] accuracy={accuracy:.3f} preferred={preferred:.3f} score_kept={kept:.3f} "
           f"(crops changed on {changed}/{len(photos)} photos; human score {boot_eval.human_mean:.3f} -> "
-          f"{ft_eval.human_mean:.3f}; agreement {boot_eval.agreement:.3f} -> {ft_eval.agreement:.3f})", flush=True)
+          f"{ft_eval.human_mean:.3f}; agreement {boot_eval.agreement:.3f} -> {ft_eval.agreement:.3f}; preferred on "
+          f"the training photos {preferred_seen:.3f})", flush=True)
     return result
+
+
+def preferred_rate(taste, photos, before: dict, after: dict) -> float:
+    """How often the taste (noiseless) prefers the `after` crop of a photo; ties count half."""
+    votes = [{1: 1.0, 2: 0.0}.get(taste.true_choice(p, after[p.id], before[p.id]), 0.5) for p in photos]
+    return float(np.mean(votes))
 
 
 def worst(results: list[dict]) -> dict:
@@ -295,6 +286,16 @@ def run(cfg: BenchConfig) -> list[dict]:
     shared = {"unseen": photos, "unseen_by_id": by_id,
               "train_photos": load_collection(bundled_photos(TRAIN_PHOTOS)),
               "boot_policy": CropPolicy.load(policy), "scorer": create_scorer("default")}
+    # The training photos with the framings stage 3 trains on (as rlhf.env builds them, seeded).
+    from rlhf.env import augmented_variants
+    from rlhf.evaluation import policy_boxes
+
+    rng = np.random.default_rng(cfg.seed)
+    n_var = int(shared["boot_policy"].env_config.get("augment_variants", 0))
+    seen = shared["train_photos"] + [v for p in shared["train_photos"] for v in augmented_variants(p, n_var, rng)]
+    shared["seen"] = seen
+    shared["boot_seen_boxes"] = dict(zip([p.id for p in seen], policy_boxes(shared["boot_policy"], seen)[0],
+                                         strict=True))
     results = []
     for taste in cfg.tastes:
         results.append(run_taste(cfg, out, taste, policy, unseen, unlabelled, shared))

@@ -18,7 +18,7 @@ from PIL import Image
 
 from rlhf.config import parse_config, run_dir, save_config
 from rlhf.contact_sheet import contact_sheet, crop_row
-from rlhf.env import CropEnv
+from rlhf.evaluation import policy_env
 from rlhf.images import HELDOUT_PHOTOS, Photo, bundled_photos, load_collection
 from rlhf.policy import CropPolicy
 
@@ -42,16 +42,6 @@ class CropConfig:
     def __post_init__(self) -> None:
         if not self.policy:
             raise ValueError("--policy is required: a checkpoint or a run folder")
-
-
-def no_reward(photo: Photo, boxes) -> np.ndarray:
-    """Cropping needs no reward per step; the final crop is scored once."""
-    return np.zeros(len(boxes))
-
-
-def policy_env(policy: CropPolicy, photos: list[Photo]) -> CropEnv:
-    cfg = {k: v for k, v in policy.env_config.items() if k not in ("images", "augment_variants", "random_start")}
-    return CropEnv(cfg, reward_fn=no_reward, photos=photos)
 
 
 def crop_photos(policy: CropPolicy, photos: list[Photo], deterministic: bool = True,
