@@ -27,6 +27,9 @@ from tests.test_pairs_job import tiny_bootstrap
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = [str(p) for p in bundled_photos(["chelsea", "coffee"])]
 UNSEEN = [str(p) for p in bundled_photos(HELDOUT_PHOTOS[1:])]  # flower, grace_hopper
+# The killed sweep: 64 steps an iteration, a report each. Four reports a trial (not two) so that the
+# kill, which waits for the first recorded checkpoint, reliably finds a trial with work left to resume.
+SWEEP_STEPS, SWEEP_REPORTS = 256, 4
 
 
 def _random_box(rng, photo: Photo, lo: float = 0.35) -> tuple[int, int, int, int]:
@@ -172,7 +175,7 @@ def test_asha_stops_trials_that_fall_behind(inputs, tmp_path):
 def _sweep(inputs, out: Path, *extra: str) -> subprocess.Popen:
     policy, model_path, heldout = inputs
     args = ["--policy", str(policy), "--human_reward_model", str(model_path), "--no-service",
-            "--num_samples", "2", "--timesteps", "128", "--train_batch_size", "64", "--minibatch_size", "32",
+            "--num_samples", "2", "--timesteps", str(SWEEP_STEPS), "--train_batch_size", "64", "--minibatch_size", "32",
             "--num_epochs", "1", "--eval_every", "1", "--image", *TRAIN,
             "--eval_image", *UNSEEN, "--preference_data", str(heldout), "--out", str(out), *extra]
     # Tune saves its experiment state at most every 10 s by default; every second here, so the kill
@@ -222,7 +225,7 @@ def test_restored_sweep_finishes_every_trial_from_its_checkpoint(restored_sweep)
     out, log, recorded = restored_sweep
     assert "restoring the sweep from" in log
     # Every trial the crash caught mid-way continues from its last recorded checkpoint, not from scratch.
-    caught = {trial_id: last for trial_id, last in recorded.items() if last["report"] < 2}
+    caught = {trial_id: last for trial_id, last in recorded.items() if last["report"] < SWEEP_REPORTS}
     assert caught, f"the kill caught no trial mid-way: {recorded}"
     for trial_id, last in caught.items():
         assert f"trial resumed at iteration {last['iteration']} ({last['timesteps']} steps)" in log, trial_id
@@ -232,7 +235,7 @@ def test_restored_sweep_finishes_every_trial_from_its_checkpoint(restored_sweep)
     for r in rows:
         assert r["status"] == "ok", r["error"]
         assert float(r["w_nima"]) == pytest.approx(1 - float(r["w_human"]))
-        assert int(r["reports"]) == 2 or r["stopped_early"] == "True"  # 128 steps, 64 a report
+        assert int(r["reports"]) == SWEEP_REPORTS or r["stopped_early"] == "True"
         assert math.isfinite(float(r["objective_best"]))
         assert 0.0 <= float(r["agreement"]) <= 1.0 and 1.0 <= float(r["aesthetic_mean"]) <= 10.0
         if r["trial"] in caught and r["stopped_early"] == "False":
