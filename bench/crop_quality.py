@@ -60,6 +60,8 @@ def main() -> None:
     ap.add_argument("--timesteps", type=int, default=12000, help="stage-1 steps when training here")
     ap.add_argument("--variants", type=int, default=4, help="framings per held-out photo")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--photos", nargs="+", help="bundled photo names to crop (default: the held-out ones; "
+                    "give the training ones to see how much of the gap is generalisation)")
     args = ap.parse_args()
     policy_path = args.policy
     if not policy_path:
@@ -70,7 +72,7 @@ def main() -> None:
         policy_path = str(out)
     policy = CropPolicy.load(policy_path)
     rng = np.random.default_rng(args.seed)
-    photos = load_collection(bundled_photos(HELDOUT_PHOTOS))
+    photos = load_collection(bundled_photos(args.photos or HELDOUT_PHOTOS))
     photos = photos + [v for p in photos for v in augmented_variants(p, args.variants, rng)]
     boxes, sec = crop_photos(policy, photos)
     scorer = create_scorer("default")

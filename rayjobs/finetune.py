@@ -4,8 +4,10 @@
 
     photographer finetune --policy results/bootstrap-... --human_reward_model results/reward-.../human_reward_model.pth
 
-The env settings (grid, thumbnails, aspect lock) come from the bootstrap run so the policy's
-observations keep their meaning; photos default to the bootstrap's.
+The env settings (grid, thumbnails, aspect lock, ...) come from the bootstrap run so the policy's
+observations keep their meaning; photos default to the bootstrap's. An env flag given on the command
+line overrides the bootstrap's value (e.g. `--random_start 0` or `--max_steps 12`), except
+`--obs_size` and `--grid`, which would change what the policy's inputs mean: those must match.
 """
 
 from __future__ import annotations
@@ -44,19 +46,46 @@ class FinetuneConfig(BootstrapConfig):
                    w_nima=self.w_nima, w_human=self.w_human)
 
 
-def finetune_env(cfg: FinetuneConfig, reward: RewardSpec, image_given: bool) -> dict:
+# BootstrapConfig flag -> env_config key, for the env flags stage 3 inherits from the bootstrap run.
+ENV_FLAGS = {"image": "images", "grid": "grid", "max_steps": "max_steps", "min_area": "min_area",
+             "aspect": "aspect", "obs_size": "obs_size", "augment_variants": "augment_variants",
+             "random_start": "random_start"}
+# Changing these would change what the policy's observations mean (thumbnail size, grid step).
+FIXED_BY_POLICY = ("obs_size", "grid")
+
+
+def given_flags(argv: list[str]) -> set[str]:
+    """The config fields named on a command line (``--grid 10`` and ``--grid=10`` alike)."""
+    return {a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}
+
+
+def finetune_env(cfg: FinetuneConfig, reward: RewardSpec, given: set[str] | frozenset[str] = frozenset()) -> dict:
+    """The bootstrap run's env settings, with the env flags in `given` (named on the CLI) applied."""
     ckpt = latest_checkpoint(cfg.policy)
     run = run_folder_of(ckpt)
     base = json.loads((run / "config.json").read_text()).get("env", {}) if run else {}
     env = dict(base)
-    if image_given or "images" not in env:
-        env["images"] = [str(p) for p in resolve_paths(cfg.image)]
+    for flag, key in ENV_FLAGS.items():
+        if flag == "image":
+            if flag in given or "images" not in env:
+                env["images"] = [str(p) for p in resolve_paths(cfg.image)]
+            continue
+        value = getattr(cfg, flag)
+        if key not in env:
+            env[key] = value
+        elif flag in given and value != env[key]:
+            if flag in FIXED_BY_POLICY:
+                raise ValueError(f"--{flag} {value}: the policy {ckpt} was trained with {flag}={env[key]}; "
+                                 f"stage 3 must keep it (it changes what the policy observes)")
+            print(f"stage 3: --{flag} {value} overrides the bootstrap's {env[key]}", flush=True)
+            env[key] = value
     env["seed"] = cfg.seed
     env["reward"] = reward.to_dict()
     return env
 
 
-def run(cfg: FinetuneConfig, image_given: bool = False) -> Path:
+def run(cfg: FinetuneConfig, given: set[str] | frozenset[str] = frozenset()) -> Path:
+    """`given`: the config fields named on the command line (see `finetune_env`)."""
     out = run_dir(cfg.out, "finetune")
     init_ray()
     spec = RewardSpec(kind="combined", scorer=cfg.scorer, scorer_weights=cfg.scorer_weights,
@@ -66,7 +95,7 @@ def run(cfg: FinetuneConfig, image_given: bool = False) -> Path:
         from rlhf.scoring_service import ensure_service
 
         spec.service = ensure_service(spec)
-    env = finetune_env(cfg, spec, image_given)
+    env = finetune_env(cfg, spec, given)
     save_config_with_env(cfg, env, out)
     print(f"stage 3 (finetune): from {latest_checkpoint(cfg.policy)}, reward = {cfg.w_nima}*(nima-1)/9 + "
           f"{cfg.w_human}*human, out={out}", flush=True)
@@ -82,7 +111,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     argv = sys.argv[1:] if argv is None else argv
     cfg = parse_config(FinetuneConfig, argv, prog="photographer finetune")
-    return run(cfg, image_given=any(a.startswith("--image") for a in argv))
+    return run(cfg, given=given_flags(argv))
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rayjobs.finetune import FinetuneConfig, finetune_env
+from rayjobs.finetune import FinetuneConfig, finetune_env, given_flags
 from rayjobs.ppo import PPOSettings, build_ppo_config, init_ray, summarize
 from rlhf.config import parse_config, run_dir
 from rlhf.evaluation import _finite
@@ -347,7 +347,7 @@ def _baseline(cfg: TuneWeightsConfig, out: Path, photos_paths: list[str], pairs:
     return json.loads(path.read_text())
 
 
-def build_setup(cfg: TuneWeightsConfig, out: Path, image_given: bool) -> tuple[TrialSetup, dict[str, Any]]:
+def build_setup(cfg: TuneWeightsConfig, out: Path, given: set[str] | frozenset[str] = frozenset()) -> tuple[TrialSetup, dict[str, Any]]:
     """The trials' shared setup and the bootstrap baseline; starts the scoring actor with --service."""
     from rlhf.policy import latest_checkpoint
     from rlhf.store import load_preference_data
@@ -358,7 +358,7 @@ def build_setup(cfg: TuneWeightsConfig, out: Path, image_given: bool) -> tuple[T
         from rlhf.scoring_service import ensure_service
 
         spec.service = ensure_service(spec)
-    env = finetune_env(cfg, spec, image_given)
+    env = finetune_env(cfg, spec, given)
     env.pop("reward")
     eval_images = [str(p.resolve()) for p in resolve_paths(cfg.eval_image)]
     pairs = load_preference_data(cfg.preference_data, cfg.annotator) if cfg.preference_data else []
@@ -501,14 +501,14 @@ def plot_sweep(rows: list[dict[str, Any]], baseline_objective: float, path: Path
     return path
 
 
-def run(cfg: TuneWeightsConfig, image_given: bool = False) -> dict[str, Any]:
+def run(cfg: TuneWeightsConfig, given: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
     """Run (or restore) the sweep; returns best.json's content."""
     from rayjobs.bootstrap import save_config_with_env
 
     out = run_dir(cfg.out, "tune")
     init_ray()
     storage = _storage(cfg, out)
-    setup, baseline = build_setup(cfg, out, image_given)
+    setup, baseline = build_setup(cfg, out, given)
     save_config_with_env(cfg, {**setup.env, "reward": setup.reward}, out)
     print(f"tune: {cfg.num_samples} trials of {cfg.timesteps} steps ({cfg.n_reports} evaluations each) from "
           f"{setup.init_policy}; objective = {setup.objective.personal} - {cfg.penalty} * max(0, "
@@ -546,7 +546,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     argv = sys.argv[1:] if argv is None else argv
     cfg = parse_config(TuneWeightsConfig, argv, prog="photographer tune")
-    return run(cfg, image_given=any(a == "--image" or a.startswith("--image=") for a in argv))
+    return run(cfg, given=given_flags(argv))
 
 
 if __name__ == "__main__":

@@ -114,6 +114,19 @@ class CropEnvConfig:
             raise ValueError(f"obs_size must be >= 16, got {self.obs_size}")
 
 
+BOX_FEATURES = 13  # box (4), steps used (1), saliency framing cues (8): see CropEnv
+
+
+def observation_space(obs_size: int) -> gym.spaces.Dict:
+    """CropEnv's observation space for thumbnails of side `obs_size` (policies are checked against it)."""
+    s = int(obs_size)
+    return gym.spaces.Dict({
+        "photo": gym.spaces.Box(0, 255, (s, s, 4), np.uint8),
+        "crop": gym.spaces.Box(0, 255, (s, s, 4), np.uint8),
+        "box": gym.spaces.Box(0.0, 1.0, (BOX_FEATURES,), np.float32),
+    })
+
+
 def augmented_variants(photo: Photo, n: int, rng: np.random.Generator) -> list[Photo]:
     """Fixed sub-photos (70-100% of each side) and mirrors: new framings of the same scene."""
     out = []
@@ -210,12 +223,7 @@ class CropEnv(gym.Env):
             for p in list(self.photos):
                 self.photos.extend(augmented_variants(p, self.cfg.augment_variants, rng))
         self.ratio = ASPECTS[self.cfg.aspect]
-        s = self.cfg.obs_size
-        self.observation_space = gym.spaces.Dict({
-            "photo": gym.spaces.Box(0, 255, (s, s, 4), np.uint8),
-            "crop": gym.spaces.Box(0, 255, (s, s, 4), np.uint8),
-            "box": gym.spaces.Box(0.0, 1.0, (13,), np.float32),
-        })
+        self.observation_space = observation_space(self.cfg.obs_size)
         self.action_space = gym.spaces.Discrete(len(Action))
         self._photo_obs: dict[str, np.ndarray] = {}
         self.photo: Photo = self.photos[0]

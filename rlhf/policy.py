@@ -96,6 +96,26 @@ def run_folder_of(ckpt: Path) -> Path | None:
     return None
 
 
+class PolicyMismatchError(ValueError):
+    """A checkpoint whose observations differ from what this version's CropEnv produces."""
+
+
+def _shapes(space) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in getattr(space, "spaces", {}).items()}
+
+
+def check_observation_space(module: TorchRLModule, env_config: dict[str, Any], source: Path) -> None:
+    """Fail with a clear message, not a matrix-shape error mid-rollout, on a policy from another version."""
+    from rlhf.env import observation_space
+
+    want = _shapes(observation_space(env_config.get("obs_size", 64)))
+    got = _shapes(module.observation_space)
+    if got != want:
+        raise PolicyMismatchError(
+            f"{source}: this policy observes {got}, but this version's crop environment gives {want} "
+            f"(a checkpoint from an older version of rlhf-photographer?): train it again with stage 1")
+
+
 class CropPolicy:
     """A trained policy, loaded without Ray, that crops photos greedily (or by sampling)."""
 
@@ -115,6 +135,7 @@ class CropPolicy:
         env_config: dict[str, Any] = {}
         if run is not None:
             env_config = json.loads((run / "config.json").read_text()).get("env", {})
+        check_observation_space(module, env_config, ckpt)
         return cls(module, env_config, ckpt)
 
     @torch.inference_mode()

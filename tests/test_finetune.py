@@ -1,0 +1,61 @@
+"""Stage 3's env settings: inherited from the bootstrap run, overridden only by flags named on the CLI."""
+
+from __future__ import annotations
+
+import pytest
+
+from rayjobs.finetune import FinetuneConfig, finetune_env, given_flags
+from rlhf.config import parse_config
+from rlhf.rewards import RewardSpec
+from tests.test_pairs_job import tiny_bootstrap
+
+
+@pytest.fixture(scope="module")
+def bootstrap_run(ray_local, tmp_path_factory):
+    return tiny_bootstrap(tmp_path_factory)
+
+
+def _env(bootstrap_run, tmp_path, *argv: str) -> dict:
+    model = tmp_path / "human_reward_model.pth"
+    model.write_bytes(b"plumbing: finetune_env never opens it")
+    argv = ["--policy", str(bootstrap_run), "--human_reward_model", str(model), *argv]
+    cfg = parse_config(FinetuneConfig, argv, prog="photographer finetune")
+    return finetune_env(cfg, RewardSpec(kind="aesthetic"), given_flags(argv))
+
+
+def test_env_comes_from_the_bootstrap_run(bootstrap_run, tmp_path):
+    env = _env(bootstrap_run, tmp_path)
+    # tiny_bootstrap trained with max_steps=8, augment_variants=0 on chelsea + coffee; the finetune
+    # config's own defaults (16, 4, the bundled training photos) must not leak in.
+    assert env["max_steps"] == 8 and env["augment_variants"] == 0
+    assert [p.rsplit("/", 1)[-1] for p in env["images"]] == ["chelsea.jpg", "coffee.jpg"]
+
+
+def test_flags_named_on_the_cli_override(bootstrap_run, tmp_path, capsys):
+    env = _env(bootstrap_run, tmp_path, "--max_steps=12", "--random_start", "0")
+    assert env["max_steps"] == 12 and env["random_start"] == 0.0
+    assert "--max_steps 12 overrides the bootstrap's 8" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag, value", [("--obs_size", "32"), ("--grid", "10")])
+def test_flags_that_change_the_observation_must_match(bootstrap_run, tmp_path, flag, value):
+    with pytest.raises(ValueError, match=f"{flag} {value}: the policy .* was trained with"):
+        _env(bootstrap_run, tmp_path, flag, value)
+
+
+def test_a_policy_from_another_version_fails_with_a_clear_error(tmp_path):
+    """Plumbing (untrained weights): a checkpoint whose box vector has 4 numbers, as an early version had."""
+    import gymnasium as gym
+    import numpy as np
+    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+    from rlhf.env import observation_space
+    from rlhf.policy import CropPolicy, CropPolicyModule, PolicyMismatchError
+
+    old = observation_space(64)
+    old.spaces["box"] = gym.spaces.Box(0.0, 1.0, (4,), np.float32)
+    module = RLModuleSpec(module_class=CropPolicyModule, observation_space=old,
+                          action_space=gym.spaces.Discrete(14)).build()
+    module.save_to_path(str(tmp_path / "ckpt"))
+    with pytest.raises(PolicyMismatchError, match=r"observes .*\(4,\).* gives .*\(13,\).*train it again"):
+        CropPolicy.load(tmp_path / "ckpt")
