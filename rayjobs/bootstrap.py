@@ -34,14 +34,18 @@ class BootstrapConfig(PPOSettings):
     scorer_weights: str | None = field(default=None, metadata={"help": "local weights for the scorer (NIMA .pth)"})
     service: bool = field(default=True, metadata={"help": "score through the shared scoring actor "
                                                   "(False: every env runner loads its own models)"})
-    grid: int = field(default=20, metadata={"help": "grid steps per side"})
-    max_steps: int = field(default=16, metadata={"help": "step cap per episode"})
+    grid: int = field(default=10, metadata={"help": "grid steps per side (10: each action moves a side by "
+                                                     "a tenth; coarser steps learn faster, see bench/README.md)"})
+    max_steps: int = field(default=10, metadata={"help": "step cap per episode"})
     min_area: float = field(default=0.25, metadata={"help": "smallest crop as a fraction of the photo"})
     aspect: str = field(default="free", metadata={"help": "aspect lock", "choices": list(ASPECTS)})
     obs_size: int = field(default=64, metadata={"help": "thumbnail side the policy sees"})
     augment_variants: int = field(default=4, metadata={"help": "fixed sub-photo/mirror variants per photo"})
     random_start: float = field(default=0.5, metadata={"help": "share of training episodes that start from a "
                                                        "random box (exploring starts)"})
+    saliency: str = field(default="subject", metadata={"help": "saliency the policy sees: subject (Lite0 class "
+                                                       "activation + saliency + heads) | spectral (no network)",
+                                                       "choices": ["subject", "spectral"]})
 
     def __post_init__(self) -> None:
         self.validate()
@@ -52,7 +56,8 @@ class BootstrapConfig(PPOSettings):
 def env_config(cfg: BootstrapConfig, reward: RewardSpec) -> dict:
     return {"images": [str(p) for p in resolve_paths(cfg.image)], "grid": cfg.grid, "max_steps": cfg.max_steps,
             "min_area": cfg.min_area, "aspect": cfg.aspect, "obs_size": cfg.obs_size,
-            "augment_variants": cfg.augment_variants, "random_start": cfg.random_start, "seed": cfg.seed, "reward": reward.to_dict()}
+            "augment_variants": cfg.augment_variants, "random_start": cfg.random_start, "saliency": cfg.saliency,
+            "seed": cfg.seed, "reward": reward.to_dict()}
 
 
 def reward_spec(cfg: BootstrapConfig, **kw) -> RewardSpec:

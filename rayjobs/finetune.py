@@ -7,7 +7,7 @@
 The env settings (grid, thumbnails, aspect lock, ...) come from the bootstrap run so the policy's
 observations keep their meaning; photos default to the bootstrap's. An env flag given on the command
 line overrides the bootstrap's value (e.g. `--random_start 0` or `--max_steps 12`), except
-`--obs_size` and `--grid`, which would change what the policy's inputs mean: those must match.
+`--obs_size`, `--grid` and `--saliency`, which would change what the policy's inputs mean: those must match.
 """
 
 from __future__ import annotations
@@ -49,9 +49,9 @@ class FinetuneConfig(BootstrapConfig):
 # BootstrapConfig flag -> env_config key, for the env flags stage 3 inherits from the bootstrap run.
 ENV_FLAGS = {"image": "images", "grid": "grid", "max_steps": "max_steps", "min_area": "min_area",
              "aspect": "aspect", "obs_size": "obs_size", "augment_variants": "augment_variants",
-             "random_start": "random_start"}
-# Changing these would change what the policy's observations mean (thumbnail size, grid step).
-FIXED_BY_POLICY = ("obs_size", "grid")
+             "random_start": "random_start", "saliency": "saliency"}
+# Changing these would change what the policy's observations mean (thumbnail size, grid step, map).
+FIXED_BY_POLICY = ("obs_size", "grid", "saliency")
 
 
 def given_flags(argv: list[str]) -> set[str]:
@@ -65,6 +65,8 @@ def finetune_env(cfg: FinetuneConfig, reward: RewardSpec, given: set[str] | froz
     run = run_folder_of(ckpt)
     base = json.loads((run / "config.json").read_text()).get("env", {}) if run else {}
     env = dict(base)
+    if base:
+        env.setdefault("saliency", "spectral")  # runs from before the option saw the spectral map
     for flag, key in ENV_FLAGS.items():
         if flag == "image":
             if flag in given or "images" not in env:

@@ -99,13 +99,18 @@ def _reference_to_timm_lite(ref: dict[str, torch.Tensor], model: torch.nn.Module
     return out
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def read_torch_file(path: Path, what: str = "weights file") -> Any:
+    """torch.load of tensors only (no pickled code), with errors that name the file."""
     if not path.is_file():
-        raise BackboneWeightsError(f"{path}: no such weights file")
+        raise BackboneWeightsError(f"{path}: no such {what}")
     try:
-        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for non-checkpoint files
-        raise BackboneWeightsError(f"{path}: not a readable torch weights file ({e})") from e
+        raise BackboneWeightsError(f"{path}: not a readable torch {what} ({e})") from e
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    obj = read_torch_file(path)
     for k in ("state_dict", "model", "backbone"):
         if isinstance(obj, dict) and isinstance(obj.get(k), dict):
             obj = obj[k]

@@ -8,7 +8,12 @@ minimum area. Reward is dense: the change of the crop's score, so an episode's r
 agent is paid for improvement only.
 
 Why a grid: a coarse action set keeps the policy's job small (14 actions) and makes boxes
-recur, so the scoring cache hits often.
+recur, so the scoring cache hits often. Why 10 steps per side and a cap of 10 steps (the issue
+suggested about 20 and 16): at a tenth of the photo per step, a step changes the score by more
+than the scorer's local noise and a good crop is 2-4 decisions away instead of 5-8, so PPO's
+credit assignment is easier. With the same 20k steps on the same photos, held-out crops went from
+vs_random 1.077 (grid 20) to 1.101 (grid 10), see bench/README.md. `--grid 20` is still there for
+finer crops from longer training.
 """
 
 from __future__ import annotations
@@ -78,8 +83,8 @@ class CropEnvConfig:
     """The crop environment; every field is also an RLlib env_config key."""
 
     images: list[str] = field(default_factory=list, metadata={"help": "photo files, folders or globs"})
-    grid: int = field(default=20, metadata={"help": "grid steps per side: one action moves a side 1/grid"})
-    max_steps: int = field(default=16, metadata={"help": "step cap per episode"})
+    grid: int = field(default=10, metadata={"help": "grid steps per side: one action moves a side 1/grid"})
+    max_steps: int = field(default=10, metadata={"help": "step cap per episode"})
     min_area: float = field(default=0.25, metadata={"help": "smallest crop, as a fraction of the photo's area"})
     aspect: str = field(default="free", metadata={"help": "aspect-ratio lock", "choices": list(ASPECTS)})
     obs_size: int = field(default=64, metadata={"help": "side of the photo and crop thumbnails the policy sees"})
@@ -95,6 +100,11 @@ class CropEnvConfig:
         default=0.0, metadata={"help": "share of episodes that start from a random box instead of the whole "
                                "photo (exploring starts for training: the policy learns to repair bad "
                                "framings, so stopping at once is no longer a safe habit)"})
+    saliency: str = field(
+        default="subject", metadata={"help": "the saliency channel and framing cues: 'subject' (spectral + "
+                                     "fine-grained saliency, the frozen Lite0's class-activation map, heads: "
+                                     "where the subject is) or 'spectral' (spectral residual only, no network)",
+                                     "choices": ["subject", "spectral"]})
     seed: int = field(default=0, metadata={"help": "seed for photo order and augmentation"})
 
     def __post_init__(self) -> None:
@@ -112,6 +122,8 @@ class CropEnvConfig:
             raise ValueError(f"random_start must be in [0, 1], got {self.random_start}")
         if self.obs_size < 16:
             raise ValueError(f"obs_size must be >= 16, got {self.obs_size}")
+        if self.saliency not in ("subject", "spectral"):
+            raise ValueError(f"saliency must be 'subject' or 'spectral', got {self.saliency!r}")
 
 
 BOX_FEATURES = 13  # box (4), steps used (1), saliency framing cues (8): see CropEnv
@@ -183,6 +195,15 @@ def saliency_channel(rgb: np.ndarray) -> np.ndarray:
     return np.clip(m / max(float(m.max()), 1e-6) * 255.0, 0, 255).astype(np.uint8)
 
 
+def subject_channel(pixels: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """The proxy scorer's subject map of the photo (rlhf.scorers.subject_map) as uint8 at `like`'s size."""
+    from rlhf.scorers import subject_map  # lazy: the env stays importable without loading a network
+
+    m = subject_map(pixels).astype(np.float32)
+    m = cv2.resize(m, (like.shape[1], like.shape[0]), interpolation=cv2.INTER_LINEAR)
+    return np.clip(m / max(float(m.max()), 1e-6) * 255.0, 0, 255).astype(np.uint8)
+
+
 class CropEnv(gym.Env):
     """Gymnasium env: observe the photo, the current crop and the box; act on the box.
 
@@ -195,9 +216,16 @@ class CropEnv(gym.Env):
            density of a thin strip inside each edge (left, top, right, bottom; /4, clipped): high
            means the edge cuts through the subject.
 
-    The saliency channel (OpenCV spectral residual, computed once per photo) is a cheap, scorer-
-    independent hint of where the subject is; with only a few training photos it lets the policy
-    learn "frame the salient mass" instead of memorising each photo.
+    The saliency channel is where the subject is, computed once per photo. By default
+    (`saliency="subject"`) it is the subject map of rlhf.scorers: spectral-residual and fine-grained
+    saliency, the class-activation map of the frozen EfficientNet-Lite0 (ImageNet weights, as A2-RL
+    feeds its policy frozen VGG features) and heads. A policy trained on ten photos cannot learn what
+    a subject is from its own pixels; with this map it learns "frame the subject" and carries it to
+    new photos. Stated plainly: the default (proxy) scorer computes its composition terms from the
+    same map, so the policy sees one of the reward's inputs; with NIMA it is a generic subject prior.
+    Measured on held-out photos: centring a box on this map's centroid beats the centred box by 1.9 %
+    (2.5 % on the training photos), the spectral residual alone by 1.0 % (and not at all on the
+    training photos, so a policy cannot learn to use it). `saliency="spectral"` needs no network.
     """
 
     metadata = {"render_modes": ["rgb_array"]}
@@ -302,7 +330,7 @@ class CropEnv(gym.Env):
             scale = 4 * s / max(big.shape[:2])
             if scale < 1:
                 big = resize(big, (max(1, round(big.shape[1] * scale)), max(1, round(big.shape[0] * scale))))
-            sal = saliency_channel(big)
+            sal = saliency_channel(big) if self.cfg.saliency == "spectral" else subject_channel(self.photo.pixels, big)
             big = np.concatenate([big, sal[..., None]], axis=2)
             self._photo_obs[self.photo.id] = (resize(big, s), big, _sat(sal.astype(np.float64)))
         return self._photo_obs[self.photo.id]

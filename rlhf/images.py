@@ -18,7 +18,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 PHOTOS_DIR = Path(__file__).resolve().parent / "data" / "photos"
-TRAIN_PHOTOS = ("astronaut", "chelsea", "rocket", "china", "motorcycle")
+TRAIN_PHOTOS = ("astronaut", "chelsea", "rocket", "china", "motorcycle", "camera", "cheetah", "cheetah2", "lion",
+                "tower")
 HELDOUT_PHOTOS = ("coffee", "flower", "grace_hopper")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 # 64 MP: larger than any camera photo a user crops, far below what would exhaust memory.

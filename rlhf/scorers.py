@@ -88,6 +88,7 @@ from rlhf.backbone import (
     input_stats,
     load_backbone,
     preprocess,
+    read_torch_file,
 )
 from rlhf.brisque import BrisqueRegions, brisque_score
 from rlhf.images import Photo, clip_box, resize
@@ -142,6 +143,24 @@ def register_scorer(name: str, *aliases: str) -> Callable[[Callable[..., Aesthet
 def list_scorers() -> list[str]:
     """Registered scorer names (aliases not included)."""
     return sorted(_REGISTRY)
+
+
+_SUBJECT_MAPPERS: dict[int, ProxyAestheticScorer] = {}
+_SUBJECT_LOCK = threading.Lock()
+
+
+def subject_map(pixels: np.ndarray) -> np.ndarray:
+    """`ProxyAestheticScorer.subject_map` from one frozen Lite0 per process (loaded on first use).
+
+    Offline like the rest: the backbone's ImageNet weights ship in a package."""
+    with _SUBJECT_LOCK:
+        mapper = _SUBJECT_MAPPERS.get(0)
+        if mapper is None:
+            # Smaller inputs than the scorer's (224 vs 320 px for the network, 320 vs 512 for faces): the
+            # map is shown at 64 px, and `photographer crop` pays for it on every new photo.
+            mapper = _SUBJECT_MAPPERS[0] = ProxyAestheticScorer(
+                feature_long_side=224, face_long_side=320, photo_cache_size=1, box_cache_size=1)
+    return mapper.subject_map(pixels)
 
 
 def create_scorer(name: str = "default", weights: str | None = None, device: str = "cpu",
@@ -358,9 +377,11 @@ class ProxyAestheticScorer(AestheticScorer):
         s = self.feature_long_side / max(h, w)
         size = (max(32, round(w * s)), max(32, round(h * s)))
         with torch.inference_mode():
-            f = self.model.forward_features(self._normalised_input(resize(pixels, size)))[0]
-        f = f.float().cpu().numpy().astype(np.float64)
-        return np.einsum("kc,chw->khw", self._cls_w, f) + self._cls_b[:, None, None]
+            f = self.model.forward_features(self._normalised_input(resize(pixels, size)))[0].float()
+            # The classifier at every cell, in float32 on the model's device (8x faster than numpy's float64).
+            head = self.model.get_classifier()
+            z = torch.einsum("kc,chw->khw", head.weight.float(), f) + head.bias.float()[:, None, None]
+        return z.cpu().numpy().astype(np.float64)
 
     def _faces(self, pixels: np.ndarray) -> np.ndarray:
         """Frontal faces as (l, t, r, b), each widened by a quarter of its size to hold the head."""
@@ -408,19 +429,29 @@ class ProxyAestheticScorer(AestheticScorer):
             out += m / mean if mean > 1e-12 else 1.0
         return out / len(maps)
 
-    def _context(self, photo: Photo) -> _PhotoContext:
-        key = (photo.id, photo.width, photo.height)
-        ctx = self._photos.get(key)
-        if ctx is not None:
-            return ctx
-        px = photo.pixels
+    def _subject(self, px: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Class-logit map, top classes, faces and the saliency map (see the module docstring)."""
         logits = self._logit_map(px)
         top = np.argsort(logits.mean((1, 2)))[::-1][: self.top_k]
         # Class-activation map of the top classes: where the photo's subject is.
         p = np.exp(logits - logits.max(0, keepdims=True))
         subject = p[top].sum(0) / p.sum(0)
         faces = self._faces(px)
-        sal = self._saliency(px, subject, faces)
+        return logits, top, faces, self._saliency(px, subject, faces)
+
+    def subject_map(self, pixels: np.ndarray) -> np.ndarray:
+        """The photo's saliency map as this scorer sees it (float, mean about 1, saliency_long_side px):
+        spectral-residual and fine-grained saliency, the ImageNet class-activation map of the photo's
+        top classes, and heads. CropEnv shows it to the policy: where the subject is."""
+        return self._subject(pixels)[3]
+
+    def _context(self, photo: Photo) -> _PhotoContext:
+        key = (photo.id, photo.width, photo.height)
+        ctx = self._photos.get(key)
+        if ctx is not None:
+            return ctx
+        px = photo.pixels
+        logits, top, faces, sal = self._subject(px)
         sh, sw = sal.shape
         xs = (np.arange(sw) + 0.5) / sw
         ys = (np.arange(sh) + 0.5) / sh
@@ -654,12 +685,7 @@ def load_nima_checkpoint(path: str | Path, backbone: str | None = None) -> tuple
     keys do not fit.
     """
     p = Path(path).expanduser()
-    if not p.is_file():
-        raise BackboneWeightsError(f"{p}: no such NIMA checkpoint")
-    try:
-        obj: Any = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for non-checkpoint files
-        raise BackboneWeightsError(f"{p}: not a readable torch checkpoint ({e})") from e
+    obj = read_torch_file(p, "NIMA checkpoint")
     if not isinstance(obj, dict):
         raise BackboneWeightsError(f"{p}: holds a {type(obj).__name__}, not a checkpoint dict")
     if obj.get("format") == NIMA_FORMAT:

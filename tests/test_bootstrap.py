@@ -59,7 +59,7 @@ def test_resume_continues_from_last_checkpoint(killed_and_resumed):
     assert int(rows[-1].split(",")[1]) >= 768
     assert (out / "curves.png").stat().st_size > 1000
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["env"]["grid"] == 20 and cfg["reward"]["kind"] == "aesthetic"
+    assert cfg["env"]["grid"] == 10 and cfg["reward"]["kind"] == "aesthetic"
 
 
 def test_crop_writes_json_crops_and_contact_sheet(killed_and_resumed, tmp_path):

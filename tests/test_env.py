@@ -123,3 +123,28 @@ def test_slivers_are_refused(photos):
         env.step(Action.SQUASH_Y)
     l, t, r, b = env.pixel_box()
     assert (r - l) / (b - t) <= 2.0 + 1e-6
+
+
+# The spectral residual also fires on the pasted photo's edges, so its centroid lies further right.
+@pytest.mark.parametrize("saliency, max_cx", [("subject", 0.3), ("spectral", 0.4)])
+def test_saliency_channel_and_cues_find_the_subject(photos, saliency, max_cx):
+    """A real photo (the cat) pasted into the left part of a flat canvas: the saliency the policy sees
+    lies on it, and the framing cues say so (share of saliency kept, centroid inside the box)."""
+    from rlhf.images import Photo
+
+    cat = photos[0].pixels[::2, ::2]
+    canvas = np.full((cat.shape[0] * 2, cat.shape[1] * 3, 3), 128, np.uint8)
+    top = cat.shape[0] // 2
+    canvas[top:top + cat.shape[0], : cat.shape[1]] = cat
+    env = CropEnv({"saliency": saliency}, reward_fn=area_reward, photos=[Photo("pasted", canvas)])
+    obs, _ = env.reset(options={"photo_index": 0})
+    sal = obs["photo"][..., 3].astype(float)
+    assert sal[:, : sal.shape[1] // 3].sum() > 0.6 * sal.sum()  # the cat covers the left third only
+    kept, area, cx, cy = obs["box"][5:9]
+    assert kept == pytest.approx(1.0) and area == pytest.approx(1.0)
+    assert cx < max_cx and 0.3 < cy < 0.7
+
+
+def test_bad_saliency_setting_fails_fast(photos):
+    with pytest.raises(ValueError, match="saliency must be"):
+        make(photos, saliency="nope")
