@@ -57,7 +57,7 @@ def same_size_boxes(photo: Photo, box, n: int, rng: np.random.Generator, centre:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--policy", help="stage-1 run folder or checkpoint (default: train one now)")
-    ap.add_argument("--timesteps", type=int, default=12000, help="stage-1 steps when training here")
+    ap.add_argument("--timesteps", type=int, default=40000, help="stage-1 steps when training here")
     ap.add_argument("--variants", type=int, default=4, help="framings per held-out photo")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--photos", nargs="+", help="bundled photo names to crop (default: the held-out ones; "
@@ -68,7 +68,8 @@ def main() -> None:
         from rayjobs.bootstrap import BootstrapConfig, run
 
         out = Path("results") / f"bench-crop-quality-{time.strftime('%Y%m%d-%H%M%S')}"
-        run(BootstrapConfig(timesteps=args.timesteps, out=str(out), seed=args.seed))
+        # In process (no scoring actor): this bench is about the crops, bench/scoring.py about the actor.
+        run(BootstrapConfig(timesteps=args.timesteps, out=str(out), seed=args.seed, service=False))
         policy_path = str(out)
     policy = CropPolicy.load(policy_path)
     rng = np.random.default_rng(args.seed)

@@ -43,8 +43,8 @@ class BootstrapConfig(PPOSettings):
     augment_variants: int = field(default=4, metadata={"help": "fixed sub-photo/mirror variants per photo"})
     random_start: float = field(default=0.5, metadata={"help": "share of training episodes that start from a "
                                                        "random box (exploring starts)"})
-    saliency: str = field(default="subject", metadata={"help": "saliency the policy sees: subject (Lite0 class "
-                                                       "activation + saliency + heads) | spectral (no network)",
+    saliency: str = field(default="spectral", metadata={"help": "saliency the policy sees: spectral (no network) | "
+                                                        "subject (Lite0 class activation + saliency + heads)",
                                                        "choices": ["subject", "spectral"]})
 
     def __post_init__(self) -> None:

@@ -101,7 +101,7 @@ class CropEnvConfig:
                                "photo (exploring starts for training: the policy learns to repair bad "
                                "framings, so stopping at once is no longer a safe habit)"})
     saliency: str = field(
-        default="subject", metadata={"help": "the saliency channel and framing cues: 'subject' (spectral + "
+        default="spectral", metadata={"help": "the saliency channel and framing cues: 'subject' (spectral + "
                                      "fine-grained saliency, the frozen Lite0's class-activation map, heads: "
                                      "where the subject is) or 'spectral' (spectral residual only, no network)",
                                      "choices": ["subject", "spectral"]})
@@ -216,16 +216,15 @@ class CropEnv(gym.Env):
            density of a thin strip inside each edge (left, top, right, bottom; /4, clipped): high
            means the edge cuts through the subject.
 
-    The saliency channel is where the subject is, computed once per photo. By default
-    (`saliency="subject"`) it is the subject map of rlhf.scorers: spectral-residual and fine-grained
-    saliency, the class-activation map of the frozen EfficientNet-Lite0 (ImageNet weights, as A2-RL
-    feeds its policy frozen VGG features) and heads. A policy trained on ten photos cannot learn what
-    a subject is from its own pixels; with this map it learns "frame the subject" and carries it to
-    new photos. Stated plainly: the default (proxy) scorer computes its composition terms from the
-    same map, so the policy sees one of the reward's inputs; with NIMA it is a generic subject prior.
-    Measured on held-out photos: centring a box on this map's centroid beats the centred box by 1.9 %
-    (2.5 % on the training photos), the spectral residual alone by 1.0 % (and not at all on the
-    training photos, so a policy cannot learn to use it). `saliency="spectral"` needs no network.
+    The saliency channel is a hint of where the subject is, computed once per photo. By default
+    (`saliency="spectral"`) it is OpenCV's spectral residual: no network, under a millisecond.
+    `saliency="subject"` shows the subject map of rlhf.scorers instead: spectral-residual and
+    fine-grained saliency, the class-activation map of the frozen EfficientNet-Lite0 (ImageNet
+    weights, as A2-RL feeds its policy frozen VGG features) and heads; the default (proxy) scorer
+    computes its composition terms from that same map. It is the better hint (a box centred on its
+    centroid beats the centred box by 1.9 % on held-out photos and 2.5 % on the training photos; the
+    spectral residual's centroid by 1.0 % and -0.1 %), but in stage-1 runs of 20-40k steps it did not
+    make held-out crops better (bench/README.md) and costs ~40 ms per new photo, so it is opt-in.
     """
 
     metadata = {"render_modes": ["rgb_array"]}
