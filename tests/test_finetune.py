@@ -25,7 +25,7 @@ def _env(bootstrap_run, tmp_path, *argv: str) -> dict:
 
 def test_env_comes_from_the_bootstrap_run(bootstrap_run, tmp_path):
     env = _env(bootstrap_run, tmp_path)
-    # tiny_bootstrap trained with max_steps=8, augment_variants=0 on chelsea + coffee; the finetune
+    # tiny_bootstrap trained with max_steps=8, grid=20, augment_variants=0 on chelsea + coffee; the finetune
     # config's own defaults (16, 4, the bundled training photos) must not leak in.
     assert env["max_steps"] == 8 and env["augment_variants"] == 0
     assert [p.rsplit("/", 1)[-1] for p in env["images"]] == ["chelsea.jpg", "coffee.jpg"]

@@ -21,6 +21,8 @@ PHOTOS = [str(p) for p in bundled_photos(["chelsea", "coffee", "rocket"])]
 def tiny_bootstrap(tmp_path_factory) -> Path:
     """A real bootstrap run, as small as PPO allows: 2 iterations of 128 steps on 2 photos.
 
+    Grid 20 (not the default 10): the pairs tests want many distinct boxes from a barely trained policy.
+
     Trained once per test session (test_evaluate.py reuses the same folder under the session's
     base temp dir), with a marker written only after training finished.
     """
@@ -34,7 +36,7 @@ def tiny_bootstrap(tmp_path_factory) -> Path:
         shutil.rmtree(out, ignore_errors=True)
         bootstrap(BootstrapConfig(timesteps=256, train_batch_size=128, minibatch_size=64, num_epochs=1,
                                   checkpoint_every=1, num_env_runners=0, service=False, augment_variants=0,
-                                  max_steps=8, image=[str(p) for p in bundled_photos(["chelsea", "coffee"])],
+                                  max_steps=8, grid=20, image=[str(p) for p in bundled_photos(["chelsea", "coffee"])],
                                   out=str(out)))
         (out / "DONE").write_text("")
     return out
