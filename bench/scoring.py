@@ -9,8 +9,8 @@
    vs not (max 1).
    Target: batched / unbatched >= 4 at k = 8.
 3. (crop-based scorer only) what travels: box + photo ref vs crops resized on the client.
-4. stage-1 env steps/s: 1, 2, 4 env-runner actors, each a CropEnv with the stage-1 settings (5 training
-   photos, 4 sub-photo variants each, grid 20) taking random actions, scored through the actor, with
+4. stage-1 env steps/s: 1, 2, 4 env-runner actors, each a CropEnv with the stage-1 settings (the training
+   photos, 4 sub-photo variants each, the default grid) taking random actions, scored through the actor, with
    the (photo, box) caches on (client + actor) and off.
 
 Scorers: "default" (the stage-1 proxy: per-photo network pass + per-box BRISQUE/saliency terms) and,
@@ -303,7 +303,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     cfg = BootstrapConfig(num_env_runners=1)
     env = env_config(cfg, spec)
-    print("\n[default] 4. stage-1 env steps/s (random actions; 5 photos x 5 framings, grid 20)")
+    print(f"\n[default] 4. stage-1 env steps/s (random actions; {len(env['images'])} photos x "
+          f"{1 + cfg.augment_variants} framings, grid {cfg.grid})")
     from rlhf.env import CropEnv
 
     warm = ServiceReward(spec, cache_size=0)

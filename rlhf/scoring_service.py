@@ -637,7 +637,7 @@ class ScoringService:
 # ----------------------------------------------------------------------------------------------------
 _HANDLES: dict[str, Any] = {}
 # The proxy scorer keeps 16 photo contexts by default. The service scores every photo of the job
-# (stage 1's defaults: 5 photos x 5 framings = 25) and a context costs 0.3-0.6 s to recompute: with
+# (stage 1's defaults: 10 photos x 5 framings = 50) and a context costs 0.3-0.6 s to recompute: with
 # 16, random stage-1 steps ran 12x slower (39 vs 488 steps/s in process). It keeps 512 (~1 MB each).
 SERVICE_PHOTO_CONTEXTS = 512
 
