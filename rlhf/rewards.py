@@ -72,9 +72,10 @@ class LocalReward:
         self.scorer = None
         self.human = None
         if spec.kind in ("aesthetic", "combined"):
-            from rlhf.scorers import create_scorer
+            from rlhf.scorers import create_scorer, training_scorer_kwargs
 
-            self.scorer = create_scorer(spec.scorer, weights=spec.scorer_weights, device=spec.device)
+            self.scorer = create_scorer(spec.scorer, weights=spec.scorer_weights, device=spec.device,
+                                        **training_scorer_kwargs(spec.scorer))
         if spec.kind in ("human", "combined"):
             from rlhf.reward_model import PreferenceRewardModel
 

@@ -636,16 +636,12 @@ class ScoringService:
 # Creating it
 # ----------------------------------------------------------------------------------------------------
 _HANDLES: dict[str, Any] = {}
-# The proxy scorer keeps 16 photo contexts by default. The service scores every photo of the job
-# (stage 1's defaults: 10 photos x 5 framings = 50) and a context costs 0.3-0.6 s to recompute: with
-# 16, random stage-1 steps ran 12x slower (39 vs 488 steps/s in process). It keeps 512 (~1 MB each).
-SERVICE_PHOTO_CONTEXTS = 512
 
 
 def _service_scorer_kwargs(spec: RewardSpec, given: dict[str, Any] | None) -> dict[str, Any]:
-    if spec.scorer.partition(":")[0] in ("default", "proxy"):
-        return {"photo_cache_size": SERVICE_PHOTO_CONTEXTS, **(given or {})}
-    return dict(given or {})
+    from rlhf.scorers import training_scorer_kwargs  # lazy, as everywhere here: no torch at import
+
+    return {**training_scorer_kwargs(spec.scorer), **(given or {})}
 
 
 def placement(num_cpus: float | None = None, num_gpus: float | None = None) -> dict[str, float]:
