@@ -177,7 +177,10 @@ def _sweep(inputs, out: Path, *extra: str) -> subprocess.Popen:
     args = ["--policy", str(policy), "--human_reward_model", str(model_path), "--no-service",
             "--num_samples", "2", "--timesteps", str(SWEEP_STEPS), "--train_batch_size", "64", "--minibatch_size", "32",
             "--num_epochs", "1", "--eval_every", "1", "--image", *TRAIN,
-            "--eval_image", *UNSEEN, "--preference_data", str(heldout), "--out", str(out), *extra]
+            "--eval_image", *UNSEEN, "--preference_data", str(heldout), "--out", str(out),
+            # No ASHA here: a trial it stops at a rung before the kill is finished, not caught mid-way, and
+            # is rightly not resumed (ASHA itself: test_asha_stops_trials_that_fall_behind).
+            "--no-asha", *extra]
     # Tune saves its experiment state at most every 10 s by default; every second here, so the kill
     # below lands after a state that records a trial checkpoint.
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1", "TUNE_GLOBAL_CHECKPOINT_S": "1"}
@@ -235,10 +238,10 @@ def test_restored_sweep_finishes_every_trial_from_its_checkpoint(restored_sweep)
     for r in rows:
         assert r["status"] == "ok", r["error"]
         assert float(r["w_nima"]) == pytest.approx(1 - float(r["w_human"]))
-        assert int(r["reports"]) == SWEEP_REPORTS or r["stopped_early"] == "True"
+        assert int(r["reports"]) == SWEEP_REPORTS and r["stopped_early"] == "False"  # no ASHA here
         assert math.isfinite(float(r["objective_best"]))
         assert 0.0 <= float(r["agreement"]) <= 1.0 and 1.0 <= float(r["aesthetic_mean"]) <= 10.0
-        if r["trial"] in caught and r["stopped_early"] == "False":
+        if r["trial"] in caught:
             assert int(r["timesteps"]) > int(caught[r["trial"]]["timesteps"])  # PPO went on from there
 
 
