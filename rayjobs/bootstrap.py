@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rayjobs.ppo import PPOSettings, train
 from rlhf.config import parse_config, run_dir, save_config
-from rlhf.env import ASPECTS
+from rlhf.env import ASPECTS, SALIENCY_MAPS
 from rlhf.images import TRAIN_PHOTOS, bundled_photos, resolve_paths
 from rlhf.rewards import RewardSpec
 
@@ -45,7 +45,7 @@ class BootstrapConfig(PPOSettings):
                                                        "random box (exploring starts)"})
     saliency: str = field(default="spectral", metadata={"help": "saliency the policy sees: spectral (no network) | "
                                                         "subject (Lite0 class activation + saliency + heads)",
-                                                       "choices": ["subject", "spectral"]})
+                                                       "choices": list(SALIENCY_MAPS)})
 
     def __post_init__(self) -> None:
         self.validate()
@@ -53,10 +53,12 @@ class BootstrapConfig(PPOSettings):
             raise ValueError("--resume needs --out: the run folder to continue")
 
 
+# The BootstrapConfig fields that are CropEnv settings of the same name (besides image -> images).
+ENV_FIELDS = ("grid", "max_steps", "min_area", "aspect", "obs_size", "augment_variants", "random_start", "saliency")
+
+
 def env_config(cfg: BootstrapConfig, reward: RewardSpec) -> dict:
-    return {"images": [str(p) for p in resolve_paths(cfg.image)], "grid": cfg.grid, "max_steps": cfg.max_steps,
-            "min_area": cfg.min_area, "aspect": cfg.aspect, "obs_size": cfg.obs_size,
-            "augment_variants": cfg.augment_variants, "random_start": cfg.random_start, "saliency": cfg.saliency,
+    return {"images": [str(p) for p in resolve_paths(cfg.image)], **{f: getattr(cfg, f) for f in ENV_FIELDS},
             "seed": cfg.seed, "reward": reward.to_dict()}
 
 

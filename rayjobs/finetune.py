@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rayjobs.bootstrap import BootstrapConfig, release, save_config_with_env
+from rayjobs.bootstrap import ENV_FIELDS, BootstrapConfig, release, save_config_with_env
 from rayjobs.ppo import init_ray, train
 from rlhf.config import parse_config, run_dir
 from rlhf.images import resolve_paths
@@ -46,10 +46,6 @@ class FinetuneConfig(BootstrapConfig):
                    w_nima=self.w_nima, w_human=self.w_human)
 
 
-# BootstrapConfig flag -> env_config key, for the env flags stage 3 inherits from the bootstrap run.
-ENV_FLAGS = {"image": "images", "grid": "grid", "max_steps": "max_steps", "min_area": "min_area",
-             "aspect": "aspect", "obs_size": "obs_size", "augment_variants": "augment_variants",
-             "random_start": "random_start", "saliency": "saliency"}
 # Changing these would change what the policy's observations mean (thumbnail size, grid step, map).
 FIXED_BY_POLICY = ("obs_size", "grid", "saliency")
 
@@ -67,19 +63,17 @@ def finetune_env(cfg: FinetuneConfig, reward: RewardSpec, given: set[str] | froz
     env = dict(base)
     if base:
         env.setdefault("saliency", "spectral")  # runs from before the option saw the spectral map
-    for flag, key in ENV_FLAGS.items():
-        if flag == "image":
-            if flag in given or "images" not in env:
-                env["images"] = [str(p) for p in resolve_paths(cfg.image)]
-            continue
-        value = getattr(cfg, flag)
+    if "image" in given or "images" not in env:
+        env["images"] = [str(p) for p in resolve_paths(cfg.image)]
+    for key in ENV_FIELDS:
+        value = getattr(cfg, key)
         if key not in env:
             env[key] = value
-        elif flag in given and value != env[key]:
-            if flag in FIXED_BY_POLICY:
-                raise ValueError(f"--{flag} {value}: the policy {ckpt} was trained with {flag}={env[key]}; "
+        elif key in given and value != env[key]:
+            if key in FIXED_BY_POLICY:
+                raise ValueError(f"--{key} {value}: the policy {ckpt} was trained with {key}={env[key]}; "
                                  f"stage 3 must keep it (it changes what the policy observes)")
-            print(f"stage 3: --{flag} {value} overrides the bootstrap's {env[key]}", flush=True)
+            print(f"stage 3: --{key} {value} overrides the bootstrap's {env[key]}", flush=True)
             env[key] = value
     env["seed"] = cfg.seed
     env["reward"] = reward.to_dict()

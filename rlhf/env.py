@@ -30,6 +30,7 @@ import numpy as np
 from rlhf.images import Box, Photo, clip_box, load_collection, resize
 
 ASPECTS = {"free": None, "1:1": 1.0, "4:3": 4 / 3, "3:2": 3 / 2, "16:9": 16 / 9}
+SALIENCY_MAPS = ("spectral", "subject")  # what the saliency channel shows: see CropEnv
 
 
 class Action(enum.IntEnum):
@@ -104,7 +105,7 @@ class CropEnvConfig:
         default="spectral", metadata={"help": "the saliency channel and framing cues: 'subject' (spectral + "
                                      "fine-grained saliency, the frozen Lite0's class-activation map, heads: "
                                      "where the subject is) or 'spectral' (spectral residual only, no network)",
-                                     "choices": ["subject", "spectral"]})
+                                     "choices": list(SALIENCY_MAPS)})
     seed: int = field(default=0, metadata={"help": "seed for photo order and augmentation"})
 
     def __post_init__(self) -> None:
@@ -122,8 +123,8 @@ class CropEnvConfig:
             raise ValueError(f"random_start must be in [0, 1], got {self.random_start}")
         if self.obs_size < 16:
             raise ValueError(f"obs_size must be >= 16, got {self.obs_size}")
-        if self.saliency not in ("subject", "spectral"):
-            raise ValueError(f"saliency must be 'subject' or 'spectral', got {self.saliency!r}")
+        if self.saliency not in SALIENCY_MAPS:
+            raise ValueError(f"saliency must be one of {SALIENCY_MAPS}, got {self.saliency!r}")
 
 
 BOX_FEATURES = 13  # box (4), steps used (1), saliency framing cues (8): see CropEnv

@@ -135,7 +135,6 @@ class CropPolicy:
         env_config: dict[str, Any] = {}
         if run is not None:
             env_config = json.loads((run / "config.json").read_text()).get("env", {})
-            env_config.setdefault("saliency", "spectral")  # runs from before the option saw the spectral map
         check_observation_space(module, env_config, ckpt)
         return cls(module, env_config, ckpt)
 

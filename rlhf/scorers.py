@@ -66,6 +66,7 @@ a pyiqa NIMA state dict (``base_model.*``, ``classifier.*``); ``"nima:<timm name
 
 from __future__ import annotations
 
+import functools
 import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
@@ -145,22 +146,18 @@ def list_scorers() -> list[str]:
     return sorted(_REGISTRY)
 
 
-_SUBJECT_MAPPERS: dict[int, ProxyAestheticScorer] = {}
-_SUBJECT_LOCK = threading.Lock()
+@functools.cache
+def _subject_mapper() -> ProxyAestheticScorer:
+    # Smaller inputs than the scorer's (224 vs 320 px for the network, 320 vs 512 for faces): the map is
+    # shown at 64 px, and `photographer crop` pays for it on every new photo.
+    return ProxyAestheticScorer(feature_long_side=224, face_long_side=320, photo_cache_size=1, box_cache_size=1)
 
 
 def subject_map(pixels: np.ndarray) -> np.ndarray:
     """`ProxyAestheticScorer.subject_map` from one frozen Lite0 per process (loaded on first use).
 
     Offline like the rest: the backbone's ImageNet weights ship in a package."""
-    with _SUBJECT_LOCK:
-        mapper = _SUBJECT_MAPPERS.get(0)
-        if mapper is None:
-            # Smaller inputs than the scorer's (224 vs 320 px for the network, 320 vs 512 for faces): the
-            # map is shown at 64 px, and `photographer crop` pays for it on every new photo.
-            mapper = _SUBJECT_MAPPERS[0] = ProxyAestheticScorer(
-                feature_long_side=224, face_long_side=320, photo_cache_size=1, box_cache_size=1)
-    return mapper.subject_map(pixels)
+    return _subject_mapper().subject_map(pixels)
 
 
 # A training job scores every framing of every photo over and over; the proxy's default cache of photo
@@ -172,7 +169,8 @@ TRAINING_PHOTO_CONTEXTS = 512
 
 def training_scorer_kwargs(name: str) -> dict[str, Any]:
     """Constructor arguments for a scorer that serves a training job (see TRAINING_PHOTO_CONTEXTS)."""
-    return {"photo_cache_size": TRAINING_PHOTO_CONTEXTS} if name.partition(":")[0] in ("default", "proxy") else {}
+    base = name.partition(":")[0]
+    return {"photo_cache_size": TRAINING_PHOTO_CONTEXTS} if _ALIASES.get(base, base) == "default" else {}
 
 
 def create_scorer(name: str = "default", weights: str | None = None, device: str = "cpu",
@@ -372,9 +370,6 @@ class ProxyAestheticScorer(AestheticScorer):
             self._face_detector = cv2.CascadeClassifier(str(FACE_CASCADE))
             if self._face_detector.empty():
                 raise FileNotFoundError(f"{FACE_CASCADE}: face cascade missing or unreadable")
-        head = self.model.get_classifier()
-        self._cls_w = head.weight.detach().float().cpu().numpy().astype(np.float64)
-        self._cls_b = head.bias.detach().float().cpu().numpy().astype(np.float64)
 
     # -- per-photo context -------------------------------------------------------------------------
     def _normalised_input(self, pixels: np.ndarray) -> torch.Tensor:
