@@ -332,6 +332,13 @@ def run(cfg: PairsConfig) -> Path:
         rewards = [model.reward(photo, [c.box for c in cs]) if cs else np.zeros(0)
                    for photo, cs in zip(photos, cands, strict=True)]
         margins = [[abs(float(r[i] - r[j])) for i, j, _ in ps] for r, ps in zip(rewards, pairs, strict=True)]
+        if max((m for ms in margins for m in ms), default=0.0) < 1e-6:
+            # Every pair ties at zero margin, so "least sure" would pick by candidate order.
+            print(f"warning: {cfg.human_reward_model} scores every candidate alike (it found no taste in "
+                  "the answers so far, e.g. its lowest held-out loss was the indifferent model's); picking "
+                  "diverse pairs instead", flush=True)
+            margins = None
+    if margins is not None:
         picks = select_uncertain(pairs, margins, cfg.num_pairs)
     else:
         picks = interleave(select_diverse(cands, pairs, cfg.num_pairs, rng))

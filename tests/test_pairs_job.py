@@ -168,6 +168,26 @@ def test_uncertain_selection_with_a_real_reward_model(diverse, policy, tmp_path)
     assert np.mean(margins) < 0.5 * np.mean(diverse_margins)
 
 
+def test_an_indifferent_reward_model_gets_diverse_pairs(diverse, policy, tmp_path, capsys):
+    """A reward model that found no taste (here: its linear head zeroed, as the strongest --l1 leaves
+    it) ties every pair at margin 0; uncertainty would then pick by candidate order, so it warns and
+    asks diverse pairs instead."""
+    from rlhf.reward_model import RewardTrainConfig, examples_from_pairs, train_reward_model
+    from rlhf.simulated import SimulatedAnnotator
+
+    photos = load_collection(PHOTOS)
+    answered = SimulatedAnnotator("wide", noise=0.0).annotate_pairs(load_pairs(diverse), {p.id: p for p in photos})
+    model, _ = train_reward_model(examples_from_pairs(answered), RewardTrainConfig(
+        input_size=64, epochs=2, val_fraction=0.0, cv_folds=0, l1=[1.0], embed_dim=4), log=None)
+    model.head.net.weight.data.zero_()
+    model_path = model.save(tmp_path / "indifferent.pth")
+    kw = dict(policy=str(policy), image=PHOTOS, num_pairs=9, rollouts=4, seed=2)
+    out = run(PairsConfig(**kw, select="uncertain", human_reward_model=str(model_path), out=str(tmp_path / "u")))
+    assert "scores every candidate alike" in capsys.readouterr().out
+    plain = run(PairsConfig(**kw, out=str(tmp_path / "d")))
+    assert [(p.crop_a, p.crop_b) for p in load_pairs(out)] == [(p.crop_a, p.crop_b) for p in load_pairs(plain)]
+
+
 def test_bad_input_is_refused_clearly(policy, tmp_path):
     with pytest.raises(ValueError, match="--human_reward_model"):
         PairsConfig(policy=str(policy), select="uncertain")
