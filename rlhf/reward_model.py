@@ -32,8 +32,13 @@ stopped heads after a few epochs, before L1 had picked the few features a taste 
 ``--cv_folds 0`` gives the classic single held-out split with early stopping and the best
 epoch's weights.
 
-After training r is centred, as TRL's reward centring does, by subtracting its mean over the
-training crops, so ``human_score = sigmoid(r)`` is 0.5 for an average crop and lies in [0, 1].
+After training r is centred per photo: `reward` subtracts the mean r of the photo's reference
+crops (the whole photo and a 3x3 grid of 0.6-size crops), so ``human_score = sigmoid(r)`` lies in
+[0, 1] and is 0.5 for a crop as good as the photo's typical framing. Pairs compare crops of one
+photo, so they fix r only up to a constant per photo; TRL's centring (``--centring global``: the
+mean over all training crops) leaves that constant in, and on the personalization bench it put
+whole photos in sigmoid's flat tails (every crop of one photo at 0.00, of another at 0.97-1.00),
+where stage 3 could not tell crops apart.
 
 Mirror augmentation is off by default: a mirrored crop has mirrored geometry, and a taste such as
 "subject near the LEFT third" is not mirror-invariant, so mirroring would teach the opposite of it.
@@ -95,6 +100,10 @@ SALIENCY_GRID = 128
 SUBJECT_THRESHOLD = 0.5
 
 
+# How rewards are centred (see PreferenceRewardModel).
+CENTRINGS = ("photo", "global")
+
+
 class PreferenceDataError(ValueError):
     """Preference data that cannot train a model; the message names the file and the problem."""
 
@@ -147,9 +156,18 @@ class RewardTrainConfig:
     augment_jitter: float = field(default=0.0, metadata={
         "help": "box jitter as a fraction of box size (e.g. 0.03); 0 = off"})
     jitter_copies: int = field(default=2, metadata={"help": "jittered copies of each pair when jitter is on"})
+    centring: str = field(default="photo", metadata={"choices": CENTRINGS, "help": (
+        "what r is centred on before human_score = sigmoid(r): 'photo' = the mean r of the photo's own "
+        "reference crops (whole photo + 3x3 grid of 0.6-size crops), so 0.5 means 'as good as this photo's "
+        "typical framing'; 'global' = the mean r of the training crops (TRL's reward centring). Pairs "
+        "compare crops of one photo, so they fix r only up to a constant per photo: with 'global' that "
+        "constant pushes whole photos into sigmoid's flat tails, where stage 3 sees no difference "
+        "between crops")})
     device: str = field(default="cpu", metadata={"help": "torch device (cpu, cuda)"})
 
     def __post_init__(self) -> None:
+        if self.centring not in CENTRINGS:
+            raise ValueError(f"centring must be one of {CENTRINGS}, got {self.centring!r}")
         if isinstance(self.l1, int | float):
             self.l1 = [float(self.l1)]
         self.l1 = [float(v) for v in self.l1]
@@ -587,18 +605,38 @@ def bradley_terry_loss(r_a: torch.Tensor, r_b: torch.Tensor, y: torch.Tensor) ->
 
 # --- the model -----------------------------------------------------------------------------------
 
+def reference_boxes(width: int, height: int) -> list[Box]:
+    """The crops a photo's rewards are centred on: the whole photo and a 3x3 grid of crops 0.6 of
+    its width and height (left/centre/right x top/middle/bottom), the range a crop policy explores."""
+    w, h = round(0.6 * width), round(0.6 * height)
+    boxes = [(0, 0, width, height)]
+    for fy in (0.0, 0.5, 1.0):
+        for fx in (0.0, 0.5, 1.0):
+            left, top = round(fx * (width - w)), round(fy * (height - h))
+            boxes.append((left, top, left + w, top + h))
+    return boxes
+
+
 class PreferenceRewardModel:
-    """r(photo, box): featurizer -> normaliser -> head, minus the centring offset."""
+    """r(photo, box): featurizer -> normaliser -> head, minus the centring offset.
+
+    Centring ``photo`` (default) subtracts the mean r of the photo's own reference crops
+    (`reference_boxes`); ``global`` subtracts one offset, the mean r of the training crops.
+    """
 
     def __init__(self, featurizer: CropFeaturizer, normaliser: FeatureNormaliser, head: RewardHead,
                  offset: float = 0.0, config: dict[str, Any] | None = None,
-                 metrics: dict[str, Any] | None = None):
+                 metrics: dict[str, Any] | None = None, centring: str = "global"):
+        if centring not in CENTRINGS:
+            raise ValueError(f"centring must be one of {CENTRINGS}, got {centring!r}")
         self.featurizer = featurizer
         self.normaliser = normaliser
         self.head = head.to(featurizer.device).eval()
         self.offset = float(offset)
+        self.centring = centring
         self.config = dict(config or {})
         self.metrics = dict(metrics or {})
+        self._photo_offsets: dict[tuple[str, int, int], float] = {}
 
     @property
     def device(self) -> torch.device:
@@ -615,12 +653,25 @@ class PreferenceRewardModel:
         with torch.no_grad():
             return self.head(x).double().cpu().numpy()
 
+    def photo_offset(self, photo: Photo) -> float:
+        """What `reward` subtracts for this photo (see the class docstring)."""
+        if self.centring == "global":
+            return self.offset
+        key = (photo.id, photo.width, photo.height)
+        if key not in self._photo_offsets:
+            if len(self._photo_offsets) > 4 * self.featurizer.max_cached_photos:
+                self._photo_offsets.clear()
+            refs = self.featurizer.features(photo, reference_boxes(photo.width, photo.height))
+            self._photo_offsets[key] = float(self.raw_from_features(refs).mean())
+        return self._photo_offsets[key]
+
     def reward(self, photo: Photo, boxes: Sequence[Sequence[float]]) -> np.ndarray:
-        """Centred r per box (0 for an average training crop)."""
-        return self.raw_from_features(self.featurizer.features(photo, boxes)) - self.offset
+        """Centred r per box: 0 for a crop as good as the photo's reference crops on average
+        (centring "photo"), or as the average training crop ("global")."""
+        return self.raw_from_features(self.featurizer.features(photo, boxes)) - self.photo_offset(photo)
 
     def human_score(self, photo: Photo, boxes: Sequence[Sequence[float]]) -> np.ndarray:
-        """sigmoid(r) per box in [0, 1]; 0.5 for an average crop."""
+        """sigmoid(r) per box in [0, 1]; 0.5 for an average crop (of this photo, with centring "photo")."""
         return 1.0 / (1.0 + np.exp(-self.reward(photo, boxes)))
 
     def prefer(self, photo: Photo, box_a: Sequence[float], box_b: Sequence[float]) -> float:
@@ -638,7 +689,7 @@ class PreferenceRewardModel:
             "input_size": self.featurizer.input_size, "feature_names": list(self.featurizer.feature_names),
             "head": {k: v.detach().cpu() for k, v in self.head.state_dict().items()},
             "head_in_dim": self.head.in_dim, "head_hidden": self.head.hidden,
-            "normaliser": self.normaliser.state_dict(), "offset": self.offset,
+            "normaliser": self.normaliser.state_dict(), "offset": self.offset, "centring": self.centring,
             "config": self.config, "metrics": self.metrics,
         }, path)
         return path
@@ -669,7 +720,7 @@ class PreferenceRewardModel:
         head = RewardHead(state["head_in_dim"], state["head_hidden"])
         head.load_state_dict(state["head"])
         return cls(featurizer, FeatureNormaliser.from_state_dict(state["normaliser"]), head,
-                   state["offset"], state.get("config"), state.get("metrics"))
+                   state["offset"], state.get("config"), state.get("metrics"), state.get("centring", "global"))
 
 
 # --- training ------------------------------------------------------------------------------------
@@ -1009,7 +1060,7 @@ def train_reward_model(examples: Sequence[PreferenceExample], cfg: RewardTrainCo
     # TRL-style centring: an average training crop gets r = 0, i.e. human_score 0.5.
     with torch.no_grad():
         offset = float(torch.cat([head(train_xa), head(train_xb)]).mean())
-    model = PreferenceRewardModel(fz, norm, head, offset, dataclasses.asdict(cfg), hist.final())
+    model = PreferenceRewardModel(fz, norm, head, offset, dataclasses.asdict(cfg), hist.final(), cfg.centring)
     if log:
         f = hist.final()
         log(f"l1 {chosen.l1:g}, {hist.best_epoch} epochs: held-out accuracy {f['val_accuracy']}, "

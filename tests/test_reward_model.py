@@ -25,6 +25,7 @@ from rlhf.reward_model import (
     bradley_terry_loss,
     examples_from_pairs,
     mirror_box,
+    reference_boxes,
     train_reward_model,
 )
 
@@ -122,11 +123,23 @@ def test_learns_a_known_taste_with_label_noise(featurizer, photos, rule):
     assert set(hist.l1_val_loss) == {f"{v:g}" for v in cfg.l1} and hist.l1 in cfg.l1
     assert model.metrics["val_log_loss"] == pytest.approx(min(hist.l1_val_loss.values()))
     assert model.metrics["val_log_loss"] < math.log(2) - 0.05
-    # Centring: the average training crop scores 0 (human_score 0.5).
-    r = np.concatenate([model.reward(e.photo, [e.box_a, e.box_b]) for e in train])
-    assert abs(float(np.mean(r))) < 0.25
+    # Centring per photo: a photo's reference crops score 0 on average (human_score 0.5 around them),
+    # and differences within a photo are the head's own.
+    for photo in photos:
+        assert abs(float(model.reward(photo, reference_boxes(photo.width, photo.height)).mean())) < 1e-6
+    e = train[0]
+    raw = model.raw_from_features(featurizer.features(e.photo, [e.box_a, e.box_b]))
+    assert np.allclose(np.diff(model.reward(e.photo, [e.box_a, e.box_b])), np.diff(raw))
     s = model.human_score(photos[0], [photos[0].full_box, (0, 0, 100, 100)])
     assert np.all((s >= 0) & (s <= 1))
+
+
+def test_global_centring_puts_the_average_training_crop_at_zero(featurizer, photos):
+    train = _pairs(photos, _area, 40, seed=TRAIN_SEED)
+    model, _ = train_reward_model(train, RewardTrainConfig(input_size=SIZE, centring="global", epochs=20),
+                                  featurizer, log=None)
+    r = np.concatenate([model.reward(e.photo, [e.box_a, e.box_b]) for e in train])
+    assert abs(float(np.mean(r))) < 1e-5 and model.centring == "global"
 
 
 def test_early_stopping_on_one_held_out_split(featurizer, photos):
@@ -191,7 +204,7 @@ def test_save_load_round_trip_gives_identical_scores(featurizer, photos, tmp_pat
     boxes = [photos[1].full_box, (10, 20, 200, 180), (50, 0, 300, 250)]
     np.testing.assert_array_equal(fresh.reward(photos[1], boxes), model.reward(photos[1], boxes))
     np.testing.assert_array_equal(fresh.human_score(photos[1], boxes), model.human_score(photos[1], boxes))
-    assert fresh.offset == model.offset and fresh.config["hidden"] == 8
+    assert fresh.offset == model.offset and fresh.centring == model.centring == "photo" and fresh.config["hidden"] == 8
     assert fresh.featurizer.input_size == SIZE and fresh.featurizer.backbone_name == "efficientnet_lite0"
 
 
