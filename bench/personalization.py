@@ -75,6 +75,8 @@ class BenchConfig:
     w_human: float = field(default=0.5, metadata={"help": "stage-3 weight of the human score"})
     reward_args: list[str] = field(default_factory=list, metadata={
         "help": "extra flags for train-reward, e.g. --reward_args=--epochs=80 (one per item, flag=value)"})
+    finetune_args: list[str] = field(default_factory=list, metadata={
+        "help": "extra flags for finetune, e.g. --finetune_args=--entropy_coeff=0 (one per item, flag=value)"})
     num_env_runners: int = field(default=1, metadata={"help": "PPO env runners"})
     service: bool = field(default=True, metadata={"help": "score through the shared scoring actor"})
     seed: int = field(default=0, metadata={"help": "random seed"})
@@ -214,10 +216,12 @@ def run_taste(cfg: BenchConfig, out: Path, taste: str, policy: str, unseen_files
     ft_dir = folder / "finetune"
     if not (ft_dir / "DONE").exists():
         # Each stage releases its scoring actor when it ends, so on 2 cores the next stage's env runner fits.
-        finetune.run(finetune.FinetuneConfig(
-            policy=policy, human_reward_model=str(model_path), w_nima=cfg.w_nima, w_human=cfg.w_human,
-            timesteps=cfg.finetune_timesteps, lr=cfg.finetune_lr, out=str(ft_dir), seed=cfg.seed,
-            num_env_runners=cfg.num_env_runners, service=cfg.service, resume=ft_dir.exists()))
+        argv = ["--policy", policy, "--human_reward_model", str(model_path), "--w_nima", str(cfg.w_nima),
+                "--w_human", str(cfg.w_human), "--timesteps", str(cfg.finetune_timesteps), "--lr",
+                str(cfg.finetune_lr), "--out", str(ft_dir), "--seed", str(cfg.seed), "--num_env_runners",
+                str(cfg.num_env_runners), "--service" if cfg.service else "--no-service",
+                "--resume" if ft_dir.exists() else "--no-resume", *cfg.finetune_args]
+        finetune.run(parse_config(finetune.FinetuneConfig, argv), given=finetune.given_flags(cfg.finetune_args))
         (ft_dir / "DONE").write_text("")
     times["finetune"] = time.time() - t
 
