@@ -46,6 +46,8 @@ class BootstrapConfig(PPOSettings):
     saliency: str = field(default="spectral", metadata={"help": "saliency the policy sees: spectral (no network) | "
                                                         "subject (Lite0 class activation + saliency + heads)",
                                                        "choices": list(SALIENCY_MAPS)})
+    box_mask: bool = field(default=False, metadata={"help": "mark the box on the photo thumbnail the policy "
+                                                    "sees (a fifth channel)"})
 
     def __post_init__(self) -> None:
         self.validate()
@@ -54,7 +56,8 @@ class BootstrapConfig(PPOSettings):
 
 
 # The BootstrapConfig fields that are CropEnv settings of the same name (besides image -> images).
-ENV_FIELDS = ("grid", "max_steps", "min_area", "aspect", "obs_size", "augment_variants", "random_start", "saliency")
+ENV_FIELDS = ("grid", "max_steps", "min_area", "aspect", "obs_size", "augment_variants", "random_start", "saliency",
+              "box_mask")
 
 
 def env_config(cfg: BootstrapConfig, reward: RewardSpec) -> dict:

@@ -7,7 +7,7 @@
 The env settings (grid, thumbnails, aspect lock, ...) come from the bootstrap run so the policy's
 observations keep their meaning; photos default to the bootstrap's. An env flag given on the command
 line overrides the bootstrap's value (e.g. `--random_start 0` or `--max_steps 12`), except
-`--obs_size`, `--grid` and `--saliency`, which would change what the policy's inputs mean: those must match.
+`--obs_size`, `--grid`, `--saliency` and `--box_mask`, which would change what the policy's inputs mean: those must match.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class FinetuneConfig(BootstrapConfig):
 
 
 # Changing these would change what the policy's observations mean (thumbnail size, grid step, map).
-FIXED_BY_POLICY = ("obs_size", "grid", "saliency")
+FIXED_BY_POLICY = ("obs_size", "grid", "saliency", "box_mask")
 
 
 def given_flags(argv: list[str]) -> set[str]:
@@ -63,6 +63,7 @@ def finetune_env(cfg: FinetuneConfig, reward: RewardSpec, given: set[str] | froz
     env = dict(base)
     if base:
         env.setdefault("saliency", "spectral")  # runs from before the option saw the spectral map
+        env.setdefault("box_mask", False)  # and from before the box mask
     if "image" in given or "images" not in env:
         env["images"] = [str(p) for p in resolve_paths(cfg.image)]
     for key in ENV_FIELDS:

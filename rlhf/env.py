@@ -106,6 +106,10 @@ class CropEnvConfig:
                                      "fine-grained saliency, the frozen Lite0's class-activation map, heads: "
                                      "where the subject is) or 'spectral' (spectral residual only, no network)",
                                      "choices": list(SALIENCY_MAPS)})
+    box_mask: bool = field(
+        default=False, metadata={"help": "a fifth channel on the photo thumbnail marks the box (255 inside): "
+                                 "the conv tower then sees where the crop lies on the photo's content, "
+                                 "rather than the MLP having to relate four numbers to a feature map"})
     seed: int = field(default=0, metadata={"help": "seed for photo order and augmentation"})
 
     def __post_init__(self) -> None:
@@ -130,12 +134,12 @@ class CropEnvConfig:
 BOX_FEATURES = 13  # box (4), steps used (1), saliency framing cues (8): see CropEnv
 
 
-def observation_space(obs_size: int) -> gym.spaces.Dict:
+def observation_space(obs_size: int, box_mask: bool = False) -> gym.spaces.Dict:
     """CropEnv's observation space for thumbnails of side `obs_size` (policies are checked against it)."""
-    s = int(obs_size)
+    s, c = int(obs_size), 5 if box_mask else 4
     return gym.spaces.Dict({
-        "photo": gym.spaces.Box(0, 255, (s, s, 4), np.uint8),
-        "crop": gym.spaces.Box(0, 255, (s, s, 4), np.uint8),
+        "photo": gym.spaces.Box(0, 255, (s, s, c), np.uint8),
+        "crop": gym.spaces.Box(0, 255, (s, s, c), np.uint8),
         "box": gym.spaces.Box(0.0, 1.0, (BOX_FEATURES,), np.float32),
     })
 
@@ -251,7 +255,7 @@ class CropEnv(gym.Env):
             for p in list(self.photos):
                 self.photos.extend(augmented_variants(p, self.cfg.augment_variants, rng))
         self.ratio = ASPECTS[self.cfg.aspect]
-        self.observation_space = observation_space(self.cfg.obs_size)
+        self.observation_space = observation_space(self.cfg.obs_size, self.cfg.box_mask)
         self.action_space = gym.spaces.Discrete(len(Action))
         self._photo_obs: dict[str, np.ndarray] = {}
         self.photo: Photo = self.photos[0]
@@ -342,8 +346,15 @@ class CropEnv(gym.Env):
         h, w = big.shape[:2]
         l, t, r, b = clip_box((l * w, t * h, r * w, b * h), w, h)
         vec = np.concatenate([self.box, [self.steps / self.cfg.max_steps], _framing_cues(sat, (l, t, r, b))])
-        return {"photo": small, "crop": resize(big[t:b, l:r], s),
-                "box": np.clip(vec, 0.0, 1.0).astype(np.float32)}
+        crop = resize(big[t:b, l:r], s)
+        if self.cfg.box_mask:
+            # The photo's mask shows the box; the crop's is all inside (one tower reads both).
+            mask = np.zeros((s, s, 1), np.uint8)
+            bl, bt, br, bb = (int(round(v * s)) for v in self.box)
+            mask[bt:max(bb, bt + 1), bl:max(br, bl + 1)] = 255
+            small = np.concatenate([small, mask], axis=2)
+            crop = np.concatenate([crop, np.full((s, s, 1), 255, np.uint8)], axis=2)
+        return {"photo": small, "crop": crop, "box": np.clip(vec, 0.0, 1.0).astype(np.float32)}
 
     def _score(self, box: np.ndarray) -> float:
         return float(self.reward_fn(self.photo, [self.pixel_box(box)])[0])

@@ -108,7 +108,7 @@ def check_observation_space(module: TorchRLModule, env_config: dict[str, Any], s
     """Fail with a clear message, not a matrix-shape error mid-rollout, on a policy from another version."""
     from rlhf.env import observation_space
 
-    want = _shapes(observation_space(env_config.get("obs_size", 64)))
+    want = _shapes(observation_space(env_config.get("obs_size", 64), bool(env_config.get("box_mask", False))))
     got = _shapes(module.observation_space)
     if got != want:
         raise PolicyMismatchError(

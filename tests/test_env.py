@@ -31,6 +31,21 @@ def test_check_env(photos):
     check_env(make(photos, aspect="4:3"), skip_render_check=True)
 
 
+def test_box_mask_channel_marks_the_box(photos):
+    env = make(photos, grid=10, box_mask=True, obs_size=40)
+    check_env(env, skip_render_check=True)
+    obs, _ = env.reset(seed=0, options={"photo_index": 0})
+    assert obs["photo"].shape == obs["crop"].shape == (40, 40, 5)
+    assert (obs["photo"][..., 4] == 255).all()  # the episode starts from the whole photo
+    env.step(Action.SHRINK)
+    obs, *_ = env.step(Action.LEFT)  # box [0.0, 0.1, 0.8, 0.9]
+    mask = obs["photo"][..., 4]
+    assert (mask[4:36, 0:32] == 255).all() and mask[:4].max() == 0 and mask[:, 32:].max() == 0
+    assert (obs["crop"][..., 4] == 255).all()
+    plain, _ = make(photos, obs_size=40).reset(seed=0, options={"photo_index": 0})
+    np.testing.assert_array_equal(plain["photo"], obs["photo"][..., :4])  # the other channels as before
+
+
 def test_actions_move_the_box(photos):
     env = make(photos, grid=10)
     env.reset(seed=0, options={"photo_index": 0})
