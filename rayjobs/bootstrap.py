@@ -46,8 +46,8 @@ class BootstrapConfig(PPOSettings):
     saliency: str = field(default="spectral", metadata={"help": "saliency the policy sees: spectral (no network) | "
                                                         "subject (Lite0 class activation + saliency + heads)",
                                                        "choices": list(SALIENCY_MAPS)})
-    box_mask: bool = field(default=False, metadata={"help": "mark the box on the photo thumbnail the policy "
-                                                    "sees (a fifth channel)"})
+    box_mask: bool = field(default=True, metadata={"help": "mark the box on the photo thumbnail the policy "
+                                                   "sees (a fifth channel; see bench/README.md for what it did)"})
 
     def __post_init__(self) -> None:
         self.validate()

@@ -51,8 +51,9 @@ FIXED_BY_POLICY = ("obs_size", "grid", "saliency", "box_mask")
 
 
 def given_flags(argv: list[str]) -> set[str]:
-    """The config fields named on a command line (``--grid 10`` and ``--grid=10`` alike)."""
-    return {a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}
+    """The config fields named on a command line (``--grid 10``, ``--grid=10``, ``--no-box_mask``)."""
+    names = {a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}
+    return names | {n[3:] for n in names if n.startswith("no_")}
 
 
 def finetune_env(cfg: FinetuneConfig, reward: RewardSpec, given: set[str] | frozenset[str] = frozenset()) -> dict:

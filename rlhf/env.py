@@ -109,7 +109,8 @@ class CropEnvConfig:
     box_mask: bool = field(
         default=False, metadata={"help": "a fifth channel on the photo thumbnail marks the box (255 inside): "
                                  "the conv tower then sees where the crop lies on the photo's content, "
-                                 "rather than the MLP having to relate four numbers to a feature map"})
+                                 "rather than the MLP having to relate four numbers to a feature map. "
+                                 "Stage 1 turns it on; False here reads run configs from before it"})
     seed: int = field(default=0, metadata={"help": "seed for photo order and augmentation"})
 
     def __post_init__(self) -> None:
@@ -213,8 +214,9 @@ class CropEnv(gym.Env):
     """Gymnasium env: observe the photo, the current crop and the box; act on the box.
 
     Observation (Dict):
-      photo: uint8 (S, S, 4), the whole photo resized, RGB + a saliency channel;
-      crop: uint8 (S, S, 4), the current crop, the same four channels;
+      photo: uint8 (S, S, 4), the whole photo resized, RGB + a saliency channel (+ with box_mask a
+             fifth channel, 255 inside the box);
+      crop: uint8 (S, S, 4), the current crop, the same channels (its box channel all 255);
       box: float32 (13,), [left, top, right, bottom] as fractions of the photo, steps used / cap, then
            framing cues from the saliency map: share of the photo's saliency inside the box, the box's
            area, the saliency centroid inside the box (x, y as fractions of the box), and the saliency

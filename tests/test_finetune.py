@@ -37,10 +37,23 @@ def test_flags_named_on_the_cli_override(bootstrap_run, tmp_path, capsys):
     assert "--max_steps 12 overrides the bootstrap's 8" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("flag, value", [("--obs_size", "32"), ("--grid", "10")])
-def test_flags_that_change_the_observation_must_match(bootstrap_run, tmp_path, flag, value):
-    with pytest.raises(ValueError, match=f"{flag} {value}: the policy .* was trained with"):
-        _env(bootstrap_run, tmp_path, flag, value)
+@pytest.mark.parametrize("argv, said", [(["--obs_size", "32"], "--obs_size 32"), (["--grid", "10"], "--grid 10"),
+                                        (["--no-box_mask"], "--box_mask False")])
+def test_flags_that_change_the_observation_must_match(bootstrap_run, tmp_path, argv, said):
+    with pytest.raises(ValueError, match=f"{said}: the policy .* was trained with"):
+        _env(bootstrap_run, tmp_path, *argv)
+
+
+def test_a_run_from_before_the_box_mask_keeps_it_off(bootstrap_run, tmp_path):
+    import json
+    import shutil
+
+    old = tmp_path / "old_run"
+    shutil.copytree(bootstrap_run, old)
+    cfg = json.loads((old / "config.json").read_text())
+    assert cfg["env"].pop("box_mask") is True  # stage 1 turns it on now
+    (old / "config.json").write_text(json.dumps(cfg))
+    assert _env(old, tmp_path)["box_mask"] is False
 
 
 def test_a_policy_from_another_version_fails_with_a_clear_error(tmp_path):
