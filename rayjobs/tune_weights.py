@@ -266,6 +266,9 @@ def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         else:
             src = Path(setup.init_policy) / MODULE_SUBDIR
             algo.restore_from_path(str(src), component=MODULE_SUBDIR.as_posix())
+        # Also in every result (0 = started fresh): a worker's printed line can be lost when Ray
+        # shuts down, a result cannot.
+        resumed_from = state["iteration"]
         row: dict[str, float] = {}
         while state["report"] < setup.n_reports and state["timesteps"] < ppo.timesteps:
             for _ in range(setup.eval_every):
@@ -286,6 +289,7 @@ def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
                                      name=f"w_human={w_human:.3f}")
                 metrics = setup.objective.metrics(ev)
                 metrics.update(w_human=w_human, w_nima=1.0 - w_human, lr=ppo.lr, iteration=state["iteration"],
+                               resumed_from_iteration=resumed_from,
                                timesteps=state["timesteps"], report=state["report"],
                                episode_return_mean=row.get("episode_return_mean", float("nan")),
                                train_final_score_mean=row.get("final_score_mean", float("nan")))
