@@ -13,12 +13,13 @@ line overrides the bootstrap's value (e.g. `--random_start 0` or `--max_steps 12
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from rayjobs.bootstrap import ENV_FIELDS, BootstrapConfig, release, save_config_with_env
 from rayjobs.ppo import init_ray, train
 from rlhf.config import parse_config, run_dir
+from rlhf.env import CropEnvConfig
 from rlhf.images import resolve_paths
 from rlhf.policy import latest_checkpoint, run_folder_of
 from rlhf.rewards import RewardSpec
@@ -46,6 +47,7 @@ class FinetuneConfig(BootstrapConfig):
                    w_nima=self.w_nima, w_human=self.w_human)
 
 
+ENV_DEFAULTS = {f.name: f.default for f in fields(CropEnvConfig) if f.name in ENV_FIELDS}
 # Changing these would change what the policy's observations mean (thumbnail size, grid step, map).
 FIXED_BY_POLICY = ("obs_size", "grid", "saliency", "box_mask")
 
@@ -61,10 +63,8 @@ def finetune_env(cfg: FinetuneConfig, reward: RewardSpec, given: set[str] | froz
     ckpt = latest_checkpoint(cfg.policy)
     run = run_folder_of(ckpt)
     base = json.loads((run / "config.json").read_text()).get("env", {}) if run else {}
-    env = dict(base)
-    if base:
-        env.setdefault("saliency", "spectral")  # runs from before the option saw the spectral map
-        env.setdefault("box_mask", False)  # and from before the box mask
+    # A run from before an env field existed ran with the env's default for it (e.g. no box mask).
+    env = {**ENV_DEFAULTS, **base} if base else {}
     if "image" in given or "images" not in env:
         env["images"] = [str(p) for p in resolve_paths(cfg.image)]
     for key in ENV_FIELDS:

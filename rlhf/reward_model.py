@@ -598,9 +598,11 @@ def _proximal_l1(opt: torch.optim.Adam, weights: Sequence[nn.Parameter], strengt
             w.copy_(w.sign() * (w.abs() - thresh).clamp_min(0.0))
 
 
-def bradley_terry_loss(r_a: torch.Tensor, r_b: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean of -[y log sigma(r_a - r_b) + (1 - y) log(1 - sigma(r_a - r_b))]; y=0.5 for a tie."""
-    return nn.functional.binary_cross_entropy_with_logits(r_a - r_b, y)
+def bradley_terry_loss(r_a: torch.Tensor, r_b: torch.Tensor, y: torch.Tensor, reduction: str = "mean"
+                       ) -> torch.Tensor:
+    """Mean (or per pair: reduction="none") of -[y log sigma(r_a - r_b) + (1 - y) log(1 - sigma(r_a - r_b))];
+    y=0.5 for a tie."""
+    return nn.functional.binary_cross_entropy_with_logits(r_a - r_b, y, reduction=reduction)
 
 
 # --- the model -----------------------------------------------------------------------------------
@@ -850,7 +852,7 @@ def _evaluate(head: RewardHead, xa: torch.Tensor, xb: torch.Tensor, y: torch.Ten
     """(BT log-loss per pair, accuracy over non-tied pairs (NaN when all are ties), non-tied pairs)."""
     with torch.no_grad():
         ra, rb = head(xa), head(xb)
-        losses = nn.functional.binary_cross_entropy_with_logits(ra - rb, y, reduction="none")
+        losses = bradley_terry_loss(ra, rb, y, reduction="none")
         decided = y != 0.5
         n = int(decided.sum())
         acc = float(((ra - rb > 0) == (y > 0.5))[decided].float().mean()) if n else float("nan")
@@ -960,9 +962,9 @@ def _try(cfg: RewardTrainConfig, l1: float, folds: Sequence[tuple[_Data, _Data]]
     cand = _Candidate(l1)
     since_best = 0
     runs = [_epochs(cfg, l1, tr, va, cfg.seed + i) for i, (tr, va) in enumerate(folds)]
+    n_val = [len(va.y) for _, va in folds]
+    n_train = [len(tr.y) for tr, _ in folds]
     for epoch, results in enumerate(zip(*runs, strict=True), 1):
-        n_val = [len(va.y) for _, va in folds]
-        n_train = [len(tr.y) for tr, _ in folds]
         cand.curves["train_loss"].append(sum(r[1][0] * k for r, k in zip(results, n_train, strict=True))
                                          / sum(n_train))
         # Pooled over folds: every held-out pair counts once, whatever its fold's size.
@@ -1022,7 +1024,8 @@ def train_reward_model(examples: Sequence[PreferenceExample], cfg: RewardTrainCo
     seconds_featurizing = time.perf_counter() - t0
     n_new = fz.crops_embedded - n0
 
-    folds = [_standardised(views, y, tr, va, fz, cfg)[1:] for tr, va in splits]
+    prepared = [_standardised(views, y, tr, va, fz, cfg) for tr, va in splits]
+    folds = [(tr, va) for _, tr, va in prepared]
     cv = len(splits) > 1
     what = f"{len(splits)}-fold cross-validation" if cv else f"a held-out split of {len(splits[0][1])} pairs"
     cands = []
@@ -1049,17 +1052,15 @@ def train_reward_model(examples: Sequence[PreferenceExample], cfg: RewardTrainCo
         run = _epochs(cfg, chosen.l1, data, None, cfg.seed)
         for _ in range(chosen.best[1]):
             head, _ = next(run)
-        train_xa, train_xb = data.xa[0], data.xb[0]
     else:
-        norm, data, _ = _standardised(views, y, splits[0][0], splits[0][1], fz, cfg)
+        norm, data, _ = prepared[0]
         head = RewardHead(norm.out_dim, cfg.hidden).to(fz.device)
         head.load_state_dict(chosen.best_state)
-        train_xa, train_xb = data.xa[0], data.xb[0]
     head.eval()
 
-    # TRL-style centring: an average training crop gets r = 0, i.e. human_score 0.5.
+    # TRL-style centring (--centring global): an average training crop gets r = 0, i.e. human_score 0.5.
     with torch.no_grad():
-        offset = float(torch.cat([head(train_xa), head(train_xb)]).mean())
+        offset = float(torch.cat([head(data.xa[0]), head(data.xb[0])]).mean())
     model = PreferenceRewardModel(fz, norm, head, offset, dataclasses.asdict(cfg), hist.final(), cfg.centring)
     if log:
         f = hist.final()
