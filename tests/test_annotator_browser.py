@@ -162,6 +162,8 @@ def test_two_browser_sessions_as_two_annotators(browser, served):
         _sign_in(ben, "ben")
         ann.keyboard.press("1")
         expect(ann.locator("#status")).to_contain_text("Saved: pair 1")
+        # The next key only after the screen moved on: a key pressed while it updates is not taken.
+        expect(ann.locator("#progress")).to_contain_text("ann · answered 1 / 5 · showing pair 2 of 5")
         ann.keyboard.press("1")
         expect(ann.locator("#progress")).to_contain_text("ann · answered 2 / 5 · showing pair 3 of 5")
         # Ben's screen is his own: nothing answered, still on pair 1.

@@ -189,15 +189,22 @@ def _sweep(inputs, out: Path, *extra: str) -> subprocess.Popen:
 
 
 def _recorded_checkpoints(exp: Path) -> dict[str, dict]:
-    """Tune's saved experiment state: trial id -> its last result, for trials with a checkpoint."""
+    """Tune's saved experiment state: trial id -> the result of its latest registered checkpoint.
+
+    Read from the trial's checkpoint manager, which is what a restore resumes from; the trial's
+    `last_result` can already name a checkpoint the manager has not registered when the state is
+    saved, and a restore then rightly starts that trial afresh."""
+    from ray import cloudpickle
+
     found: dict[str, dict] = {}
     for state in exp.glob("experiment_state-*.json"):
         try:
             for trial, meta in json.loads(state.read_text())["trial_data"]:
-                last = json.loads(meta).get("last_result") or {}
-                if last.get("checkpoint_dir_name"):
-                    found[json.loads(trial)["trial_id"]] = last
-        except (OSError, ValueError, KeyError):
+                manager = json.loads(meta)["checkpoint_manager"]
+                latest = cloudpickle.loads(bytes.fromhex(manager["value"])).latest_checkpoint_result
+                if latest is not None:
+                    found[json.loads(trial)["trial_id"]] = latest.metrics
+        except (OSError, ValueError, KeyError, EOFError):
             continue  # being written right now
     return found
 
