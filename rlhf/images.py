@@ -19,8 +19,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 PHOTOS_DIR = Path(__file__).resolve().parent / "data" / "photos"
 TRAIN_PHOTOS = ("astronaut", "chelsea", "rocket", "china", "motorcycle", "camera", "cheetah", "cheetah2", "lion",
-                "tower")
-HELDOUT_PHOTOS = ("coffee", "flower", "grace_hopper")
+                "tower", "baboon", "building", "messi", "orange", "plant", "aerial", "leuven", "notebook", "robin",
+                "circuit")
+HELDOUT_PHOTOS = ("coffee", "flower", "grace_hopper", "butterfly", "squirrel", "home", "desk", "fruits", "apple")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 # 64 MP: larger than any camera photo a user crops, far below what would exhaust memory.
 DEFAULT_MAX_PIXELS = 64_000_000

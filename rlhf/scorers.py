@@ -47,7 +47,7 @@ area ``min(1, area / 0.12) ** 1.5`` (tiny high-contrast patches score near 1), a
 ``min(1, short side / 32 px)``.
 
 Per photo, the feature map, top classes, faces, saliency and the BRISQUE/exposure tables are computed once
-(about 0.1-0.3 s) and kept in an LRU cache keyed by photo id (15-22 MB a photo; 96 photos by default, enough for the 10 training photos x 5 framings); a
+(about 0.1-0.3 s) and kept in an LRU cache keyed by photo id (15-22 MB a photo; 96 photos by default, 512 in training: 20 training photos x 5 framings need 100); a
 box then costs only table look-ups (well under a millisecond on an idle core), and its score is cached by
 (photo id, box).
 
