@@ -14,6 +14,8 @@ scoring actor when ``spec["service"]`` names one.
 
 from __future__ import annotations
 
+import json
+import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -94,11 +96,24 @@ class LocalReward:
         return combine(t.get("aesthetic"), t.get("human"), self.spec)
 
 
+# One LocalReward per spec per process. An RLlib env runner steps several envs
+# (num_envs_per_env_runner), and each builds its reward from the same spec: without sharing, each
+# loaded its own models and kept its own photo contexts (~19 MB each for the proxy scorer), so 4 envs
+# over 100 training framings held 7.6 GB in one runner and computed every context 4 times.
+_LOCAL: dict[str, LocalReward] = {}
+_LOCAL_LOCK = threading.Lock()
+
+
 def build_reward(spec: dict[str, Any] | RewardSpec):
-    """A reward function from its spec: through the scoring actor if one is named, else local."""
+    """A reward function from its spec: through the scoring actor if one is named, else local
+    (shared by every env of this process that asks for the same spec)."""
     spec = spec if isinstance(spec, RewardSpec) else RewardSpec(**spec)
     if spec.service:
         from rlhf.scoring_service import ServiceReward
 
         return ServiceReward(spec)
-    return LocalReward(spec)
+    key = json.dumps(spec.to_dict(), sort_keys=True)
+    with _LOCAL_LOCK:
+        if key not in _LOCAL:
+            _LOCAL[key] = LocalReward(spec)
+        return _LOCAL[key]

@@ -162,8 +162,9 @@ def subject_map(pixels: np.ndarray) -> np.ndarray:
 
 # A training job scores every framing of every photo over and over; the proxy's default cache of photo
 # contexts (96) is sized for one process scoring a few photos. With 16, random stage-1 steps ran 12x
-# slower (39 vs 488 steps/s); a context is ~1 MB, so jobs that train (the scoring actor, in-process
-# rewards) keep 512.
+# slower (39 vs 488 steps/s), so jobs that train (the scoring actor, in-process rewards) keep up to 512.
+# A context is ~19 MB (measured RSS: 20 training photos x 5 framings = 100 contexts, 1.9 GB), which is
+# why a process keeps one scorer per spec (rlhf.rewards.build_reward), not one per env.
 TRAINING_PHOTO_CONTEXTS = 512
 
 

@@ -163,3 +163,15 @@ def test_saliency_channel_and_cues_find_the_subject(photos, saliency, max_cx):
 def test_bad_saliency_setting_fails_fast(photos):
     with pytest.raises(ValueError, match="saliency must be"):
         make(photos, saliency="nope")
+
+
+def test_envs_of_one_process_share_their_local_reward(photos):
+    """An env runner steps several envs; they must share one scorer (and its ~19 MB photo contexts)."""
+    envs = [CropEnv({"reward": {"kind": "aesthetic"}}, photos=photos) for _ in range(3)]
+    assert envs[0].reward_fn is envs[1].reward_fn is envs[2].reward_fn
+    other = CropEnv({"reward": {"kind": "aesthetic", "scorer": "default", "device": "cpu", "w_nima": 0.5}},
+                    photos=photos)
+    assert other.reward_fn is not envs[0].reward_fn  # another spec, another reward
+    envs[0].reset(seed=0)
+    envs[1].reset(seed=0)
+    assert envs[0].score == envs[1].score  # the same photo, the same scorer: the same score
