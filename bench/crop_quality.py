@@ -11,7 +11,10 @@ with the default scorer:
 
 Targets: vs_random > 1.10, vs_center > 1.0.
 
-    python bench/crop_quality.py [--policy RUN_DIR]   # without --policy, trains stage 1 first
+    python bench/crop_quality.py [--policy RUN_DIR]   # without --policy, trains stage 1 (100k steps) first
+
+Held-out photos: rlhf.images.HELDOUT_PHOTOS (9 photos x 5 framings = 45 since 2026-12-01; before, 3 x 5 = 15:
+coffee, flower, grace_hopper, whose figures are also printed for comparison with older runs).
 """
 
 from __future__ import annotations
@@ -57,7 +60,8 @@ def same_size_boxes(photo: Photo, box, n: int, rng: np.random.Generator, centre:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--policy", help="stage-1 run folder or checkpoint (default: train one now)")
-    ap.add_argument("--timesteps", type=int, default=40000, help="stage-1 steps when training here")
+    ap.add_argument("--timesteps", type=int, default=100000, help="stage-1 steps when training here (held-out "
+                    "crops kept improving to 80-100k steps with 20 training photos; bench/README.md)")
     ap.add_argument("--variants", type=int, default=4, help="framings per held-out photo")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--photos", nargs="+", help="bundled photo names to crop (default: the held-out ones; "
@@ -87,6 +91,16 @@ def main() -> None:
         print(f"{Path(photo.id).name:<40} policy {pol[-1]:.2f}  random {rand[-1]:.2f}  centre {cent[-1]:.2f}"
               f"  random same size {same[-1]:.2f}  box {list(box)}")
     vs_random, vs_center, vs_same = np.mean(pol) / np.mean(rand), np.mean(pol) / np.mean(cent), np.mean(pol) / np.mean(same)
+    stems = [Path(p.id.split("#")[0]).stem for p in photos]
+    pol, rand, cent = np.array(pol), np.array(rand), np.array(cent)
+    print("\nper photo (all its framings): vs_random, vs_center")
+    for stem in dict.fromkeys(stems):
+        m = np.array([s == stem for s in stems])
+        print(f"  {stem:<16} {pol[m].mean() / rand[m].mean():.3f}  {pol[m].mean() / cent[m].mean():.3f}")
+    m = np.isin(stems, ["coffee", "flower", "grace_hopper"])
+    if m.any() and not m.all():
+        print(f"  the 3 held-out photos of runs before 2026-12-01: vs_random {pol[m].mean() / rand[m].mean():.3f}, "
+              f"vs_center {pol[m].mean() / cent[m].mean():.3f}")
     print(f"{len(photos)} held-out photos; policy {policy.source}")
     print(f"mean score: policy {np.mean(pol):.3f}, random {np.mean(rand):.3f}, centre {np.mean(cent):.3f}, "
           f"random same size {np.mean(same):.3f}; targets vs_random > 1.10, vs_center > 1.0")

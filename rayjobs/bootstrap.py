@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rayjobs.ppo import PPOSettings, train
 from rlhf.config import parse_config, run_dir, save_config
-from rlhf.env import ASPECTS, SALIENCY_MAPS
+from rlhf.env import ASPECTS, FEATURES, SALIENCY_MAPS
 from rlhf.images import TRAIN_PHOTOS, bundled_photos, resolve_paths
 from rlhf.rewards import RewardSpec
 
@@ -48,6 +48,9 @@ class BootstrapConfig(PPOSettings):
                                                        "choices": list(SALIENCY_MAPS)})
     box_mask: bool = field(default=True, metadata={"help": "mark the box on the photo thumbnail the policy "
                                                    "sees (a fifth channel; see bench/README.md for what it did)"})
+    features: str = field(default="none", metadata={"help": "pretrained features the policy also sees: lite0 (the "
+                                                    "frozen EfficientNet-Lite0's, of the crop and the photo) | none",
+                                                    "choices": list(FEATURES)})
 
     def __post_init__(self) -> None:
         self.validate()
@@ -57,7 +60,7 @@ class BootstrapConfig(PPOSettings):
 
 # The BootstrapConfig fields that are CropEnv settings of the same name (besides image -> images).
 ENV_FIELDS = ("grid", "max_steps", "min_area", "aspect", "obs_size", "augment_variants", "random_start", "saliency",
-              "box_mask")
+              "box_mask", "features")
 
 
 def env_config(cfg: BootstrapConfig, reward: RewardSpec) -> dict:

@@ -46,7 +46,13 @@ class CropPolicyModule(TorchRLModule, ValueFunctionAPI):
         tower, flat = _conv_tower(size, in_channels, channels)
         self.tower = nn.Sequential(tower, nn.Linear(flat, embed), nn.ReLU())
         box_dim = obs["box"].shape[0]
-        self.trunk = nn.Sequential(nn.Linear(2 * embed + box_dim, hidden), nn.ReLU())
+        feat_dim = 0
+        if "feat" in obs.spaces:
+            # Pretrained features of the crop and of the photo (CropEnv features="lite0"): one shared
+            # projection for both halves, as the conv tower is shared by both thumbnails.
+            self.feat_proj = nn.Sequential(nn.Linear(obs["feat"].shape[0] // 2, embed), nn.ReLU())
+            feat_dim = 2 * embed
+        self.trunk = nn.Sequential(nn.Linear(2 * embed + box_dim + feat_dim, hidden), nn.ReLU())
         self.pi = nn.Linear(hidden, self.action_space.n)
         self.vf = nn.Linear(hidden, 1)
         # Small initial logits: a near-uniform first policy explores every action.
@@ -59,7 +65,12 @@ class CropPolicyModule(TorchRLModule, ValueFunctionAPI):
         n = photo.shape[0]
         images = torch.cat([photo, crop], 0).permute(0, 3, 1, 2).float().div_(255.0)
         feats = self.tower(images)
-        return self.trunk(torch.cat([feats[:n], feats[n:], obs["box"].float()], 1))
+        parts = [feats[:n], feats[n:], obs["box"].float()]
+        if "feat" in obs:
+            f = obs["feat"].float()
+            half = f.shape[1] // 2
+            parts += [self.feat_proj(f[:, :half]), self.feat_proj(f[:, half:])]
+        return self.trunk(torch.cat(parts, 1))
 
     def _forward(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         return {Columns.ACTION_DIST_INPUTS: self.pi(self._embed(batch))}
@@ -108,7 +119,8 @@ def check_observation_space(module: TorchRLModule, env_config: dict[str, Any], s
     """Fail with a clear message, not a matrix-shape error mid-rollout, on a policy from another version."""
     from rlhf.env import observation_space
 
-    want = _shapes(observation_space(env_config.get("obs_size", 64), bool(env_config.get("box_mask", False))))
+    want = _shapes(observation_space(env_config.get("obs_size", 64), bool(env_config.get("box_mask", False)),
+                                     env_config.get("features", "none")))
     got = _shapes(module.observation_space)
     if got != want:
         raise PolicyMismatchError(

@@ -175,3 +175,28 @@ def test_envs_of_one_process_share_their_local_reward(photos):
     envs[0].reset(seed=0)
     envs[1].reset(seed=0)
     assert envs[0].score == envs[1].score  # the same photo, the same scorer: the same score
+
+
+def test_lite0_features_pool_the_photo_feature_map(photos):
+    """features="lite0": the frozen Lite0's feature map of the photo (real ImageNet weights), pooled over the box."""
+    import torch
+
+    from rlhf.env import FEATURE_DIM, _lite0, feature_sat, pooled_features
+
+    env = make(photos, features="lite0", grid=10)
+    check_env(env, skip_render_check=True)
+    obs, _ = env.reset(seed=0, options={"photo_index": 0})
+    crop, whole = obs["feat"][:FEATURE_DIM], obs["feat"][FEATURE_DIM:]
+    np.testing.assert_array_equal(crop, whole)  # the episode starts from the whole photo
+    sat = feature_sat(photos[0].pixels)
+    fh, fw = sat.shape[1] - 1, sat.shape[2] - 1
+    assert 6 <= max(fh, fw) <= 12  # ~320 px at stride 32
+    direct = sat[:, fh, fw] / (fh * fw)  # the map's mean, from the table's corner
+    np.testing.assert_allclose(whole, direct, rtol=1e-5, atol=1e-6)
+    obs, *_ = env.step(Action.SHRINK_TOP_LEFT)  # box [0, 0, 0.9, 0.9]
+    assert not np.allclose(obs["feat"][:FEATURE_DIM], whole)
+    np.testing.assert_allclose(obs["feat"][:FEATURE_DIM], pooled_features(sat, env.box), rtol=1e-5, atol=1e-6)
+    # The features say what is in the photo: the pooled map through Lite0's own classifier names the cat.
+    head = _lite0().get_classifier()
+    logits = head(torch.from_numpy(whole)[None])[0]
+    assert int(logits.argmax()) in range(281, 286)  # ImageNet's domestic cats (chelsea is a tabby)

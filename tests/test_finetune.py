@@ -38,7 +38,8 @@ def test_flags_named_on_the_cli_override(bootstrap_run, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, said", [(["--obs_size", "32"], "--obs_size 32"), (["--grid", "10"], "--grid 10"),
-                                        (["--no-box_mask"], "--box_mask False")])
+                                        (["--no-box_mask"], "--box_mask False"),
+                                        (["--features", "lite0"], "--features lite0")])
 def test_flags_that_change_the_observation_must_match(bootstrap_run, tmp_path, argv, said):
     with pytest.raises(ValueError, match=f"{said}: the policy .* was trained with"):
         _env(bootstrap_run, tmp_path, *argv)
@@ -72,3 +73,23 @@ def test_a_policy_from_another_version_fails_with_a_clear_error(tmp_path):
     module.save_to_path(str(tmp_path / "ckpt"))
     with pytest.raises(PolicyMismatchError, match=r"observes .*\(4,\).* gives .*\(13,\).*train it again"):
         CropPolicy.load(tmp_path / "ckpt")
+
+
+def test_the_feature_policy_acts_on_feature_observations(tmp_path):
+    """Plumbing (untrained weights): a module built for features="lite0" observations acts on the env's."""
+    import gymnasium as gym
+    import numpy as np
+    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+    from rlhf.env import CropEnv
+    from rlhf.images import bundled_photos, load_collection
+    from rlhf.policy import CropPolicy, CropPolicyModule
+
+    env = CropEnv({"features": "lite0", "box_mask": True}, reward_fn=lambda p, b: np.zeros(len(b)),
+                  photos=load_collection(bundled_photos(["chelsea"])))
+    module = RLModuleSpec(module_class=CropPolicyModule, observation_space=env.observation_space,
+                          action_space=gym.spaces.Discrete(14)).build()
+    assert hasattr(module, "feat_proj")
+    policy = CropPolicy(module, {"features": "lite0", "box_mask": True}, tmp_path)
+    boxes = policy.rollout(env, 0)
+    assert len(boxes) >= 2 and all(len(b) == 4 for b in boxes)
