@@ -119,7 +119,8 @@ class CropEnvConfig:
         default="none", metadata={"help": "'lite0': the frozen EfficientNet-Lite0's ImageNet features of the crop "
                                   "and of the whole photo (pooled from one feature map per photo) join the "
                                   "observation, as A2-RL feeds its policy pretrained features; 'none': "
-                                  "thumbnails, box and cues only", "choices": list(FEATURES)})
+                                  "thumbnails, box and cues only. Stage 1 turns it on; 'none' here reads run "
+                                  "configs from before it", "choices": list(FEATURES)})
     seed: int = field(default=0, metadata={"help": "seed for photo order and augmentation"})
 
     def __post_init__(self) -> None:

@@ -39,22 +39,23 @@ def test_flags_named_on_the_cli_override(bootstrap_run, tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, said", [(["--obs_size", "32"], "--obs_size 32"), (["--grid", "10"], "--grid 10"),
                                         (["--no-box_mask"], "--box_mask False"),
-                                        (["--features", "lite0"], "--features lite0")])
+                                        (["--features", "none"], "--features none")])
 def test_flags_that_change_the_observation_must_match(bootstrap_run, tmp_path, argv, said):
     with pytest.raises(ValueError, match=f"{said}: the policy .* was trained with"):
         _env(bootstrap_run, tmp_path, *argv)
 
 
-def test_a_run_from_before_the_box_mask_keeps_it_off(bootstrap_run, tmp_path):
+@pytest.mark.parametrize("key, before", [("box_mask", False), ("features", "none")])
+def test_a_run_from_before_an_observation_option_keeps_it_off(bootstrap_run, tmp_path, key, before):
     import json
     import shutil
 
     old = tmp_path / "old_run"
     shutil.copytree(bootstrap_run, old)
     cfg = json.loads((old / "config.json").read_text())
-    assert cfg["env"].pop("box_mask") is True  # stage 1 turns it on now
+    assert cfg["env"].pop(key) != before  # stage 1 turns it on now
     (old / "config.json").write_text(json.dumps(cfg))
-    assert _env(old, tmp_path)["box_mask"] is False
+    assert _env(old, tmp_path)[key] == before
 
 
 def test_a_policy_from_another_version_fails_with_a_clear_error(tmp_path):
