@@ -1,8 +1,9 @@
 """The crop policy: a small two-tower CNN RLModule for RLlib PPO, and loading it for inference.
 
 The photo thumbnail and the crop thumbnail go through one shared conv tower (the same features
-for "what is in the scene" and "what is in my crop"), are concatenated with the box, and feed a
-policy head (14 action logits) and a value head. uint8 observations are cast inside the module
+for "what is in the scene" and "what is in my crop"), are concatenated with the box (and, when the
+env gives them, the frozen Lite0 features of crop and photo through one shared projection), and feed
+a policy head (14 action logits) and a value head. uint8 observations are cast inside the module
 (RLlib's catalog CNN fails on uint8, see NOTES), which keeps sample batches 4x smaller.
 """
 
