@@ -49,8 +49,8 @@ class BootstrapConfig(PPOSettings):
     box_mask: bool = field(default=True, metadata={"help": "mark the box on the photo thumbnail the policy "
                                                    "sees (a fifth channel; see bench/README.md for what it did)"})
     features: str = field(default="lite0", metadata={"help": "pretrained features the policy also sees: lite0 (the "
-                                                     "frozen EfficientNet-Lite0's, of the crop and the photo; held-out "
-                                                     "crops better in both seeds measured, bench/README.md) | none",
+                                                     "frozen EfficientNet-Lite0's, of the crop and the photo; better "
+                                                     "held-out crops in both seeds compared, bench/README.md) | none",
                                                      "choices": list(FEATURES)})
 
     def __post_init__(self) -> None:
