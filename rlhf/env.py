@@ -193,6 +193,13 @@ def feature_sat(pixels: np.ndarray) -> np.ndarray:
     return sat.astype(np.float32)
 
 
+@functools.lru_cache(maxsize=512)
+def _photo_feature_sat(photo: Photo) -> np.ndarray:
+    # Per process, not per env: an env runner steps several envs over the same photos (a Photo hashes
+    # by its id), and each would otherwise run Lite0 on every photo again.
+    return feature_sat(photo.pixels)
+
+
 def pooled_features(sat: np.ndarray, box: np.ndarray) -> np.ndarray:
     """Mean feature over a box given as fractions of the photo (at least one cell)."""
     fh, fw = sat.shape[1] - 1, sat.shape[2] - 1
@@ -318,7 +325,6 @@ class CropEnv(gym.Env):
                 self.photos.extend(augmented_variants(p, self.cfg.augment_variants, rng))
         self.ratio = ASPECTS[self.cfg.aspect]
         self.observation_space = observation_space(self.cfg.obs_size, self.cfg.box_mask, self.cfg.features)
-        self._features: dict[str, np.ndarray] = {}
         self.action_space = gym.spaces.Discrete(len(Action))
         self._photo_obs: dict[str, np.ndarray] = {}
         self.photo: Photo = self.photos[0]
@@ -419,11 +425,7 @@ class CropEnv(gym.Env):
             crop = np.concatenate([crop, np.full((s, s, 1), 255, np.uint8)], axis=2)
         obs = {"photo": small, "crop": crop, "box": np.clip(vec, 0.0, 1.0).astype(np.float32)}
         if self.cfg.features != "none":
-            if self.photo.id not in self._features:
-                if len(self._features) > 256:
-                    self._features.clear()
-                self._features[self.photo.id] = feature_sat(self.photo.pixels)
-            sat = self._features[self.photo.id]
+            sat = _photo_feature_sat(self.photo)
             feat = np.concatenate([pooled_features(sat, self.box), pooled_features(sat, (0.0, 0.0, 1.0, 1.0))])
             obs["feat"] = np.clip(feat, 0.0, 6.0).astype(np.float32)
         return obs
