@@ -19,14 +19,16 @@ from typing import Any
 import numpy as np
 import ray
 from ray.rllib.algorithms.ppo import PPOConfig
+from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
 from ray.rllib.callbacks.callbacks import RLlibCallback
+from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
 from rlhf.env import CropEnv, CropEnvConfig
 from rlhf.policy import MODULE_SUBDIR, CropPolicyModule, latest_checkpoint
 
 CSV_FIELDS = ["iteration", "timesteps", "episode_return_mean", "final_score_mean", "start_score_mean",
-              "episode_len_mean", "policy_entropy", "vf_explained_var", "seconds"]
+              "episode_len_mean", "policy_entropy", "vf_explained_var", "lr", "entropy_coeff", "ref_kl", "seconds"]
 
 
 def default_env_runners() -> int:
@@ -44,6 +46,8 @@ class PPOSettings:
     num_envs_per_env_runner: int = field(default=4, metadata={"help": "envs stepped together in each runner "
                                                               "(one batched policy forward for all)"})
     lr: float = field(default=5e-4, metadata={"help": "Adam learning rate"})
+    anneal_lr: bool = field(default=False, metadata={"help": "decay the learning rate linearly to 0 over "
+                                                     "--timesteps (CleanRL's --anneal-lr)"})
     gamma: float = field(default=0.99, metadata={"help": "discount; rewards are score changes, so ~1 keeps "
                                                  "the return equal to the final crop's improvement"})
     lambda_: float = field(default=0.9, metadata={"help": "GAE lambda (lower = less variance; the reward is "
@@ -54,6 +58,10 @@ class PPOSettings:
     num_epochs: int = field(default=4, metadata={"help": "SGD passes over each batch"})
     clip_param: float = field(default=0.2, metadata={"help": "PPO ratio clip"})
     entropy_coeff: float = field(default=0.01, metadata={"help": "entropy bonus (exploration)"})
+    entropy_coeff_final: float | None = field(default=None, metadata={
+        "help": "anneal the entropy bonus linearly from --entropy_coeff to this over --timesteps (None = "
+                "constant). Rewards are score changes of a few hundredths per episode, so a constant 0.01 "
+                "x entropy (~0.02) rivals the return and keeps the policy near uniform"})
     vf_loss_coeff: float = field(default=0.5, metadata={"help": "value loss weight"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     checkpoint_every: int = field(default=5, metadata={"help": "iterations between checkpoints"})
@@ -72,6 +80,15 @@ class PPOSettings:
             raise ValueError("gamma must be in (0, 1] and lambda_ in [0, 1]")
         if self.num_env_runners < 0:
             raise ValueError("num_env_runners must be >= 0")
+        if self.lr <= 0 or self.entropy_coeff < 0 or (self.entropy_coeff_final or 0) < 0:
+            raise ValueError(f"lr must be > 0 and the entropy coefficients >= 0, got lr={self.lr}, "
+                             f"entropy_coeff={self.entropy_coeff}, entropy_coeff_final={self.entropy_coeff_final}")
+
+    def schedule(self, start: float, end: float | None) -> float | list[list[float]]:
+        """RLlib's piecewise-linear schedule from `start` to `end` over this run's --timesteps."""
+        if end is None or end == start:
+            return start
+        return [[0, start], [self.timesteps, end]]
 
 
 class CropMetrics(RLlibCallback):
@@ -87,6 +104,43 @@ class CropMetrics(RLlibCallback):
         metrics_logger.log_value("start_score", float(first["score"]), reduce="mean", window=100)
 
 
+class ReferenceKLLearner(PPOTorchLearner):
+    """PPO's loss plus ``ref_kl * KL(pi || pi_ref)`` to a frozen reference policy (stage 3: the bootstrap).
+
+    RLHF fine-tuning (InstructGPT, TRL) keeps the tuned policy near where it started, so it moves only
+    where the learned reward pays for the move: a reward model fitted on 100 pairs is right near the
+    crops it was shown and can be exploited far from them. The KL is exact over the discrete actions,
+    averaged over the batch's states, and logged as ``ref_kl`` (progress.csv). RLlib's own
+    ``use_kl_loss`` is a different term: a KL to the policy that sampled the batch.
+    """
+
+    def build(self) -> None:
+        super().build()
+        cfg = self.config.learner_config_dict
+        self._ref_coeff = float(cfg.get("ref_kl", 0.0))
+        self._ref = None
+        if self._ref_coeff > 0:
+            from ray.rllib.core.rl_module.rl_module import RLModule
+
+            self._ref = RLModule.from_checkpoint(cfg["ref_module"]).to(self._device).eval()
+            for p in self._ref.parameters():
+                p.requires_grad_(False)
+
+    def compute_loss_for_module(self, *, module_id, config, batch, fwd_out):
+        loss = super().compute_loss_for_module(module_id=module_id, config=config, batch=batch, fwd_out=fwd_out)
+        if self._ref is None:
+            return loss
+        import torch
+
+        with torch.no_grad():
+            ref_logp = torch.log_softmax(self._ref._forward(batch)[Columns.ACTION_DIST_INPUTS], -1)
+        logp = torch.log_softmax(fwd_out[Columns.ACTION_DIST_INPUTS], -1)
+        kl = (logp.exp() * (logp - ref_logp)).sum(-1)
+        kl = kl[batch[Columns.LOSS_MASK]].mean() if Columns.LOSS_MASK in batch else kl.mean()
+        self.metrics.log_value((module_id, "ref_kl"), kl.detach(), window=1)
+        return loss + self._ref_coeff * kl
+
+
 def _gpu_here() -> bool:
     """Whether a learner inside this process may use a GPU.
 
@@ -100,22 +154,29 @@ def _gpu_here() -> bool:
     return torch.cuda.is_available()
 
 
-def build_ppo_config(ppo: PPOSettings, env_config: dict[str, Any]) -> PPOConfig:
+def build_ppo_config(ppo: PPOSettings, env_config: dict[str, Any], ref_policy: str | Path | None = None,
+                     ref_kl: float = 0.0) -> PPOConfig:
+    """RLlib's PPO config; with ref_kl > 0, a KL penalty to the policy at ref_policy (ReferenceKLLearner)."""
     gpus = ppo.num_gpus_per_learner
     if gpus < 0:
         gpus = 1 if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) >= 1 else 0
     # The GPU is elsewhere (a job driver on a CPU head node): run the learner as one remote actor,
     # which Ray places on a GPU node. Otherwise it lives in this process, as on a laptop.
     learners = 1 if gpus > 0 and not _gpu_here() else 0
+    if ref_kl < 0 or (ref_kl > 0 and ref_policy is None):
+        raise ValueError(f"ref_kl must be >= 0 and needs a reference policy, got ref_kl={ref_kl}, ref_policy={ref_policy}")
+    ref_module = str((latest_checkpoint(ref_policy) / MODULE_SUBDIR).resolve()) if ref_kl > 0 else None
     return (
         PPOConfig()
         .environment(CropEnv, env_config=env_config)
         .env_runners(num_env_runners=ppo.num_env_runners, num_envs_per_env_runner=ppo.num_envs_per_env_runner,
                      sample_timeout_s=ppo.sample_timeout_s, rollout_fragment_length="auto")
-        .learners(num_learners=learners, num_gpus_per_learner=gpus)
-        .training(lr=ppo.lr, gamma=ppo.gamma, lambda_=ppo.lambda_,
+        .learners(num_learners=learners, num_gpus_per_learner=gpus, learner_class=ReferenceKLLearner,
+                  learner_config_dict={"ref_kl": ref_kl, "ref_module": ref_module})
+        .training(lr=ppo.schedule(ppo.lr, 0.0 if ppo.anneal_lr else None), gamma=ppo.gamma, lambda_=ppo.lambda_,
                   train_batch_size_per_learner=ppo.train_batch_size, minibatch_size=ppo.minibatch_size,
-                  num_epochs=ppo.num_epochs, clip_param=ppo.clip_param, entropy_coeff=ppo.entropy_coeff,
+                  num_epochs=ppo.num_epochs, clip_param=ppo.clip_param,
+                  entropy_coeff=ppo.schedule(ppo.entropy_coeff, ppo.entropy_coeff_final),
                   vf_loss_coeff=ppo.vf_loss_coeff)
         .rl_module(rl_module_spec=RLModuleSpec(module_class=CropPolicyModule, model_config={}))
         .callbacks(CropMetrics)
@@ -151,6 +212,10 @@ def summarize(result: dict, iteration: int, seconds: float) -> dict[str, float]:
         "episode_len_mean": _get(result, "env_runners/episode_len_mean"),
         "policy_entropy": _get(result, "learners/default_policy/entropy"),
         "vf_explained_var": _get(result, "learners/default_policy/vf_explained_var"),
+        # What the schedules (--anneal_lr, --entropy_coeff_final) set for this iteration's update.
+        "lr": _get(result, "learners/default_policy/default_optimizer_learning_rate"),
+        "entropy_coeff": _get(result, "learners/default_policy/curr_entropy_coeff"),
+        "ref_kl": _get(result, "learners/default_policy/ref_kl"),
         "seconds": round(seconds, 2),
     }
 
@@ -202,8 +267,11 @@ def init_ray() -> None:
 
 
 def train(ppo: PPOSettings, env_config: dict[str, Any], out: Path, *, resume: bool = False,
-          init_policy: str | Path | None = None, title: str = "PPO") -> Path:
-    """Train until ppo.timesteps env steps; returns the newest checkpoint folder."""
+          init_policy: str | Path | None = None, ref_kl: float = 0.0, title: str = "PPO") -> Path:
+    """Train until ppo.timesteps env steps; returns the newest checkpoint folder.
+
+    ref_kl > 0 adds a KL penalty to init_policy, frozen (ReferenceKLLearner).
+    """
     ppo.validate()
     CropEnvConfig(**{k: v for k, v in env_config.items() if k in CropEnvConfig.__dataclass_fields__})
     init_ray()
@@ -219,7 +287,7 @@ def train(ppo: PPOSettings, env_config: dict[str, Any], out: Path, *, resume: bo
                          f"cluster has {free:g} free (the scoring actor holds one): lower --num_env_runners")
     ckpt_dir = out / "checkpoints"
     progress = out / "progress.csv"
-    algo = build_ppo_config(ppo, env_config).build_algo()
+    algo = build_ppo_config(ppo, env_config, ref_policy=init_policy, ref_kl=ref_kl).build_algo()
     rows: list[dict[str, float]] = []
     start_steps = 0
     try:

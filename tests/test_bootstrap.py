@@ -15,6 +15,7 @@ from rlhf.images import bundled_photos
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--timesteps", "768", "--train_batch_size", "128", "--minibatch_size", "64", "--num_epochs", "1",
         "--checkpoint_every", "1", "--num_env_runners", "0", "--no-service", "--augment_variants", "0",
+        "--anneal_lr", "--entropy_coeff", "0.01", "--entropy_coeff_final", "0",
         "--image", *[str(p) for p in bundled_photos(["chelsea", "coffee"])]]
 
 
@@ -60,6 +61,20 @@ def test_resume_continues_from_last_checkpoint(killed_and_resumed):
     assert (out / "curves.png").stat().st_size > 1000
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["env"]["grid"] == 10 and cfg["reward"]["kind"] == "aesthetic"
+
+
+def test_schedules_run_on_through_a_resume(killed_and_resumed):
+    import csv
+
+    out, _, _ = killed_and_resumed
+    with (out / "progress.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    lr, ent = [float(r["lr"]) for r in rows], [float(r["entropy_coeff"]) for r in rows]
+    # Linear to 0 over --timesteps, by the steps sampled so far: a resume that restarted the schedule
+    # would jump back up to the start value.
+    assert all(b < a for a, b in zip(lr, lr[1:], strict=False)), lr
+    assert all(b < a for a, b in zip(ent, ent[1:], strict=False)), ent
+    assert lr[0] < 5e-4 and lr[-1] <= 0.2 * 5e-4 and ent[-1] <= 0.2 * 0.01
 
 
 def test_crop_writes_json_crops_and_contact_sheet(killed_and_resumed, tmp_path):
