@@ -308,13 +308,26 @@ def train(ppo: PPOSettings, env_config: dict[str, Any], out: Path, *, resume: bo
         iteration = int(rows[-1]["iteration"]) if rows else 0
         steps = start_steps
         t_start = time.time()
+        last_sampled = time.time()
         while steps < ppo.timesteps:
             t0 = time.time()
             result = algo.train()
+            sampled = _get(result, "env_runners/num_env_steps_sampled", default=0.0)
+            if not sampled > 0:
+                # An env runner died (e.g. killed for memory) and RLlib is restarting it: nothing was
+                # trained on, so nothing counts towards --timesteps (counting it once let a run finish
+                # untrained and be taken for done).
+                if time.time() - last_sampled > ppo.sample_timeout_s:
+                    raise RuntimeError(f"no env steps sampled for {ppo.sample_timeout_s:.0f} s: the env runners "
+                                       "keep failing (out of memory? see the Ray worker logs); --resume continues "
+                                       "from the last checkpoint")
+                print(f"iter {iteration + 1:4d}  no samples: an env runner failed, RLlib is restarting it", flush=True)
+                time.sleep(1.0)
+                continue
+            last_sampled = time.time()
             iteration += 1
             row = summarize(result, iteration, time.time() - t0)
-            # RLlib restores its lifetime counter with a checkpoint; fall back to counting batches.
-            steps = int(row["timesteps"]) if row["timesteps"] > steps else steps + ppo.train_batch_size
+            steps += int(sampled)
             row["timesteps"] = steps
             rows.append(row)
             _write_progress(progress, rows)

@@ -77,6 +77,46 @@ def test_schedules_run_on_through_a_resume(killed_and_resumed):
     assert lr[0] < 5e-4 and lr[-1] <= 0.2 * 5e-4 and ent[-1] <= 0.2 * 0.01
 
 
+def _env_runner_pids(sid: int) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().decode(errors="replace")
+            if proc.name.isdigit() and "SingleAgentEnvRunner" in cmd and os.getsid(int(proc.name)) == sid:
+                pids.append(int(proc.name))
+        except (OSError, ProcessLookupError):
+            continue
+    return pids
+
+
+def test_a_killed_env_runner_costs_no_phantom_steps(tmp_path):
+    """The env runner is killed mid-run (as Ray's OOM killer did on a loaded machine): RLlib restarts
+    it, and the iterations that sampled nothing must not count towards --timesteps (they once did, and
+    a stage 3 finished 'trained' on a third fewer steps than asked)."""
+    import csv
+
+    proc = _bootstrap(tmp_path, "--num_env_runners", "1")
+    deadline = time.time() + 240
+    while time.time() < deadline and not list((tmp_path / "checkpoints").glob("ckpt_*")):
+        if proc.poll() is not None:
+            pytest.fail(f"bootstrap exited early:\n{proc.stdout.read()}")
+        time.sleep(0.2)
+    runners = _env_runner_pids(proc.pid)
+    assert runners, "no env runner process found"
+    for pid in runners:
+        os.kill(pid, signal.SIGKILL)
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, log
+    with (tmp_path / "progress.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    steps = [int(r["timesteps"]) for r in rows]
+    # Each recorded iteration sampled real episodes, and the count is of steps actually sampled.
+    assert all(r["episode_return_mean"] not in ("", "nan") for r in rows), log
+    assert all(b - a >= 100 for a, b in zip([0, *steps], steps, strict=False)), steps
+    assert steps[-1] >= 768
+    return log
+
+
 def test_crop_writes_json_crops_and_contact_sheet(killed_and_resumed, tmp_path):
     out, _, _ = killed_and_resumed
     from rayjobs.crop import CropConfig, run
