@@ -82,9 +82,10 @@ class BenchConfig:
     w_nima: float = field(default=0.5, metadata={"help": "stage-3 weight of (nima-1)/9"})
     w_human: float = field(default=0.5, metadata={"help": "stage-3 weight of the human score"})
     reward_args: list[str] = field(default_factory=list, metadata={
-        "help": "extra flags for train-reward, e.g. --reward_args=--epochs=80 (one per item, flag=value)"})
+        "help": "extra flags for train-reward, one per --reward_args=FLAG, repeated: --reward_args=--epochs=80"})
     finetune_args: list[str] = field(default_factory=list, metadata={
-        "help": "extra flags for finetune, e.g. --finetune_args=--entropy_coeff=0 (one per item, flag=value)"})
+        "help": "extra flags for finetune, one per --finetune_args=FLAG, repeated: --finetune_args=--anneal_lr "
+                "--finetune_args=--ref_kl=0.3"})
     num_env_runners: int = field(default=1, metadata={"help": "PPO env runners"})
     service: bool = field(default=True, metadata={"help": "score through the shared scoring actor"})
     seed: int = field(default=0, metadata={"help": "random seed"})

@@ -51,7 +51,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         else:
             kw["type"] = tp if tp in (int, float, str) else str
             if is_list:
-                kw["nargs"] = "+"
+                # Repeating the flag adds to the list (`--finetune_args=--a --finetune_args=--b=1`).
+                kw["nargs"], kw["action"] = "+", "extend"
             if "choices" in f.metadata:
                 kw["choices"] = f.metadata["choices"]
         parser.add_argument(*names, dest=f.name, **kw)

@@ -197,3 +197,12 @@ def test_docs_job_commands_name_real_stages_and_flags():
             parser.parse_args(args)
         except (argparse.ArgumentError, SystemExit) as e:
             pytest.fail(f"README.md: `{module} {shlex.join(args)}`: {e}")
+
+
+def test_list_flags_take_several_values_and_repeat():
+    from rayjobs.bootstrap import BootstrapConfig
+    from rlhf.config import parse_config
+
+    cfg = parse_config(BootstrapConfig, ["--image", "a.jpg", "b.jpg", "--image=c.jpg"])
+    assert cfg.image == ["a.jpg", "b.jpg", "c.jpg"]  # a repeated flag adds; one flag takes several values
+    assert parse_config(BootstrapConfig, []).image == BootstrapConfig().image  # the default when not given
