@@ -29,11 +29,9 @@ class BootstrapConfig(PPOSettings):
     # Annealed by default in stage 1: with a constant lr and entropy bonus 0.01 the policy ended 100k
     # steps at entropy ~2.0 of ln 14 = 2.64, its greedy crops far from what it trained on; annealed,
     # 1.4, and held-out vs_random 1.104 / 1.109 / 1.128 against 1.114 / 1.099 / 1.105 (seeds 0/1/2).
-    anneal_lr: bool = field(default=True, metadata={"help": "decay the learning rate linearly to 0 over "
-                                                    "--timesteps (CleanRL's --anneal-lr); see bench/README.md"})
-    entropy_coeff_final: float | None = field(default=0.001, metadata={
-        "help": "anneal the entropy bonus linearly from --entropy_coeff to this over --timesteps (None = "
-                "constant)"})
+    anneal_lr: bool = field(default=True, metadata=PPOSettings.__dataclass_fields__["anneal_lr"].metadata)
+    entropy_coeff_final: float | None = field(
+        default=0.001, metadata=PPOSettings.__dataclass_fields__["entropy_coeff_final"].metadata)
     image: list[str] = field(default_factory=_default_images,
                              metadata={"help": "photos: files, folders or globs (default: bundled training photos)"})
     out: str | None = field(default=None, metadata={"help": "run folder (default results/bootstrap-<time>)"})

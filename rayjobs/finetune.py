@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from rayjobs.bootstrap import ENV_FIELDS, BootstrapConfig, release, save_config_with_env
-from rayjobs.ppo import init_ray, train
+from rayjobs.ppo import PPOSettings, init_ray, train
 from rlhf.config import parse_config, run_dir
 from rlhf.env import CropEnvConfig
 from rlhf.images import resolve_paths
@@ -38,11 +38,9 @@ class FinetuneConfig(BootstrapConfig):
     # (tight taste, one reward model) both alternatives moved more crops and the taste preferred fewer:
     # constant bonus 0.001: 52 of 54 crops moved, preferred 0.556; lr and bonus annealed (0.01 -> 0.001):
     # 49 moved, 0.444; constant 0.01 (kept): 37 moved, 0.611.
-    anneal_lr: bool = field(default=False, metadata={"help": "decay the learning rate linearly to 0 over "
-                                                     "--timesteps"})
-    entropy_coeff_final: float | None = field(default=None, metadata={
-        "help": "anneal the entropy bonus linearly from --entropy_coeff to this over --timesteps (None = "
-                "constant)"})
+    anneal_lr: bool = field(default=False, metadata=PPOSettings.__dataclass_fields__["anneal_lr"].metadata)
+    entropy_coeff_final: float | None = field(
+        default=None, metadata=PPOSettings.__dataclass_fields__["entropy_coeff_final"].metadata)
     ref_kl: float = field(default=0.0, metadata={
         "help": "KL penalty to the bootstrap policy: loss += ref_kl * KL(pi || pi_bootstrap), averaged over the "
                 "batch's states (InstructGPT/TRL keep the tuned policy near the reference so it moves only where "
