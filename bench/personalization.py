@@ -23,6 +23,11 @@ and prints, per taste:
               the same unseen photo; a tie (no preference, e.g. the same crop) counts half  target >= 0.70
   score_kept  mean aesthetic score of the stage-3 crops / that of the bootstrap crops   target >= 0.95
 
+and, to tell a reward model the taste disagrees with from a stage 3 that misses its own objective,
+stage 3's aim: on how many of the photos where it moved the crop it raised its own objective
+(w_nima*(aesthetic-1)/9 + w_human*human), and how often the taste prefers the moved crop where it did
+and where it did not.
+
 The last line is `personalization: accuracy=A preferred=P score_kept=K` with the values of the worst
 taste: the one whose smallest ratio to its targets (A/0.80, P/0.70, K/0.95) is lowest. Each taste's
 line also gives `preferred on the training photos` (the same comparison on the photos and framings
@@ -239,6 +244,7 @@ def run_taste(cfg: BenchConfig, out: Path, taste: str, policy: str, unseen_files
     ft_policy = CropPolicy.load(ft_dir)
     ft_eval = evaluate_policy(ft_policy, photos, shared["scorer"], model, heldout, name="stage3")
     preferred = preferred_rate(truth, photos, boot_eval.boxes, ft_eval.boxes)
+    aim = stage3_aim(truth, photos, boot_eval, ft_eval, cfg.w_nima, cfg.w_human)
     # The same comparison on the photos stage 3 trained on: high here but low on unseen photos means
     # the policy did not generalise; low on both means it did not learn the reward.
     seen = shared["seen"]
@@ -261,11 +267,14 @@ def run_taste(cfg: BenchConfig, out: Path, taste: str, policy: str, unseen_files
               "aesthetic_bootstrap": boot_eval.aesthetic_mean, "aesthetic_stage3": ft_eval.aesthetic_mean,
               "human_bootstrap": boot_eval.human_mean, "human_stage3": ft_eval.human_mean,
               "agreement_bootstrap": boot_eval.agreement, "agreement_stage3": ft_eval.agreement,
-              "answers": counts, "seconds": {k: round(v, 1) for k, v in times.items()}, "report": str(report)}
+              "answers": counts, **aim, "seconds": {k: round(v, 1) for k, v in times.items()}, "report": str(report)}
     print(f"[{taste}] accuracy={accuracy:.3f} preferred={preferred:.3f} score_kept={kept:.3f} "
           f"(crops changed on {changed}/{len(photos)} photos; human score {boot_eval.human_mean:.3f} -> "
           f"{ft_eval.human_mean:.3f}; agreement {boot_eval.agreement:.3f} -> {ft_eval.agreement:.3f}; preferred on "
           f"the training photos {preferred_seen:.3f})", flush=True)
+    print(f"[{taste}] stage 3's aim: it raised its own objective ({cfg.w_nima}*aesthetic + {cfg.w_human}*human) on "
+          f"{aim['objective_up']}/{aim['moved']} photos where it moved the crop; the taste prefers its crop on "
+          f"{aim['preferred_where_up']:.2f} of those and {aim['preferred_where_down']:.2f} of the rest", flush=True)
     return result
 
 
@@ -289,6 +298,28 @@ def preferred_rate(taste, photos, before: dict, after: dict) -> float:
     """How often the taste (noiseless) prefers the `after` crop of a photo; ties count half."""
     votes = [{1: 1.0, 2: 0.0}.get(taste.true_choice(p, after[p.id], before[p.id]), 0.5) for p in photos]
     return float(np.mean(votes))
+
+
+def stage3_aim(taste, photos, boot, ft, w_nima: float, w_human: float) -> dict:
+    """Where stage 3 moved a crop, did it raise its own objective, and did the taste follow?
+
+    Splits a low `preferred` into its two causes: a reward model the taste disagrees with (the taste
+    does not prefer the crops that raised the objective) or a policy that misses its own objective on
+    these photos (few moves raised it).
+    """
+    def objective(e, pid: str) -> float:
+        return w_nima * (e.aesthetic[pid] - 1) / 9 + w_human * e.human[pid]
+
+    up, down = [], []
+    for p in photos:
+        if ft.boxes[p.id] == boot.boxes[p.id]:
+            continue
+        vote = {1: 1.0, 2: 0.0}.get(taste.true_choice(p, ft.boxes[p.id], boot.boxes[p.id]), 0.5)
+        (up if objective(ft, p.id) > objective(boot, p.id) else down).append(vote)
+    nan = float("nan")
+    return {"moved": len(up) + len(down), "objective_up": len(up),
+            "preferred_where_up": float(np.mean(up)) if up else nan,
+            "preferred_where_down": float(np.mean(down)) if down else nan}
 
 
 def worst(results: list[dict]) -> dict:
