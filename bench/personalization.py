@@ -175,7 +175,7 @@ def run_taste(cfg: BenchConfig, out: Path, taste: str, policy: str, unseen_files
 
     from rayjobs import evaluate as evaluate_job
     from rayjobs import pairs, train_reward
-    from rlhf.evaluation import evaluate_policy, photo_key, policy_boxes, reward_model_accuracy
+    from rlhf.evaluation import evaluate_policy, photo_key, reward_model_accuracy
     from rlhf.pairs import save_pairs
     from rlhf.policy import CropPolicy
     from rlhf.reward_model import PreferenceRewardModel
@@ -247,9 +247,13 @@ def run_taste(cfg: BenchConfig, out: Path, taste: str, policy: str, unseen_files
     aim = stage3_aim(truth, photos, boot_eval, ft_eval, cfg.w_nima, cfg.w_human)
     # The same comparison on the photos stage 3 trained on: high here but low on unseen photos means
     # the policy did not generalise; low on both means it did not learn the reward.
+    # Its aim there too: moves that raise the objective on the training photos but not on unseen ones
+    # mean stage 3 fitted its training photos rather than the taste.
     seen = shared["seen"]
-    preferred_seen = preferred_rate(truth, seen, shared["boot_seen_boxes"],
-                                    dict(zip([p.id for p in seen], policy_boxes(ft_policy, seen)[0], strict=True)))
+    boot_seen = evaluate_policy(shared["boot_policy"], seen, shared["scorer"], model, [], name="bootstrap")
+    ft_seen = evaluate_policy(ft_policy, seen, shared["scorer"], model, [], name="stage3")
+    preferred_seen = preferred_rate(truth, seen, boot_seen.boxes, ft_seen.boxes)
+    aim_seen = stage3_aim(truth, seen, boot_seen, ft_seen, cfg.w_nima, cfg.w_human)
     kept = ft_eval.aesthetic_mean / boot_eval.aesthetic_mean
     changed = sum(ft_eval.boxes[p.id] != boot_eval.boxes[p.id] for p in photos)
     eval_cfg = evaluate_job.EvalConfig(policies=[policy, str(ft_dir)], names=["bootstrap", "stage3"],
@@ -267,14 +271,15 @@ def run_taste(cfg: BenchConfig, out: Path, taste: str, policy: str, unseen_files
               "aesthetic_bootstrap": boot_eval.aesthetic_mean, "aesthetic_stage3": ft_eval.aesthetic_mean,
               "human_bootstrap": boot_eval.human_mean, "human_stage3": ft_eval.human_mean,
               "agreement_bootstrap": boot_eval.agreement, "agreement_stage3": ft_eval.agreement,
-              "answers": counts, **aim, "seconds": {k: round(v, 1) for k, v in times.items()}, "report": str(report)}
+              "answers": counts, **aim, **{f"{k}_training_photos": v for k, v in aim_seen.items()}, "seconds": {k: round(v, 1) for k, v in times.items()}, "report": str(report)}
     print(f"[{taste}] accuracy={accuracy:.3f} preferred={preferred:.3f} score_kept={kept:.3f} "
           f"(crops changed on {changed}/{len(photos)} photos; human score {boot_eval.human_mean:.3f} -> "
           f"{ft_eval.human_mean:.3f}; agreement {boot_eval.agreement:.3f} -> {ft_eval.agreement:.3f}; preferred on "
           f"the training photos {preferred_seen:.3f})", flush=True)
     print(f"[{taste}] stage 3's aim: it raised its own objective ({cfg.w_nima}*aesthetic + {cfg.w_human}*human) on "
           f"{aim['objective_up']}/{aim['moved']} photos where it moved the crop; the taste prefers its crop on "
-          f"{aim['preferred_where_up']:.2f} of those and {aim['preferred_where_down']:.2f} of the rest", flush=True)
+          f"{aim['preferred_where_up']:.2f} of those and {aim['preferred_where_down']:.2f} of the rest; on the training "
+          f"photos {aim_seen['objective_up']}/{aim_seen['moved']}", flush=True)
     return result
 
 
@@ -347,14 +352,11 @@ def run(cfg: BenchConfig) -> list[dict]:
               "boot_policy": CropPolicy.load(policy), "scorer": create_scorer("default")}
     # The training photos with the framings stage 3 trains on (as rlhf.env builds them, seeded).
     from rlhf.env import augmented_variants
-    from rlhf.evaluation import policy_boxes
 
     rng = np.random.default_rng(cfg.seed)
     n_var = int(shared["boot_policy"].env_config.get("augment_variants", 0))
-    seen = shared["train_photos"] + [v for p in shared["train_photos"] for v in augmented_variants(p, n_var, rng)]
-    shared["seen"] = seen
-    shared["boot_seen_boxes"] = dict(zip([p.id for p in seen], policy_boxes(shared["boot_policy"], seen)[0],
-                                         strict=True))
+    shared["seen"] = shared["train_photos"] + [v for p in shared["train_photos"]
+                                               for v in augmented_variants(p, n_var, rng)]
     results = []
     for taste in cfg.tastes:
         results.append(run_taste(cfg, out, taste, policy, unseen, unlabelled, shared))
