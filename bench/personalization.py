@@ -250,7 +250,8 @@ def run_taste(cfg: BenchConfig, out: Path, taste: str, policy: str, unseen_files
     # Its aim there too: moves that raise the objective on the training photos but not on unseen ones
     # mean stage 3 fitted its training photos rather than the taste.
     seen = shared["seen"]
-    boot_seen = evaluate_policy(shared["boot_policy"], seen, shared["scorer"], model, [], name="bootstrap")
+    boot_seen = evaluate_policy(shared["boot_policy"], seen, shared["scorer"], model, [], name="bootstrap",
+                                boxes=shared["boot_seen_boxes"])
     ft_seen = evaluate_policy(ft_policy, seen, shared["scorer"], model, [], name="stage3")
     preferred_seen = preferred_rate(truth, seen, boot_seen.boxes, ft_seen.boxes)
     aim_seen = stage3_aim(truth, seen, boot_seen, ft_seen, cfg.w_nima, cfg.w_human)
@@ -301,8 +302,12 @@ def stage3(cfg: BenchConfig, policy: str, model_path: Path, ft_dir: Path) -> Non
 
 def preferred_rate(taste, photos, before: dict, after: dict) -> float:
     """How often the taste (noiseless) prefers the `after` crop of a photo; ties count half."""
-    votes = [{1: 1.0, 2: 0.0}.get(taste.true_choice(p, after[p.id], before[p.id]), 0.5) for p in photos]
-    return float(np.mean(votes))
+    return float(np.mean([_vote(taste, p, after[p.id], before[p.id]) for p in photos]))
+
+
+def _vote(taste, photo, new, old) -> float:
+    """1 if the taste (noiseless) prefers the new crop, 0 if the old one, 0.5 for no preference."""
+    return {1: 1.0, 2: 0.0}.get(taste.true_choice(photo, new, old), 0.5)
 
 
 def stage3_aim(taste, photos, boot, ft, w_nima: float, w_human: float) -> dict:
@@ -312,14 +317,16 @@ def stage3_aim(taste, photos, boot, ft, w_nima: float, w_human: float) -> dict:
     does not prefer the crops that raised the objective) or a policy that misses its own objective on
     these photos (few moves raised it).
     """
-    def objective(e, pid: str) -> float:
-        return w_nima * (e.aesthetic[pid] - 1) / 9 + w_human * e.human[pid]
+    from rlhf.rewards import rescale_aesthetic
+
+    def objective(e, pid: str) -> float:  # stage 3's reward (rlhf.rewards.combine) of the photo's crop
+        return w_nima * float(rescale_aesthetic(e.aesthetic[pid])) + w_human * e.human[pid]
 
     up, down = [], []
     for p in photos:
         if ft.boxes[p.id] == boot.boxes[p.id]:
             continue
-        vote = {1: 1.0, 2: 0.0}.get(taste.true_choice(p, ft.boxes[p.id], boot.boxes[p.id]), 0.5)
+        vote = _vote(taste, p, ft.boxes[p.id], boot.boxes[p.id])
         (up if objective(ft, p.id) > objective(boot, p.id) else down).append(vote)
     nan = float("nan")
     return {"moved": len(up) + len(down), "objective_up": len(up),
@@ -352,11 +359,14 @@ def run(cfg: BenchConfig) -> list[dict]:
               "boot_policy": CropPolicy.load(policy), "scorer": create_scorer("default")}
     # The training photos with the framings stage 3 trains on (as rlhf.env builds them, seeded).
     from rlhf.env import augmented_variants
+    from rlhf.evaluation import policy_boxes
 
     rng = np.random.default_rng(cfg.seed)
     n_var = int(shared["boot_policy"].env_config.get("augment_variants", 0))
     shared["seen"] = shared["train_photos"] + [v for p in shared["train_photos"]
                                                for v in augmented_variants(p, n_var, rng)]
+    # The bootstrap's crops of them, rolled out once for every taste.
+    shared["boot_seen_boxes"] = policy_boxes(shared["boot_policy"], shared["seen"])[0]
     results = []
     for taste in cfg.tastes:
         results.append(run_taste(cfg, out, taste, policy, unseen, unlabelled, shared))

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import ray
+import torch
 from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
 from ray.rllib.callbacks.callbacks import RLlibCallback
@@ -130,8 +131,6 @@ class ReferenceKLLearner(PPOTorchLearner):
         loss = super().compute_loss_for_module(module_id=module_id, config=config, batch=batch, fwd_out=fwd_out)
         if self._ref is None:
             return loss
-        import torch
-
         with torch.no_grad():
             ref_logp = torch.log_softmax(self._ref._forward(batch)[Columns.ACTION_DIST_INPUTS], -1)
         logp = torch.log_softmax(fwd_out[Columns.ACTION_DIST_INPUTS], -1)
@@ -149,8 +148,6 @@ def _gpu_here() -> bool:
     """
     if ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None:
         return bool(ray.get_gpu_ids())
-    import torch
-
     return torch.cuda.is_available()
 
 
@@ -201,11 +198,31 @@ def _get(result: dict, *keys: str, default: float = float("nan")) -> float:
     return default
 
 
+def train_iteration(algo, sample_timeout_s: float) -> tuple[dict, int]:
+    """One PPO iteration that trained on samples: (RLlib's result, env steps sampled).
+
+    An iteration that sampled nothing (an env runner died, e.g. killed for memory, and RLlib is
+    restarting it) is run again rather than counted: counting it once let a run finish untrained and
+    be taken for done. Gives up after sample_timeout_s without samples. Both PPO loops (rayjobs.ppo
+    and the Tune trials) count their steps from this, not from RLlib's lifetime counter.
+    """
+    since = time.time()
+    while True:
+        result = algo.train()
+        sampled = _get(result, "env_runners/num_env_steps_sampled", default=0.0)
+        if sampled > 0:
+            return result, int(sampled)
+        if time.time() - since > sample_timeout_s:
+            raise RuntimeError(f"no env steps sampled for {sample_timeout_s:.0f} s: the env runners keep failing "
+                               "(out of memory? see the Ray worker logs); --resume continues from the last checkpoint")
+        print("no samples: an env runner failed, RLlib is restarting it", flush=True)
+        time.sleep(1.0)
+
+
 def summarize(result: dict, iteration: int, seconds: float) -> dict[str, float]:
+    """The progress.csv row of one iteration, less its timesteps (the loops count those)."""
     return {
         "iteration": iteration,
-        "timesteps": int(_get(result, "env_runners/num_env_steps_sampled_lifetime",
-                              "num_env_steps_sampled_lifetime", default=0)),
         "episode_return_mean": _get(result, "env_runners/episode_return_mean"),
         "final_score_mean": _get(result, "env_runners/final_score"),
         "start_score_mean": _get(result, "env_runners/start_score"),
@@ -277,8 +294,6 @@ def train(ppo: PPOSettings, env_config: dict[str, Any], out: Path, *, resume: bo
     init_ray()
     # The local learner runs in this process: give it the cores the env runners leave, no more
     # (oversubscribed torch threads made an update 50x slower on a busy 2-core machine).
-    import torch
-
     torch.set_num_threads(max(1, (os.cpu_count() or 1) - ppo.num_env_runners))
     free = ray.available_resources().get("CPU", 0)
     if ppo.num_env_runners > free + 1e-9:
@@ -308,27 +323,12 @@ def train(ppo: PPOSettings, env_config: dict[str, Any], out: Path, *, resume: bo
         iteration = int(rows[-1]["iteration"]) if rows else 0
         steps = start_steps
         t_start = time.time()
-        last_sampled = time.time()
         while steps < ppo.timesteps:
             t0 = time.time()
-            result = algo.train()
-            sampled = _get(result, "env_runners/num_env_steps_sampled", default=0.0)
-            if not sampled > 0:
-                # An env runner died (e.g. killed for memory) and RLlib is restarting it: nothing was
-                # trained on, so nothing counts towards --timesteps (counting it once let a run finish
-                # untrained and be taken for done).
-                if time.time() - last_sampled > ppo.sample_timeout_s:
-                    raise RuntimeError(f"no env steps sampled for {ppo.sample_timeout_s:.0f} s: the env runners "
-                                       "keep failing (out of memory? see the Ray worker logs); --resume continues "
-                                       "from the last checkpoint")
-                print(f"iter {iteration + 1:4d}  no samples: an env runner failed, RLlib is restarting it", flush=True)
-                time.sleep(1.0)
-                continue
-            last_sampled = time.time()
+            result, sampled = train_iteration(algo, ppo.sample_timeout_s)
             iteration += 1
-            row = summarize(result, iteration, time.time() - t0)
-            steps += int(sampled)
-            row["timesteps"] = steps
+            steps += sampled
+            row = {"timesteps": steps, **summarize(result, iteration, time.time() - t0)}
             rows.append(row)
             _write_progress(progress, rows)
             print(f"iter {iteration:4d}  steps {steps:7d}/{ppo.timesteps}  return {row['episode_return_mean']:+.4f}"

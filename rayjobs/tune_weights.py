@@ -65,7 +65,7 @@ from pathlib import Path
 from typing import Any
 
 from rayjobs.finetune import FinetuneConfig, finetune_env, given_flags
-from rayjobs.ppo import PPOSettings, build_ppo_config, init_ray, summarize
+from rayjobs.ppo import PPOSettings, build_ppo_config, init_ray, summarize, train_iteration
 from rlhf.config import parse_config, run_dir
 from rlhf.evaluation import _finite
 from rlhf.images import HELDOUT_PHOTOS, bundled_photos, resolve_paths
@@ -274,12 +274,10 @@ def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         while state["report"] < setup.n_reports and state["timesteps"] < ppo.timesteps:
             for _ in range(setup.eval_every):
                 t0 = time.time()
-                result = algo.train()
+                result, sampled = train_iteration(algo, ppo.sample_timeout_s)
                 state["iteration"] += 1
+                state["timesteps"] += sampled
                 row = summarize(result, state["iteration"], time.time() - t0)
-                # As in rayjobs.ppo.train: a restored algo may restart its lifetime step counter.
-                steps = int(row["timesteps"])
-                state["timesteps"] = steps if steps > state["timesteps"] else state["timesteps"] + ppo.train_batch_size
                 if state["timesteps"] >= ppo.timesteps:
                     break
             state["report"] += 1
