@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -212,9 +213,12 @@ def run(cfg: EvalConfig) -> Path:
     return out
 
 
-def write_outputs(evals, photos, cfg: EvalConfig, out: Path, extra: dict | None = None) -> Path:
-    """comparison.png, scores.png, eval.json and report.md for evaluated policies; returns the report."""
-    comparison_sheet(evals, photos, out / "comparison.png")
+def write_outputs(evals, photos, cfg: EvalConfig, out: Path, extra: dict | None = None,
+                  sheet_photos: Sequence | None = None) -> Path:
+    """comparison.png, scores.png, eval.json and report.md for evaluated policies; returns the report.
+
+    sheet_photos: the photos comparison.png shows (default: all of them)."""
+    comparison_sheet(evals, photos if sheet_photos is None else sheet_photos, out / "comparison.png")
     plot_scores(evals, out / "scores.png")
     (out / "eval.json").write_text(json.dumps({"photos": [p.id for p in photos],
                                                "policies": [e.to_json() for e in evals],

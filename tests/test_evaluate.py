@@ -192,3 +192,22 @@ def test_bad_input_is_refused_clearly(setup, tmp_path):
     with pytest.raises(ValueError, match="--human_reward_model"):
         EvalConfig(policies=[str(run_folder)], human_reward_model=str(tmp_path / "nope.pth"))
     assert Path(run_folder).is_dir()
+
+
+def test_sheet_photos_limits_the_contact_sheet_not_the_figures(setup, tmp_path):
+    """The personalization bench judges 216 framings but draws two framings a photo."""
+    from rayjobs.evaluate import EvalConfig, write_outputs
+    from rlhf.policy import CropPolicy
+    from rlhf.scorers import create_scorer
+
+    _, ckpts, _, _, photos = setup
+    ev = evaluate_policy(CropPolicy.load(ckpts[-1]), photos, create_scorer("default"), name="late")
+    cfg = EvalConfig(policies=[str(ckpts[-1])], image=UNSEEN, out=str(tmp_path))
+    heights = []
+    for sub, sheet in (("all", None), ("one", photos[:1])):
+        (tmp_path / sub).mkdir()
+        write_outputs([ev], photos, cfg, tmp_path / sub, sheet_photos=sheet)
+        assert json.loads((tmp_path / sub / "eval.json").read_text())["photos"] == [p.id for p in photos]
+        with Image.open(tmp_path / sub / "comparison.png") as im:
+            heights.append(im.height)
+    assert len(photos) > 1 and heights[1] < heights[0]
