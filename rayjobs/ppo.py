@@ -49,6 +49,11 @@ class PPOSettings:
     lr: float = field(default=5e-4, metadata={"help": "Adam learning rate"})
     anneal_lr: bool = field(default=False, metadata={"help": "decay the learning rate linearly to 0 over "
                                                      "--timesteps (CleanRL's --anneal-lr)"})
+    lr_warmup_steps: int = field(default=0, metadata={
+        "help": "raise the learning rate linearly from 0 over this many env steps first. Adam starts with no "
+                "estimate of each weight's gradient scale, so its first steps move every weight by about lr, "
+                "whatever its gradient: fine-tuning a trained policy at full lr from the first step can "
+                "flatten it at once (stage 3, see FinetuneConfig)"})
     gamma: float = field(default=0.99, metadata={"help": "discount; rewards are score changes, so ~1 keeps "
                                                  "the return equal to the final crop's improvement"})
     lambda_: float = field(default=0.9, metadata={"help": "GAE lambda (lower = less variance; the reward is "
@@ -81,9 +86,19 @@ class PPOSettings:
             raise ValueError("gamma must be in (0, 1] and lambda_ in [0, 1]")
         if self.num_env_runners < 0:
             raise ValueError("num_env_runners must be >= 0")
+        if self.lr_warmup_steps < 0 or (self.anneal_lr and self.lr_warmup_steps >= self.timesteps):
+            raise ValueError(f"lr_warmup_steps must be >= 0 (and below --timesteps with --anneal_lr), got "
+                             f"{self.lr_warmup_steps} for {self.timesteps} steps")
         if self.lr <= 0 or self.entropy_coeff < 0 or (self.entropy_coeff_final or 0) < 0:
             raise ValueError(f"lr must be > 0 and the entropy coefficients >= 0, got lr={self.lr}, "
                              f"entropy_coeff={self.entropy_coeff}, entropy_coeff_final={self.entropy_coeff_final}")
+
+    def lr_schedule(self) -> float | list[list[float]]:
+        """The learning rate: constant, warmed up (--lr_warmup_steps) and/or annealed to 0 (--anneal_lr)."""
+        points = [[0, 0.0], [self.lr_warmup_steps, self.lr]] if self.lr_warmup_steps else [[0, self.lr]]
+        if self.anneal_lr:
+            points.append([self.timesteps, 0.0])
+        return points if len(points) > 1 else self.lr
 
     def schedule(self, start: float, end: float | None) -> float | list[list[float]]:
         """RLlib's piecewise-linear schedule from `start` to `end` over this run's --timesteps."""
@@ -170,7 +185,7 @@ def build_ppo_config(ppo: PPOSettings, env_config: dict[str, Any], ref_policy: s
                      sample_timeout_s=ppo.sample_timeout_s, rollout_fragment_length="auto")
         .learners(num_learners=learners, num_gpus_per_learner=gpus, learner_class=ReferenceKLLearner,
                   learner_config_dict={"ref_kl": ref_kl, "ref_module": ref_module})
-        .training(lr=ppo.schedule(ppo.lr, 0.0 if ppo.anneal_lr else None), gamma=ppo.gamma, lambda_=ppo.lambda_,
+        .training(lr=ppo.lr_schedule(), gamma=ppo.gamma, lambda_=ppo.lambda_,
                   train_batch_size_per_learner=ppo.train_batch_size, minibatch_size=ppo.minibatch_size,
                   num_epochs=ppo.num_epochs, clip_param=ppo.clip_param,
                   entropy_coeff=ppo.schedule(ppo.entropy_coeff, ppo.entropy_coeff_final),

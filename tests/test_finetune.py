@@ -130,7 +130,7 @@ def test_ref_kl_keeps_stage3_near_the_bootstrap(bootstrap_run, tmp_path):
     for ref_kl in (0.0, 5.0):
         argv = ["--policy", str(bootstrap_run), "--human_reward_model", model_path, "--timesteps", "512",
                 "--train_batch_size", "128", "--minibatch_size", "32", "--num_epochs", "4", "--lr", "3e-3",
-                "--num_env_runners", "0", "--no-service", "--ref_kl", str(ref_kl), "--out", str(tmp_path / f"kl{ref_kl}")]
+                "--lr_warmup_steps", "0", "--num_env_runners", "0", "--no-service", "--ref_kl", str(ref_kl), "--out", str(tmp_path / f"kl{ref_kl}")]
         finetune.run(parse_config(finetune.FinetuneConfig, argv), given=given_flags(argv))
         runs[ref_kl] = CropPolicy.load(tmp_path / f"kl{ref_kl}")
     with (tmp_path / "kl5.0" / "progress.csv").open() as f:
@@ -143,3 +143,22 @@ def test_ref_kl_keeps_stage3_near_the_bootstrap(bootstrap_run, tmp_path):
     observations = [env.reset(seed=int(s))[0] for s in rng.integers(0, 10**6, 64)]
     free, held = _kl_to(runs[0.0], boot, observations), _kl_to(runs[5.0], boot, observations)
     assert held < 0.5 * free, (held, free)
+
+
+def test_lr_warmup_schedule():
+    """--lr_warmup_steps ramps the lr from 0 (RLlib's piecewise-linear schedule), alone or before --anneal_lr."""
+    from rayjobs.ppo import PPOSettings
+
+    assert PPOSettings(lr=1e-3).lr_schedule() == 1e-3
+    assert PPOSettings(lr=1e-3, lr_warmup_steps=100).lr_schedule() == [[0, 0.0], [100, 1e-3]]
+    assert PPOSettings(lr=1e-3, lr_warmup_steps=100, anneal_lr=True, timesteps=1000).lr_schedule() == [
+        [0, 0.0], [100, 1e-3], [1000, 0.0]]
+    assert PPOSettings(lr=1e-3, anneal_lr=True, timesteps=1000).lr_schedule() == [[0, 1e-3], [1000, 0.0]]
+    for bad in (dict(lr_warmup_steps=-1), dict(lr_warmup_steps=1000, anneal_lr=True, timesteps=1000)):
+        with pytest.raises(ValueError, match="lr_warmup_steps"):
+            PPOSettings(**bad).validate()
+    # Stage 3 warms up by default (it starts a fresh Adam on a trained policy); stage 1 does not.
+    from rayjobs.bootstrap import BootstrapConfig
+
+    assert FinetuneConfig.__dataclass_fields__["lr_warmup_steps"].default > 0
+    assert BootstrapConfig().lr_warmup_steps == 0
