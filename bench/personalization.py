@@ -84,10 +84,11 @@ class BenchConfig:
     variants: int = field(default=23, metadata={
         "help": "fixed framings (sub-photos, mirrors) per held-out photo, besides the photo itself: 9 photos x 24 "
                 "framings = 216 unseen crops to judge. With 5 (54 crops) one stage 3 read 0.574 on them and 0.641 "
-                "on these 216: too few for a steady `preferred`"})
+                "on 216 others: too few for a steady `preferred`"})
     finetune_timesteps: int = field(default=18432, metadata={
         "help": "stage-3 env steps per taste. 18432 rather than 6144: three times as long, the worst taste's "
-                "stage 3 (216 unseen framings, g24's reward models) was preferred 0.63-0.64 instead of 0.49"})
+                "stage 3 was preferred on 0.59-0.63 of 216 unseen framings instead of 0.49 (g24's reward models, "
+                "bench/README.md)"})
     probe_timesteps: int = field(default=6144, metadata={
         "help": "env steps of round 2's probe stage 3 (it only has to show where stage 3 moves crops)"})
     finetune_lr: float = field(default=3e-4, metadata={"help": "stage-3 learning rate"})
