@@ -34,7 +34,7 @@ line also gives `preferred on the training photos` (the same comparison on the p
 stage 3 trained on): high there but low on unseen photos means the policy did not generalise; low on
 both means it did not learn the reward.
 
-    python bench/personalization.py                         # everything, about 45 min on 2 free cores
+    python bench/personalization.py                         # everything, about 36 min on 2 free cores
     python bench/personalization.py --bootstrap results/boot --tastes tight   # reuse a stage-1 policy
     python bench/personalization.py --out DIR               # an existing DIR resumes: finished steps are kept
 
