@@ -48,6 +48,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -56,7 +57,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rlhf.config import parse_config, run_dir  # noqa: E402
-from rlhf.images import HELDOUT_PHOTOS, TRAIN_PHOTOS, bundled_photos  # noqa: E402
+from rlhf.images import HELDOUT_PHOTOS, TRAIN_PHOTOS, Photo, bundled_photos  # noqa: E402
 
 TARGETS = {"accuracy": 0.80, "preferred": 0.70, "score_kept": 0.95}
 
@@ -122,26 +123,32 @@ def _step(title: str) -> float:
     return time.time()
 
 
+def heldout_framings(variants: int, seed: int) -> Iterator[tuple[str, Photo]]:
+    """(name, framing) for each held-out photo and `variants` fixed framings of it, named
+    `<photo>_<i>` (i = 0: the photo itself), the names `_framing` reads back."""
+    from rlhf.env import augmented_variants
+    from rlhf.images import load_collection
+
+    rng = np.random.default_rng(seed)
+    for photo in load_collection(bundled_photos(HELDOUT_PHOTOS)):
+        for i, v in enumerate([photo, *augmented_variants(photo, variants, rng)]):
+            yield f"{Path(photo.id).stem}_{i}", v
+
+
 def unseen_photos(out: Path, variants: int, seed: int) -> list[Path]:
     """The held-out photos plus fixed framings of them, as files (pairs files reference files)."""
     from PIL import Image
-
-    from rlhf.env import augmented_variants
-    from rlhf.images import load_collection
 
     folder = out / "unseen"
     marker = folder / "DONE"
     if marker.exists():
         return sorted(p for p in folder.iterdir() if p.suffix == ".png")
     folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
     paths = []
-    for photo in load_collection(bundled_photos(HELDOUT_PHOTOS)):
-        stem = Path(photo.id).stem
-        for i, v in enumerate([photo, *augmented_variants(photo, variants, rng)]):
-            path = folder / f"{stem}_{i}.png"  # lossless: the framing's pixels are the photo's
-            Image.fromarray(v.pixels).save(path)
-            paths.append(path)
+    for name, framing in heldout_framings(variants, seed):
+        path = folder / f"{name}.png"  # lossless: the framing's pixels are the photo's
+        Image.fromarray(framing.pixels).save(path)
+        paths.append(path)
     marker.write_text("")
     return sorted(paths)
 
@@ -251,9 +258,9 @@ def run_taste(cfg: BenchConfig, out: Path, taste: str, policy: str, unseen_files
     boot_eval = evaluate_policy(shared["boot_policy"], photos, shared["scorer"], model, heldout, name="bootstrap")
     ft_policy = CropPolicy.load(ft_dir)
     ft_eval = evaluate_policy(ft_policy, photos, shared["scorer"], model, heldout, name="stage3")
-    preferred = preferred_rate(truth, photos, boot_eval.boxes, ft_eval.boxes)
-    per_photo = preferred_by_photo(truth, photos, boot_eval.boxes, ft_eval.boxes)
-    aim = stage3_aim(truth, photos, boot_eval, ft_eval, cfg.w_nima, cfg.w_human)
+    verdict = judge(truth, photos, boot_eval, ft_eval, cfg.w_nima, cfg.w_human)
+    preferred, per_photo, kept = verdict["preferred"], verdict["preferred_by_photo"], verdict["score_kept"]
+    aim = {k: verdict[k] for k in AIM_KEYS}
     # The same comparison on the photos stage 3 trained on: high here but low on unseen photos means
     # the policy did not generalise; low on both means it did not learn the reward.
     # Its aim there too: moves that raise the objective on the training photos but not on unseen ones
@@ -264,7 +271,6 @@ def run_taste(cfg: BenchConfig, out: Path, taste: str, policy: str, unseen_files
     ft_seen = evaluate_policy(ft_policy, seen, shared["scorer"], model, [], name="stage3")
     preferred_seen = preferred_rate(truth, seen, boot_seen.boxes, ft_seen.boxes)
     aim_seen = stage3_aim(truth, seen, boot_seen, ft_seen, cfg.w_nima, cfg.w_human)
-    kept = ft_eval.aesthetic_mean / boot_eval.aesthetic_mean
     changed = sum(ft_eval.boxes[p.id] != boot_eval.boxes[p.id] for p in photos)
     eval_cfg = evaluate_job.EvalConfig(policies=[policy, str(ft_dir)], names=["bootstrap", "stage3"],
                                        image=[str(p) for p in unseen_files], preference_data=str(heldout_path),
@@ -335,6 +341,18 @@ def preferred_by_photo(taste, photos, before: dict, after: dict) -> dict[str, fl
 def _vote(taste, photo, new, old) -> float:
     """1 if the taste (noiseless) prefers the new crop, 0 if the old one, 0.5 for no preference."""
     return {1: 1.0, 2: 0.0}.get(taste.true_choice(photo, new, old), 0.5)
+
+
+AIM_KEYS = ("moved", "objective_up", "preferred_where_up", "preferred_where_down")
+
+
+def judge(taste, photos, boot, ft, w_nima: float, w_human: float) -> dict:
+    """The bench's verdict on stage 3 (evaluation `ft`) against the bootstrap (`boot`) on `photos`:
+    preferred, preferred_by_photo, score_kept and stage 3's aim (AIM_KEYS)."""
+    return {"preferred": preferred_rate(taste, photos, boot.boxes, ft.boxes),
+            "preferred_by_photo": preferred_by_photo(taste, photos, boot.boxes, ft.boxes),
+            "score_kept": ft.aesthetic_mean / boot.aesthetic_mean,
+            **stage3_aim(taste, photos, boot, ft, w_nima, w_human)}
 
 
 def stage3_aim(taste, photos, boot, ft, w_nima: float, w_human: float) -> dict:

@@ -47,22 +47,17 @@ class RescoreConfig:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     cfg = parse_config(RescoreConfig, argv, prog="bench/personalization_rescore.py")
-    from personalization import preferred_by_photo, preferred_rate, stage3_aim
+    from personalization import heldout_framings, judge
 
-    from rlhf.env import augmented_variants
     from rlhf.evaluation import evaluate_policy, policy_boxes
-    from rlhf.images import HELDOUT_PHOTOS, Photo, bundled_photos, load_collection
+    from rlhf.images import Photo
     from rlhf.policy import CropPolicy
     from rlhf.reward_model import PreferenceRewardModel
     from rlhf.scorers import create_scorer
     from rlhf.simulated import SimulatedAnnotator
 
-    rng = np.random.default_rng(cfg.seed)
-    photos = []
-    for p in load_collection(bundled_photos(HELDOUT_PHOTOS)):
-        # Named as the bench names its files (<photo>_<i>), so results group by held-out photo alike.
-        for i, v in enumerate([p, *augmented_variants(p, cfg.variants, rng)]):
-            photos.append(Photo(f"{Path(p.id).stem}_{i}", v.pixels))
+    # Named as the bench names its files, so results group by held-out photo alike.
+    photos = [Photo(name, framing.pixels) for name, framing in heldout_framings(cfg.variants, cfg.seed)]
     boot = CropPolicy.load(cfg.bootstrap)
     scorer = create_scorer("default")
     boot_boxes = policy_boxes(boot, photos)[0]
@@ -76,10 +71,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         truth = SimulatedAnnotator(taste, noise=0.0)
         be = evaluate_policy(boot, photos, scorer, model, [], name="bootstrap", boxes=boot_boxes)
         ft = evaluate_policy(CropPolicy.load(run / "finetune"), photos, scorer, model, [], name="stage3")
-        r = {"run": str(run), "taste": taste, "preferred": preferred_rate(truth, photos, be.boxes, ft.boxes),
-             "score_kept": ft.aesthetic_mean / be.aesthetic_mean,
-             "preferred_by_photo": preferred_by_photo(truth, photos, be.boxes, ft.boxes),
-             **stage3_aim(truth, photos, be, ft, w_nima, w_human)}
+        r = {"run": str(run), "taste": taste, **judge(truth, photos, be, ft, w_nima, w_human)}
         results.append(r)
         print(f"{run}: {taste} preferred={r['preferred']:.3f} score_kept={r['score_kept']:.3f} on {len(photos)} "
               f"framings; aim {r['objective_up']}/{r['moved']} moves raised the objective, taste follows "

@@ -104,6 +104,8 @@ SUBJECT_THRESHOLD = 0.5
 
 # How rewards are centred (see PreferenceRewardModel).
 CENTRINGS = ("photo", "global")
+# How held-out loss picks the L1 penalty (RewardTrainConfig.l1_rule).
+L1_RULES = ("1se", "min")
 
 
 class PreferenceDataError(ValueError):
@@ -125,9 +127,9 @@ class RewardTrainConfig:
     l1: list[float] = field(default_factory=lambda: [1.0, 3.0, 10.0, 30.0], metadata={
         "help": "L1 penalty on the head's input weights (proximal steps): objective = mean BT loss + "
                 "(l1*|w|_1 + weight_decay*|w|^2) / n_train_pairs; selects the few features a taste rests "
-                "on. Several values: the one with the lowest held-out loss is used (tastes differ: one "
+                "on. Several values: --l1_rule picks one by held-out loss (tastes differ: one "
                 "resting on a single cue wants a strong penalty, one that bends wants a weaker one)"})
-    l1_rule: str = field(default="1se", metadata={"choices": ("1se", "min"), "help": (
+    l1_rule: str = field(default="1se", metadata={"choices": L1_RULES, "help": (
         "how held-out loss picks --l1: '1se' = the strongest penalty whose held-out loss lies within one "
         "standard error of the lowest (Breiman's one-standard-error rule, glmnet's lambda.1se); 'min' = the "
         "lowest loss. With 100 noisy pairs two losses that close are a tie, and the weaker penalty keeps "
@@ -176,8 +178,8 @@ class RewardTrainConfig:
     def __post_init__(self) -> None:
         if self.centring not in CENTRINGS:
             raise ValueError(f"centring must be one of {CENTRINGS}, got {self.centring!r}")
-        if self.l1_rule not in ("1se", "min"):
-            raise ValueError(f"l1_rule must be 1se or min, got {self.l1_rule!r}")
+        if self.l1_rule not in L1_RULES:
+            raise ValueError(f"l1_rule must be one of {L1_RULES}, got {self.l1_rule!r}")
         if isinstance(self.l1, int | float):
             self.l1 = [float(self.l1)]
         self.l1 = [float(v) for v in self.l1]
