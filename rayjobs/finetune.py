@@ -21,7 +21,7 @@ from rayjobs.ppo import PPOSettings, init_ray, train
 from rlhf.config import parse_config, run_dir
 from rlhf.env import CropEnvConfig
 from rlhf.images import resolve_paths
-from rlhf.policy import latest_checkpoint, run_folder_of
+from rlhf.policy import FROZEN_PARTS, latest_checkpoint, run_folder_of
 from rlhf.rewards import RewardSpec
 
 
@@ -45,6 +45,11 @@ class FinetuneConfig(BootstrapConfig):
         "help": "KL penalty to the bootstrap policy: loss += ref_kl * KL(pi || pi_bootstrap), averaged over the "
                 "batch's states (InstructGPT/TRL keep the tuned policy near the reference so it moves only where "
                 "the learned reward pays for it); 0 = off. Logged as ref_kl in progress.csv"})
+    freeze: str = field(default="none", metadata={
+        "help": "parts of the bootstrap policy kept fixed in stage 3: none | features (the conv tower and the Lite0 "
+                "projection: what it learned to see in stage 1 on the aesthetic reward) | trunk (all but the policy "
+                "and value heads). Fewer trainable weights fit 20 photos less and transfer more",
+        "choices": list(FROZEN_PARTS)})
     lr: float = field(default=1e-4, metadata={"help": "Adam learning rate (lower than stage 1: keep what it "
                                               "learned)"})
     # Stage 3 starts a fresh Adam on a trained policy. At full lr from the first step, 7 of 21 bench stage 3s
@@ -58,6 +63,8 @@ class FinetuneConfig(BootstrapConfig):
             raise ValueError("--policy is required: the bootstrap checkpoint or run folder")
         if not self.human_reward_model or not Path(self.human_reward_model).is_file():
             raise ValueError(f"--human_reward_model must be an existing file, got {self.human_reward_model!r}")
+        if self.freeze not in FROZEN_PARTS:
+            raise ValueError(f"--freeze must be one of {list(FROZEN_PARTS)}, got {self.freeze!r}")
         if self.ref_kl < 0:
             raise ValueError(f"--ref_kl must be >= 0, got {self.ref_kl}")
         RewardSpec(kind="combined", human_reward_model=self.human_reward_model,
@@ -115,7 +122,7 @@ def run(cfg: FinetuneConfig, given: set[str] | frozenset[str] = frozenset()) -> 
     print(f"stage 3 (finetune): from {latest_checkpoint(cfg.policy)}, reward = {cfg.w_nima}*(nima-1)/9 + "
           f"{cfg.w_human}*human, out={out}", flush=True)
     try:
-        return train(cfg, env, out, resume=cfg.resume, init_policy=cfg.policy, ref_kl=cfg.ref_kl,
+        return train(cfg, env, out, resume=cfg.resume, init_policy=cfg.policy, ref_kl=cfg.ref_kl, freeze=cfg.freeze,
                      title=f"stage 3: {cfg.w_nima} aesthetic + {cfg.w_human} human")
     finally:
         release(spec.service)

@@ -26,7 +26,7 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
 from rlhf.env import CropEnv, CropEnvConfig
-from rlhf.policy import MODULE_SUBDIR, CropPolicyModule, latest_checkpoint
+from rlhf.policy import FROZEN_PARTS, MODULE_SUBDIR, CropPolicyModule, latest_checkpoint
 
 CSV_FIELDS = ["iteration", "timesteps", "episode_return_mean", "final_score_mean", "start_score_mean",
               "episode_len_mean", "policy_entropy", "vf_explained_var", "lr", "entropy_coeff", "ref_kl", "seconds"]
@@ -142,6 +142,18 @@ class ReferenceKLLearner(PPOTorchLearner):
             for p in self._ref.parameters():
                 p.requires_grad_(False)
 
+    def configure_optimizers_for_module(self, module_id, config=None) -> None:
+        # --freeze: the frozen parts get no gradient and no optimizer slot; RLlib's default gives Adam all.
+        frozen = FROZEN_PARTS[self.config.learner_config_dict.get("freeze", "none")]
+        trainable = []
+        for name, p in self._module[module_id].named_parameters():
+            if name.split(".")[0] in frozen:
+                p.requires_grad_(False)
+            else:
+                trainable.append(p)
+        self.register_optimizer(module_id=module_id, optimizer=torch.optim.Adam(trainable), params=trainable,
+                                lr_or_lr_schedule=config.lr)
+
     def compute_loss_for_module(self, *, module_id, config, batch, fwd_out):
         loss = super().compute_loss_for_module(module_id=module_id, config=config, batch=batch, fwd_out=fwd_out)
         if self._ref is None:
@@ -167,8 +179,9 @@ def _gpu_here() -> bool:
 
 
 def build_ppo_config(ppo: PPOSettings, env_config: dict[str, Any], ref_policy: str | Path | None = None,
-                     ref_kl: float = 0.0) -> PPOConfig:
-    """RLlib's PPO config; with ref_kl > 0, a KL penalty to the policy at ref_policy (ReferenceKLLearner)."""
+                     ref_kl: float = 0.0, freeze: str = "none") -> PPOConfig:
+    """RLlib's PPO config; with ref_kl > 0, a KL penalty to the policy at ref_policy (ReferenceKLLearner);
+    `freeze` (a FROZEN_PARTS key) trains only the rest of the module."""
     gpus = ppo.num_gpus_per_learner
     if gpus < 0:
         gpus = 1 if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) >= 1 else 0
@@ -177,6 +190,8 @@ def build_ppo_config(ppo: PPOSettings, env_config: dict[str, Any], ref_policy: s
     learners = 1 if gpus > 0 and not _gpu_here() else 0
     if ref_kl < 0 or (ref_kl > 0 and ref_policy is None):
         raise ValueError(f"ref_kl must be >= 0 and needs a reference policy, got ref_kl={ref_kl}, ref_policy={ref_policy}")
+    if freeze not in FROZEN_PARTS:
+        raise ValueError(f"freeze must be one of {sorted(FROZEN_PARTS)}, got {freeze!r}")
     ref_module = str((latest_checkpoint(ref_policy) / MODULE_SUBDIR).resolve()) if ref_kl > 0 else None
     return (
         PPOConfig()
@@ -184,7 +199,7 @@ def build_ppo_config(ppo: PPOSettings, env_config: dict[str, Any], ref_policy: s
         .env_runners(num_env_runners=ppo.num_env_runners, num_envs_per_env_runner=ppo.num_envs_per_env_runner,
                      sample_timeout_s=ppo.sample_timeout_s, rollout_fragment_length="auto")
         .learners(num_learners=learners, num_gpus_per_learner=gpus, learner_class=ReferenceKLLearner,
-                  learner_config_dict={"ref_kl": ref_kl, "ref_module": ref_module})
+                  learner_config_dict={"ref_kl": ref_kl, "ref_module": ref_module, "freeze": freeze})
         .training(lr=ppo.lr_schedule(), gamma=ppo.gamma, lambda_=ppo.lambda_,
                   train_batch_size_per_learner=ppo.train_batch_size, minibatch_size=ppo.minibatch_size,
                   num_epochs=ppo.num_epochs, clip_param=ppo.clip_param,
@@ -299,10 +314,12 @@ def init_ray() -> None:
 
 
 def train(ppo: PPOSettings, env_config: dict[str, Any], out: Path, *, resume: bool = False,
-          init_policy: str | Path | None = None, ref_kl: float = 0.0, title: str = "PPO") -> Path:
+          init_policy: str | Path | None = None, ref_kl: float = 0.0, freeze: str = "none",
+          title: str = "PPO") -> Path:
     """Train until ppo.timesteps env steps; returns the newest checkpoint folder.
 
-    ref_kl > 0 adds a KL penalty to init_policy, frozen (ReferenceKLLearner).
+    ref_kl > 0 adds a KL penalty to init_policy, frozen (ReferenceKLLearner); `freeze` keeps those parts
+    of the module fixed (FROZEN_PARTS).
     """
     ppo.validate()
     CropEnvConfig(**{k: v for k, v in env_config.items() if k in CropEnvConfig.__dataclass_fields__})
@@ -317,7 +334,7 @@ def train(ppo: PPOSettings, env_config: dict[str, Any], out: Path, *, resume: bo
                          f"cluster has {free:g} free (the scoring actor holds one): lower --num_env_runners")
     ckpt_dir = out / "checkpoints"
     progress = out / "progress.csv"
-    algo = build_ppo_config(ppo, env_config, ref_policy=init_policy, ref_kl=ref_kl).build_algo()
+    algo = build_ppo_config(ppo, env_config, ref_policy=init_policy, ref_kl=ref_kl, freeze=freeze).build_algo()
     rows: list[dict[str, float]] = []
     start_steps = 0
     try:

@@ -21,6 +21,10 @@ from ray.rllib.core.rl_module.torch import TorchRLModule
 from torch import nn
 
 MODULE_SUBDIR = Path("learner_group") / "learner" / "rl_module" / "default_policy"
+# What stage 3's --freeze keeps fixed, as CropPolicyModule's top-level parts: "features" the observation
+# encoders (conv tower, Lite0 projection), "trunk" everything but the policy and value heads.
+FROZEN_PARTS: dict[str, tuple[str, ...]] = {"none": (), "features": ("tower", "feat_proj"),
+                                            "trunk": ("tower", "feat_proj", "trunk")}
 
 
 def _conv_tower(in_size: int, in_channels: int, channels: list[int]) -> tuple[nn.Sequential, int]:

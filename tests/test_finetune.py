@@ -162,3 +162,31 @@ def test_lr_warmup_schedule():
 
     assert FinetuneConfig.__dataclass_fields__["lr_warmup_steps"].default > 0
     assert BootstrapConfig().lr_warmup_steps == 0
+
+
+def test_freeze_keeps_those_parts_of_the_bootstrap(bootstrap_run, tmp_path):
+    """A real stage 3 with --freeze: the frozen parts keep the bootstrap's weights exactly, the rest trains."""
+    import torch
+
+    from rayjobs import finetune
+    from rlhf.policy import FROZEN_PARTS, CropPolicy
+    from rlhf.reward_model import RewardTrainConfig, examples_from_pairs, train_reward_model
+    from tests.test_tune import TRAIN, simulated_pairs
+
+    model, _ = train_reward_model(examples_from_pairs(simulated_pairs(TRAIN, 6, seed=0)), RewardTrainConfig(
+        input_size=64, epochs=5, val_fraction=0.0, cv_folds=0, l1=[1.0], embed_dim=2), log=None)
+    model_path = str(model.save(tmp_path / "human_reward_model.pth"))
+    boot = CropPolicy.load(bootstrap_run).module.state_dict()
+    for freeze in ("features", "trunk"):
+        argv = ["--policy", str(bootstrap_run), "--human_reward_model", model_path, "--timesteps", "256",
+                "--train_batch_size", "128", "--minibatch_size", "64", "--lr", "3e-3", "--lr_warmup_steps", "0",
+                "--num_env_runners", "0", "--no-service", "--freeze", freeze, "--out", str(tmp_path / freeze)]
+        finetune.run(parse_config(finetune.FinetuneConfig, argv), given=given_flags(argv))
+        tuned = CropPolicy.load(tmp_path / freeze).module.state_dict()
+        frozen = {k for k in boot if k.split(".")[0] in FROZEN_PARTS[freeze]}
+        assert frozen and all(torch.equal(boot[k], tuned[k]) for k in frozen), freeze
+        assert not torch.equal(boot["pi.weight"], tuned["pi.weight"]), freeze
+        if freeze == "features":
+            assert not torch.equal(boot["trunk.0.weight"], tuned["trunk.0.weight"])
+    with pytest.raises(ValueError, match="freeze"):
+        FinetuneConfig(policy=str(bootstrap_run), human_reward_model=model_path, freeze="everything")
