@@ -228,24 +228,46 @@ def _get(result: dict, *keys: str, default: float = float("nan")) -> float:
     return default
 
 
+# A healthy env runner that returns nothing within sample_timeout_s is slow, not dead (the first
+# iteration computes every photo's features; two runs on 2 cores took over 120 s): it gets this many
+# timeouts before the run gives up. A failed (restarted) runner gets one.
+SLOW_SAMPLING_PATIENCE = 5
+
+
+def _runner_failures(algo) -> int:
+    group = getattr(algo, "env_runner_group", None)
+    if group is None:
+        return 0
+    return group.num_remote_worker_restarts() + (group.num_remote_workers() - group.num_healthy_remote_workers())
+
+
 def train_iteration(algo, sample_timeout_s: float) -> tuple[dict, int]:
     """One PPO iteration that trained on samples: (RLlib's result, env steps sampled).
 
     An iteration that sampled nothing (an env runner died, e.g. killed for memory, and RLlib is
-    restarting it) is run again rather than counted: counting it once let a run finish untrained and
-    be taken for done. Gives up after sample_timeout_s without samples. Both PPO loops (rayjobs.ppo
-    and the Tune trials) count their steps from this, not from RLlib's lifetime counter.
+    restarting it; or a slow one returned nothing in time) is run again rather than counted: counting
+    it once let a run finish untrained and be taken for done. Gives up after sample_timeout_s without
+    samples once an env runner failed, or after SLOW_SAMPLING_PATIENCE times that while they are all
+    healthy. Both PPO loops (rayjobs.ppo and the Tune trials) count their steps from this, not from
+    RLlib's lifetime counter.
     """
     since = time.time()
+    failures = _runner_failures(algo)
     while True:
         result = algo.train()
         sampled = _get(result, "env_runners/num_env_steps_sampled", default=0.0)
         if sampled > 0:
             return result, int(sampled)
-        if time.time() - since > sample_timeout_s:
-            raise RuntimeError(f"no env steps sampled for {sample_timeout_s:.0f} s: the env runners keep failing "
-                               "(out of memory? see the Ray worker logs); --resume continues from the last checkpoint")
-        print("no samples: an env runner failed, RLlib is restarting it", flush=True)
+        waited = time.time() - since
+        failed = _runner_failures(algo) > failures
+        if waited > sample_timeout_s * (1 if failed else SLOW_SAMPLING_PATIENCE):
+            cause = "the env runners keep failing (out of memory? see the Ray worker logs)" if failed else (
+                "the env runners are healthy but too slow (an overloaded machine? raise --sample_timeout_s)")
+            raise RuntimeError(f"no env steps sampled for {waited:.0f} s: {cause}; --resume continues from the "
+                               "last checkpoint")
+        print("no samples: an env runner failed, RLlib is restarting it" if failed else
+              f"no samples after {waited:.0f} s: the env runners are slow (a busy machine, or the first iteration "
+              "computing photo features); waiting", flush=True)
         time.sleep(1.0)
 
 

@@ -117,6 +117,28 @@ def test_a_killed_env_runner_costs_no_phantom_steps(tmp_path):
     return log
 
 
+def test_a_stalled_env_runner_is_waited_for(tmp_path):
+    """An env runner that is alive but returns nothing within --sample_timeout_s (stopped here with
+    SIGSTOP, as a starved one on a busy machine) is slow, not dead: the run waits for it and finishes.
+    Two bench stage 3s on 2 cores once failed this way after one timeout, in their first iteration."""
+    proc = _bootstrap(tmp_path, "--num_env_runners", "1", "--sample_timeout_s", "4")
+    deadline = time.time() + 240
+    while time.time() < deadline and not list((tmp_path / "checkpoints").glob("ckpt_*")):
+        if proc.poll() is not None:
+            pytest.fail(f"bootstrap exited early:\n{proc.stdout.read()}")
+        time.sleep(0.2)
+    runners = _env_runner_pids(proc.pid)
+    assert runners, "no env runner process found"
+    for pid in runners:
+        os.kill(pid, signal.SIGSTOP)
+    time.sleep(10)  # more than two sample timeouts, fewer than SLOW_SAMPLING_PATIENCE
+    for pid in runners:
+        os.kill(pid, signal.SIGCONT)
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, log
+    assert "the env runners are slow" in log, log
+
+
 def test_crop_writes_json_crops_and_contact_sheet(killed_and_resumed, tmp_path):
     out, _, _ = killed_and_resumed
     from rayjobs.crop import CropConfig, run
