@@ -58,6 +58,9 @@ class BootstrapConfig(PPOSettings):
                                                      "frozen EfficientNet-Lite0's, of the crop and the photo; better "
                                                      "held-out crops in both seeds compared, bench/README.md) | none",
                                                      "choices": list(FEATURES)})
+    colour_cues: bool = field(default=True, metadata={"help": "colour cues in the box vector (the crop's colour and "
+                                                      "what lies beyond and inside each edge; see CropEnvConfig and "
+                                                      "bench/README.md for what they did)"})
 
     def __post_init__(self) -> None:
         self.validate()
@@ -67,7 +70,7 @@ class BootstrapConfig(PPOSettings):
 
 # The BootstrapConfig fields that are CropEnv settings of the same name (besides image -> images).
 ENV_FIELDS = ("grid", "max_steps", "min_area", "aspect", "obs_size", "augment_variants", "random_start", "saliency",
-              "box_mask", "features")
+              "box_mask", "features", "colour_cues")
 
 
 def env_config(cfg: BootstrapConfig, reward: RewardSpec) -> dict:

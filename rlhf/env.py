@@ -121,6 +121,11 @@ class CropEnvConfig:
                                   "observation, as A2-RL feeds its policy pretrained features; 'none': "
                                   "thumbnails, box and cues only. Stage 1 turns it on; 'none' here reads run "
                                   "configs from before it", "choices": list(FEATURES)})
+    colour_cues: bool = field(
+        default=False, metadata={"help": "colour cues join the box vector: the crop's brightness, warmth (R - B) and "
+                                 "green-magenta balance, and how the strip one grid step outside and inside each "
+                                 "edge differs from it: what moving or shrinking that edge brings in or gives "
+                                 "up. Stage 1 turns it on; False here reads run configs from before it"})
     seed: int = field(default=0, metadata={"help": "seed for photo order and augmentation"})
 
     def __post_init__(self) -> None:
@@ -145,15 +150,17 @@ class CropEnvConfig:
 
 
 BOX_FEATURES = 13  # box (4), steps used (1), saliency framing cues (8): see CropEnv
+COLOUR_CUES = 27  # the crop's colour (3), each edge's outer and inner strip against it (8 x 3): see colour_cues
 
 
-def observation_space(obs_size: int, box_mask: bool = False, features: str = "none") -> gym.spaces.Dict:
+def observation_space(obs_size: int, box_mask: bool = False, features: str = "none",
+                      colour_cues: bool = False) -> gym.spaces.Dict:
     """CropEnv's observation space for thumbnails of side `obs_size` (policies are checked against it)."""
     s, c = int(obs_size), 5 if box_mask else 4
     spaces = {
         "photo": gym.spaces.Box(0, 255, (s, s, c), np.uint8),
         "crop": gym.spaces.Box(0, 255, (s, s, c), np.uint8),
-        "box": gym.spaces.Box(0.0, 1.0, (BOX_FEATURES,), np.float32),
+        "box": gym.spaces.Box(0.0, 1.0, (BOX_FEATURES + (COLOUR_CUES if colour_cues else 0),), np.float32),
     }
     if features != "none":
         # Lite0's feature map ends in ReLU6: every pooled value lies in [0, 6].
@@ -255,6 +262,48 @@ def _framing_cues(sat: np.ndarray, box: Box) -> np.ndarray:
     return np.array([kept, area, cx, cy, *edges])
 
 
+def colour_sat(rgb: np.ndarray) -> np.ndarray:
+    """Summed-area tables of brightness, warmth (R - B) and green-magenta (G - (R + B) / 2), in [-1, 1]."""
+    x = rgb[..., :3].astype(np.float64) / 255.0
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    h, w = r.shape
+    out = np.zeros((3, h + 1, w + 1))
+    for i, a in enumerate(((r + g + b) / 3, r - b, g - (r + b) / 2)):
+        out[i, 1:, 1:] = a.cumsum(0).cumsum(1)
+    return out
+
+
+def colour_cues(sat: np.ndarray, box: Box, grid: int) -> np.ndarray:
+    """The crop's colour, and how the strips one grid step outside and inside each edge differ from it.
+
+    Why: the saliency cues tell the policy what an edge cuts through, not what colour lies beyond it;
+    from a 64 px thumbnail through a conv tower trained on 20 photos, a taste in colour (warm tones,
+    no bright edges) did not transfer to new photos. Order: crop (brightness, warmth, green-magenta),
+    then outside left, top, right, bottom, then inside left, top, right, bottom, each as three
+    differences mapped to [0, 1] by 0.5 + d / 2 (0.5: the same as the crop, or no strip at the photo's
+    border).
+    """
+    l, t, r, b = box
+    h, w = sat.shape[1] - 1, sat.shape[2] - 1
+    kx, ky = max(1, round(w / grid)), max(1, round(h / grid))
+
+    def mean(x0: int, y0: int, x1: int, y1: int) -> np.ndarray | None:
+        x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
+        if x1 <= x0 or y1 <= y0:
+            return None
+        return _box_sum(sat, x0, y0, x1, y1) / ((x1 - x0) * (y1 - y0))
+
+    crop = mean(l, t, r, b)
+    strips = [(l - kx, t, l, b), (l, t - ky, r, t), (r, t, r + kx, b), (l, b, r, b + ky),
+              (l, t, l + kx, b), (l, t, r, t + ky), (r - kx, t, r, b), (l, b - ky, r, b)]
+    diffs = []
+    for s in strips:
+        m = mean(*s)
+        diffs.append(np.zeros(3) if m is None else m - crop)
+    own = np.array([crop[0], 0.5 + crop[1] / 2, 0.5 + crop[2] / 2])
+    return np.concatenate([own, 0.5 + np.concatenate(diffs) / 2])
+
+
 def saliency_channel(rgb: np.ndarray) -> np.ndarray:
     """Spectral-residual saliency (Hou & Zhang 2007) as uint8, blurred, scaled to its max."""
     ok, m = cv2.saliency.StaticSaliencySpectralResidual_create().computeSaliency(
@@ -285,7 +334,9 @@ class CropEnv(gym.Env):
            framing cues from the saliency map: share of the photo's saliency inside the box, the box's
            area, the saliency centroid inside the box (x, y as fractions of the box), and the saliency
            density of a thin strip inside each edge (left, top, right, bottom; /4, clipped): high
-           means the edge cuts through the subject.
+           means the edge cuts through the subject. With colour_cues, 27 more (`colour_cues`): the
+           crop's brightness, warmth and green-magenta balance, and how the strip one grid step
+           beyond and inside each edge differs from it.
       feat (with features="lite0"): float32 (2560,), the frozen EfficientNet-Lite0's last feature map
            of the photo (ImageNet weights, 320 px), averaged over the box, then over the whole photo:
            what the crop and the scene hold, in features pretrained on far more photos than ours.
@@ -324,7 +375,8 @@ class CropEnv(gym.Env):
             for p in list(self.photos):
                 self.photos.extend(augmented_variants(p, self.cfg.augment_variants, rng))
         self.ratio = ASPECTS[self.cfg.aspect]
-        self.observation_space = observation_space(self.cfg.obs_size, self.cfg.box_mask, self.cfg.features)
+        self.observation_space = observation_space(self.cfg.obs_size, self.cfg.box_mask, self.cfg.features,
+                                                   self.cfg.colour_cues)
         self.action_space = gym.spaces.Discrete(len(Action))
         self._photo_obs: dict[str, np.ndarray] = {}
         self.photo: Photo = self.photos[0]
@@ -405,16 +457,20 @@ class CropEnv(gym.Env):
                 big = resize(big, (max(1, round(big.shape[1] * scale)), max(1, round(big.shape[0] * scale))))
             sal = saliency_channel(big) if self.cfg.saliency == "spectral" else subject_channel(self.photo.pixels, big)
             big = np.concatenate([big, sal[..., None]], axis=2)
-            self._photo_obs[self.photo.id] = (resize(big, s), big, _sat(sal.astype(np.float64)))
+            colour = colour_sat(big) if self.cfg.colour_cues else None
+            self._photo_obs[self.photo.id] = (resize(big, s), big, _sat(sal.astype(np.float64)), colour)
         return self._photo_obs[self.photo.id]
 
     def _obs(self) -> dict[str, np.ndarray]:
         s = self.cfg.obs_size
-        small, big, sat = self._thumbs()
+        small, big, sat, colour = self._thumbs()
         l, t, r, b = self.box
         h, w = big.shape[:2]
         l, t, r, b = clip_box((l * w, t * h, r * w, b * h), w, h)
-        vec = np.concatenate([self.box, [self.steps / self.cfg.max_steps], _framing_cues(sat, (l, t, r, b))])
+        parts = [self.box, [self.steps / self.cfg.max_steps], _framing_cues(sat, (l, t, r, b))]
+        if colour is not None:
+            parts.append(colour_cues(colour, (l, t, r, b), self.cfg.grid))
+        vec = np.concatenate(parts)
         crop = resize(big[t:b, l:r], s)
         if self.cfg.box_mask:
             # The photo's mask shows the box; the crop's is all inside (one tower reads both).

@@ -125,7 +125,7 @@ def check_observation_space(module: TorchRLModule, env_config: dict[str, Any], s
     from rlhf.env import observation_space
 
     want = _shapes(observation_space(env_config.get("obs_size", 64), bool(env_config.get("box_mask", False)),
-                                     env_config.get("features", "none")))
+                                     env_config.get("features", "none"), bool(env_config.get("colour_cues", False))))
     got = _shapes(module.observation_space)
     if got != want:
         raise PolicyMismatchError(

@@ -200,3 +200,34 @@ def test_lite0_features_pool_the_photo_feature_map(photos):
     head = _lite0().get_classifier()
     logits = head(torch.from_numpy(whole)[None])[0]
     assert int(logits.argmax()) in range(281, 286)  # ImageNet's domestic cats (chelsea is a tabby)
+
+
+def test_colour_cues_say_what_lies_beyond_each_edge():
+    """A photo warm (red) on its left half and cool (blue) on its right: from a box on the middle, the
+    strip beyond the left edge is warmer than the crop, the one beyond the right edge cooler, and
+    shrinking the right edge would give up the crop's coolest part."""
+    from rlhf.env import BOX_FEATURES, COLOUR_CUES
+    from rlhf.images import Photo
+
+    px = np.zeros((200, 300, 3), np.uint8)
+    px[:, :150, 0] = 220
+    px[:, 150:, 2] = 220
+    env = CropEnv({"colour_cues": True, "grid": 10}, reward_fn=area_reward, photos=[Photo("halves.png", px)])
+    check_env(env, skip_render_check=True)
+    obs, _ = env.reset(seed=0, options={"photo_index": 0})
+    assert obs["box"].shape == (BOX_FEATURES + COLOUR_CUES,)
+    env.step(Action.SHRINK)  # box [0.1, 0.1, 0.9, 0.9]: as much red as blue inside
+    obs, *_ = env.step(Action.SHRINK)  # [0.2, 0.2, 0.8, 0.8]
+    cues = obs["box"][BOX_FEATURES:]
+    warmth = cues[1]
+    outside = {side: cues[3 + 3 * i + 1] for i, side in enumerate(("left", "top", "right", "bottom"))}
+    inside = {side: cues[15 + 3 * i + 1] for i, side in enumerate(("left", "top", "right", "bottom"))}
+    assert abs(warmth - 0.5) < 0.02  # half red, half blue
+    assert outside["left"] > 0.7 and outside["right"] < 0.3  # beyond the left edge: warmer
+    assert abs(outside["top"] - 0.5) < 0.02 and abs(outside["bottom"] - 0.5) < 0.02  # the same mix
+    assert inside["right"] < 0.3 and inside["left"] > 0.7
+    # At the photo's border there is no strip beyond the edge: no difference.
+    obs, _ = env.reset(seed=0, options={"photo_index": 0})
+    assert np.allclose(obs["box"][BOX_FEATURES + 3:BOX_FEATURES + 15], 0.5)
+    plain, _ = CropEnv({"grid": 10}, reward_fn=area_reward, photos=[Photo("halves.png", px)]).reset(seed=0)
+    assert plain["box"].shape == (BOX_FEATURES,)  # off by default: run configs from before it still load
