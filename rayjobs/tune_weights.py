@@ -212,6 +212,7 @@ class TrialSetup:
     n_reports: int
     run_config: dict[str, Any] = field(default_factory=dict)  # what the user asked, for config.json
     ref_kl: float = 0.0  # KL penalty to init_policy (rayjobs.ppo.ReferenceKLLearner)
+    freeze: str = "none"  # parts of init_policy kept fixed (rlhf.policy.FROZEN_PARTS)
 
 
 def _load_models(setup: TrialSetup):
@@ -255,7 +256,8 @@ def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     env = {**setup.env, "reward": spec.to_dict()}
     scorer, reward_model = _load_models(setup)
     photos = load_collection(setup.eval_images)
-    algo = build_ppo_config(ppo, env, ref_policy=setup.init_policy, ref_kl=setup.ref_kl).build_algo()
+    algo = build_ppo_config(ppo, env, ref_policy=setup.init_policy, ref_kl=setup.ref_kl,
+                            freeze=setup.freeze).build_algo()
     try:
         state = {"iteration": 0, "timesteps": 0, "report": 0}
         checkpoint = tune.get_checkpoint()
@@ -372,7 +374,8 @@ def build_setup(cfg: TuneWeightsConfig, out: Path, given: set[str] | frozenset[s
     run_config = {k: v for k, v in asdict(cfg).items() if k not in ("w_nima", "w_human")}
     setup = TrialSetup(ppo=ppo, env=env, reward=spec.to_dict(), init_policy=str(latest_checkpoint(cfg.policy)),
                        eval_images=eval_images, pairs=pairs, objective=obj, eval_every=cfg.eval_every,
-                       n_reports=cfg.n_reports, run_config=run_config, ref_kl=cfg.ref_kl)
+                       n_reports=cfg.n_reports, run_config=run_config, ref_kl=cfg.ref_kl,
+                       freeze=cfg.freeze)
     return setup, baseline
 
 
