@@ -58,9 +58,10 @@ class BootstrapConfig(PPOSettings):
                                                      "frozen EfficientNet-Lite0's, of the crop and the photo; better "
                                                      "held-out crops in both seeds compared, bench/README.md) | none",
                                                      "choices": list(FEATURES)})
-    colour_cues: bool = field(default=True, metadata={"help": "colour cues in the box vector (the crop's colour and "
-                                                      "what lies beyond and inside each edge; see CropEnvConfig and "
-                                                      "bench/README.md for what they did)"})
+    colour_cues: bool = field(default=False, metadata={"help": "colour cues in the box vector (the crop's colour and "
+                                                       "what lies beyond and inside each edge; see CropEnvConfig). Off "
+                                                       "by default: same held-out crops, and no surer a warm taste in "
+                                                       "stage 3 (bench/README.md)"})
 
     def __post_init__(self) -> None:
         self.validate()

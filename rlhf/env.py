@@ -125,7 +125,7 @@ class CropEnvConfig:
         default=False, metadata={"help": "colour cues join the box vector: the crop's brightness, warmth (R - B) and "
                                  "green-magenta balance, and how the strip one grid step outside and inside each "
                                  "edge differs from it: what moving or shrinking that edge brings in or gives "
-                                 "up. Stage 1 turns it on; False here reads run configs from before it"})
+                                 "up (see colour_cues)"})
     seed: int = field(default=0, metadata={"help": "seed for photo order and augmentation"})
 
     def __post_init__(self) -> None:
