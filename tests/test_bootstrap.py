@@ -29,16 +29,20 @@ def _bootstrap(out: Path, *extra: str, **kw) -> subprocess.Popen:
                             start_new_session=True, **kw)
 
 
-@pytest.fixture(scope="module")
-def killed_and_resumed(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bootstrap")
-    proc = _bootstrap(out)
+def _wait_for_checkpoint(proc: subprocess.Popen, out: Path) -> None:
     deadline = time.time() + 240
-    # Kill the whole process group (driver + local Ray) as soon as a checkpoint is on disk.
     while time.time() < deadline and not list((out / "checkpoints").glob("ckpt_*")):
         if proc.poll() is not None:
             pytest.fail(f"bootstrap exited early:\n{proc.stdout.read()}")
         time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def killed_and_resumed(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bootstrap")
+    proc = _bootstrap(out)
+    # Kill the whole process group (driver + local Ray) as soon as a checkpoint is on disk.
+    _wait_for_checkpoint(proc, out)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     first = sorted(p.name for p in (out / "checkpoints").glob("ckpt_*"))
@@ -89,6 +93,13 @@ def _env_runner_pids(sid: int) -> list[int]:
     return pids
 
 
+def _env_runners_after_first_checkpoint(proc: subprocess.Popen, out: Path) -> list[int]:
+    _wait_for_checkpoint(proc, out)
+    runners = _env_runner_pids(proc.pid)
+    assert runners, "no env runner process found"
+    return runners
+
+
 def test_a_killed_env_runner_costs_no_phantom_steps(tmp_path):
     """The env runner is killed mid-run (as Ray's OOM killer did on a loaded machine): RLlib restarts
     it, and the iterations that sampled nothing must not count towards --timesteps (they once did, and
@@ -96,13 +107,7 @@ def test_a_killed_env_runner_costs_no_phantom_steps(tmp_path):
     import csv
 
     proc = _bootstrap(tmp_path, "--num_env_runners", "1")
-    deadline = time.time() + 240
-    while time.time() < deadline and not list((tmp_path / "checkpoints").glob("ckpt_*")):
-        if proc.poll() is not None:
-            pytest.fail(f"bootstrap exited early:\n{proc.stdout.read()}")
-        time.sleep(0.2)
-    runners = _env_runner_pids(proc.pid)
-    assert runners, "no env runner process found"
+    runners = _env_runners_after_first_checkpoint(proc, tmp_path)
     for pid in runners:
         os.kill(pid, signal.SIGKILL)
     log, _ = proc.communicate(timeout=300)
@@ -122,13 +127,7 @@ def test_a_stalled_env_runner_is_waited_for(tmp_path):
     SIGSTOP, as a starved one on a busy machine) is slow, not dead: the run waits for it and finishes.
     Two bench stage 3s on 2 cores once failed this way after one timeout, in their first iteration."""
     proc = _bootstrap(tmp_path, "--num_env_runners", "1", "--sample_timeout_s", "4")
-    deadline = time.time() + 240
-    while time.time() < deadline and not list((tmp_path / "checkpoints").glob("ckpt_*")):
-        if proc.poll() is not None:
-            pytest.fail(f"bootstrap exited early:\n{proc.stdout.read()}")
-        time.sleep(0.2)
-    runners = _env_runner_pids(proc.pid)
-    assert runners, "no env runner process found"
+    runners = _env_runners_after_first_checkpoint(proc, tmp_path)
     for pid in runners:
         os.kill(pid, signal.SIGSTOP)
     time.sleep(10)  # more than two sample timeouts, fewer than SLOW_SAMPLING_PATIENCE
