@@ -28,7 +28,7 @@ import cv2
 import gymnasium as gym
 import numpy as np
 
-from rlhf.images import Box, Photo, clip_box, load_collection, resize
+from rlhf.images import Box, Photo, clip_box, load_collection, resize, summed_area
 
 ASPECTS = {"free": None, "1:1": 1.0, "4:3": 4 / 3, "3:2": 3 / 2, "16:9": 16 / 9}
 SALIENCY_MAPS = ("spectral", "subject")  # what the saliency channel shows: see CropEnv
@@ -195,9 +195,7 @@ def feature_sat(pixels: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(small)).permute(2, 0, 1)[None].float().div_(255.0)
         x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
         f = model.forward_features(x)[0].float().numpy().astype(np.float64)
-    sat = np.zeros((f.shape[0], f.shape[1] + 1, f.shape[2] + 1))
-    sat[:, 1:, 1:] = f.cumsum(1).cumsum(2)
-    return sat.astype(np.float32)
+    return summed_area(f).astype(np.float32)
 
 
 @functools.lru_cache(maxsize=512)
@@ -236,10 +234,7 @@ def _sat(m: np.ndarray) -> np.ndarray:
     """Summed-area tables of saliency, saliency*x, saliency*y (box sums in O(1))."""
     h, w = m.shape
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64) + 0.5
-    out = np.zeros((3, h + 1, w + 1))
-    for i, a in enumerate((m, m * xx, m * yy)):
-        out[i, 1:, 1:] = a.cumsum(0).cumsum(1)
-    return out
+    return summed_area(np.stack([m, m * xx, m * yy]))
 
 
 def _box_sum(sat: np.ndarray, l: int, t: int, r: int, b: int) -> np.ndarray:
@@ -266,11 +261,7 @@ def colour_sat(rgb: np.ndarray) -> np.ndarray:
     """Summed-area tables of brightness, warmth (R - B) and green-magenta (G - (R + B) / 2), in [-1, 1]."""
     x = rgb[..., :3].astype(np.float64) / 255.0
     r, g, b = x[..., 0], x[..., 1], x[..., 2]
-    h, w = r.shape
-    out = np.zeros((3, h + 1, w + 1))
-    for i, a in enumerate(((r + g + b) / 3, r - b, g - (r + b) / 2)):
-        out[i, 1:, 1:] = a.cumsum(0).cumsum(1)
-    return out
+    return summed_area(np.stack([(r + g + b) / 3, r - b, g - (r + b) / 2]))
 
 
 def colour_cues(sat: np.ndarray, box: Box, grid: int) -> np.ndarray:

@@ -92,7 +92,7 @@ from rlhf.backbone import (
     read_torch_file,
 )
 from rlhf.brisque import BrisqueRegions, brisque_score
-from rlhf.images import Photo, clip_box, resize
+from rlhf.images import Photo, clip_box, resize, summed_area
 
 FACE_CASCADE = Path(__file__).resolve().parent / "data" / "faces" / "lbpcascade_frontalface_improved.xml"
 NIMA_BINS = 10
@@ -216,13 +216,6 @@ def _as_crop_list(crops: Crops) -> list[np.ndarray]:
 # ----------------------------------------------------------------------------------------------------
 # Summed-area tables: exact box sums of piecewise-constant maps at fractional coordinates, vectorised
 # ----------------------------------------------------------------------------------------------------
-def _sat(m: np.ndarray) -> np.ndarray:
-    """Summed-area table of (..., h, w) → (..., h + 1, w + 1) with a zero first row and column."""
-    s = np.zeros((*m.shape[:-2], m.shape[-2] + 1, m.shape[-1] + 1), dtype=np.float64)
-    s[..., 1:, 1:] = m.astype(np.float64).cumsum(-2).cumsum(-1)
-    return s
-
-
 def _sat_box(s: np.ndarray, x0: np.ndarray, y0: np.ndarray, x1: np.ndarray, y1: np.ndarray) -> np.ndarray:
     """Sums (C, n) of a table (C, h+1, w+1) over boxes given by (n,) coordinate arrays in cells.
 
@@ -469,9 +462,9 @@ class ProxyAestheticScorer(AestheticScorer):
         luma = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
         expo = np.stack([luma / 255.0, ((luma <= 2) | (luma >= 253)).astype(np.float64)])
         ctx = _PhotoContext(
-            width=photo.width, height=photo.height, logit_sat=_sat(logits), top_classes=top,
-            sal_sat=_sat(np.stack([sal, sal * xs[None, :], sal * ys[:, None]])), sal_total=float(sal.sum()),
-            faces=faces, brisque=BrisqueRegions(small), expo_sat=_sat(expo), analysis_scale=a)
+            width=photo.width, height=photo.height, logit_sat=summed_area(logits), top_classes=top,
+            sal_sat=summed_area(np.stack([sal, sal * xs[None, :], sal * ys[:, None]])), sal_total=float(sal.sum()),
+            faces=faces, brisque=BrisqueRegions(small), expo_sat=summed_area(expo), analysis_scale=a)
         self._photos.put(key, ctx)
         return ctx
 

@@ -110,6 +110,16 @@ def _kl_to(policy, reference, observations) -> float:
     return float((a.exp() * (a - b)).sum(-1).mean())
 
 
+def _simulated_reward_model(folder, epochs: int) -> str:
+    """A real reward model, trained on a SIMULATED annotator's answers on the training photos."""
+    from rlhf.reward_model import RewardTrainConfig, examples_from_pairs, train_reward_model
+    from tests.test_tune import TRAIN, simulated_pairs
+
+    model, _ = train_reward_model(examples_from_pairs(simulated_pairs(TRAIN, 6, seed=0)), RewardTrainConfig(
+        input_size=64, epochs=epochs, val_fraction=0.0, cv_folds=0, l1=[1.0], embed_dim=2), log=None)
+    return str(model.save(folder / "human_reward_model.pth"))
+
+
 def test_ref_kl_keeps_stage3_near_the_bootstrap(bootstrap_run, tmp_path):
     """Two real stage-3 runs at a learning rate that moves the policy far in 512 steps, one with a KL
     penalty to the bootstrap: its policy must stay measurably nearer (the penalty is in the loss, not
@@ -120,12 +130,9 @@ def test_ref_kl_keeps_stage3_near_the_bootstrap(bootstrap_run, tmp_path):
     from rlhf.env import CropEnv
     from rlhf.images import load_collection
     from rlhf.policy import CropPolicy
-    from rlhf.reward_model import RewardTrainConfig, examples_from_pairs, train_reward_model
-    from tests.test_tune import TRAIN, simulated_pairs
+    from tests.test_tune import TRAIN
 
-    model, _ = train_reward_model(examples_from_pairs(simulated_pairs(TRAIN, 6, seed=0)), RewardTrainConfig(
-        input_size=64, epochs=10, val_fraction=0.0, cv_folds=0, l1=[1.0], embed_dim=2), log=None)
-    model_path = str(model.save(tmp_path / "human_reward_model.pth"))
+    model_path = _simulated_reward_model(tmp_path, epochs=10)
     runs = {}
     for ref_kl in (0.0, 5.0):
         argv = ["--policy", str(bootstrap_run), "--human_reward_model", model_path, "--timesteps", "512",
@@ -170,12 +177,7 @@ def test_freeze_keeps_those_parts_of_the_bootstrap(bootstrap_run, tmp_path):
 
     from rayjobs import finetune
     from rlhf.policy import FROZEN_PARTS, CropPolicy
-    from rlhf.reward_model import RewardTrainConfig, examples_from_pairs, train_reward_model
-    from tests.test_tune import TRAIN, simulated_pairs
-
-    model, _ = train_reward_model(examples_from_pairs(simulated_pairs(TRAIN, 6, seed=0)), RewardTrainConfig(
-        input_size=64, epochs=5, val_fraction=0.0, cv_folds=0, l1=[1.0], embed_dim=2), log=None)
-    model_path = str(model.save(tmp_path / "human_reward_model.pth"))
+    model_path = _simulated_reward_model(tmp_path, epochs=5)
     boot = CropPolicy.load(bootstrap_run).module.state_dict()
     for freeze in ("features", "trunk"):
         argv = ["--policy", str(bootstrap_run), "--human_reward_model", model_path, "--timesteps", "256",
