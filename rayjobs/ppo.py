@@ -335,6 +335,34 @@ def init_ray() -> None:
                  runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning"}})
 
 
+def restore(algo, path: str | Path, component: str | None = None) -> None:
+    """``algo.restore_from_path``, and then every env runner samples with the restored weights.
+
+    RLlib 2.60's restore pushes the weights to the remote env runners fire-and-forget
+    (``EnvRunnerGroup.sync_weights``, ``timeout_seconds=0``, through the async actor manager), which
+    drops the push while the runner still has a request in flight (one is allowed). That happened in
+    15 of 17 bench stage 3s: their first batch came from the randomly initialised module (first-iteration
+    return 0.01 instead of the bootstrap's 0.11, same seed), and PPO's first update weighed the
+    bootstrap's actions by pi_bootstrap / pi_random. So push them again, waiting for every env runner,
+    and check one weight.
+    """
+    from ray.rllib.core import COMPONENT_LEARNER, COMPONENT_RL_MODULE
+
+    algo.restore_from_path(str(path), **({"component": component} if component else {}))
+    group = algo.env_runner_group
+    if group is None:
+        return
+    state = algo.learner_group.get_state(components=f"{COMPONENT_LEARNER}/{COMPONENT_RL_MODULE}",
+                                         inference_only=True)[COMPONENT_LEARNER]
+    # Without a weights sequence number an env runner takes the state unconditionally.
+    state_ref = ray.put({COMPONENT_RL_MODULE: state[COMPONENT_RL_MODULE]})
+    group.foreach_env_runner(lambda runner: runner.set_state(ray.get(state_ref)), local_env_runner=True)
+    want = np.asarray(next(iter(state[COMPONENT_RL_MODULE].values()))["pi.weight"])
+    for got in group.foreach_env_runner(lambda runner: runner.module.get_state()["pi.weight"], local_env_runner=False):
+        if not np.array_equal(np.asarray(got), want):
+            raise RuntimeError(f"restoring {path}: an env runner still holds other weights than the learner")
+
+
 def train(ppo: PPOSettings, env_config: dict[str, Any], out: Path, *, resume: bool = False,
           init_policy: str | Path | None = None, ref_kl: float = 0.0, freeze: str = "none",
           title: str = "PPO") -> Path:
@@ -363,7 +391,7 @@ def train(ppo: PPOSettings, env_config: dict[str, Any], out: Path, *, resume: bo
         existing = sorted(ckpt_dir.glob("ckpt_*")) if ckpt_dir.is_dir() else []
         if resume and existing:
             ckpt = existing[-1]
-            algo.restore_from_path(str(ckpt))
+            restore(algo, ckpt)
             state = json.loads((ckpt / "photographer_state.json").read_text())
             rows = [r for r in _read_progress(progress) if r["iteration"] <= state["iteration"]]
             start_steps = int(state["timesteps"])
@@ -372,7 +400,7 @@ def train(ppo: PPOSettings, env_config: dict[str, Any], out: Path, *, resume: bo
             print(f"--resume: no checkpoint in {ckpt_dir}; starting fresh", flush=True)
         if not rows and init_policy is not None:
             src = latest_checkpoint(init_policy) / MODULE_SUBDIR
-            algo.restore_from_path(str(src), component=str(MODULE_SUBDIR.as_posix()))
+            restore(algo, src, component=MODULE_SUBDIR.as_posix())
             print(f"initial policy weights from {src}", flush=True)
         iteration = int(rows[-1]["iteration"]) if rows else 0
         steps = start_steps

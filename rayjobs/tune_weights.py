@@ -65,7 +65,7 @@ from pathlib import Path
 from typing import Any
 
 from rayjobs.finetune import FinetuneConfig, finetune_env, given_flags
-from rayjobs.ppo import PPOSettings, build_ppo_config, init_ray, summarize, train_iteration
+from rayjobs.ppo import PPOSettings, build_ppo_config, init_ray, restore, summarize, train_iteration
 from rlhf.config import parse_config, run_dir
 from rlhf.evaluation import _finite
 from rlhf.images import HELDOUT_PHOTOS, bundled_photos, resolve_paths
@@ -263,12 +263,12 @@ def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         checkpoint = tune.get_checkpoint()
         if checkpoint is not None:
             with checkpoint.as_directory() as d:
-                algo.restore_from_path(str(Path(d).resolve()))
+                restore(algo, Path(d).resolve())
                 state = json.loads((Path(d) / STATE_FILE).read_text())
             print(f"trial resumed at iteration {state['iteration']} ({state['timesteps']} steps)", flush=True)
         else:
             src = Path(setup.init_policy) / MODULE_SUBDIR
-            algo.restore_from_path(str(src), component=MODULE_SUBDIR.as_posix())
+            restore(algo, src, component=MODULE_SUBDIR.as_posix())
         # Also in every result (0 = started fresh): a worker's printed line can be lost when Ray
         # shuts down, a result cannot.
         resumed_from = state["iteration"]

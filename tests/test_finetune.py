@@ -192,3 +192,30 @@ def test_freeze_keeps_those_parts_of_the_bootstrap(bootstrap_run, tmp_path):
             assert not torch.equal(boot["trunk.0.weight"], tuned["trunk.0.weight"])
     with pytest.raises(ValueError, match="freeze"):
         FinetuneConfig(policy=str(bootstrap_run), human_reward_model=model_path, freeze="everything")
+
+
+def test_env_runners_sample_with_the_restored_policy(bootstrap_run):
+    """Stage 3's first batch must come from the bootstrap: after `restore`, a remote env runner holds the
+    learner's weights. RLlib's own restore_from_path pushes them fire-and-forget, and in most stage-3
+    runs its env runner sampled the first batch with the randomly initialised module: RLlib allows one
+    request in flight per env runner and drops the push while one is (here: a slow call, as a loaded
+    machine makes RLlib's own start-up calls)."""
+    import json
+    import time
+
+    from rayjobs.ppo import PPOSettings, build_ppo_config, restore
+    from rlhf.policy import MODULE_SUBDIR, CropPolicy, latest_checkpoint
+
+    env = {**json.loads((bootstrap_run / "config.json").read_text())["env"], "reward": {"kind": "aesthetic"}}
+    algo = build_ppo_config(PPOSettings(num_env_runners=1, num_envs_per_env_runner=1, train_batch_size=128,
+                                        minibatch_size=64), env).build_algo()
+    try:
+        algo.env_runner_group.foreach_env_runner_async(lambda r: time.sleep(5))
+        restore(algo, latest_checkpoint(bootstrap_run) / MODULE_SUBDIR, component=MODULE_SUBDIR.as_posix())
+        boot = CropPolicy.load(bootstrap_run).module.state_dict()
+        (runner,) = algo.env_runner_group.foreach_env_runner(lambda r: r.module.get_state(), local_env_runner=False)
+        assert runner.keys() <= boot.keys() and "pi.weight" in runner
+        for k, w in runner.items():
+            assert np.array_equal(np.asarray(w), boot[k].numpy()), k
+    finally:
+        algo.stop()
