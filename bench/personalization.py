@@ -379,6 +379,13 @@ def stage3_aim(taste, photos, boot, ft, w_nima: float, w_human: float) -> dict:
             "preferred_where_down": float(np.mean(down)) if down else nan}
 
 
+def check_taste_folders(runs: list[str]) -> None:
+    """Fail fast unless each run is a finished bench taste folder (``<out>/<taste>``)."""
+    for run in runs:
+        if not (Path(run) / "finetune").is_dir() or not (Path(run) / "reward" / "human_reward_model.pth").is_file():
+            raise ValueError(f"{run}: not a bench taste folder (needs finetune/ and reward/human_reward_model.pth)")
+
+
 def worst(results: list[dict]) -> dict:
     """The taste furthest below (or least above) its targets."""
     return min(results, key=lambda r: min(r[k] / v for k, v in TARGETS.items()))

@@ -51,9 +51,9 @@ class CeilingConfig:
             raise ValueError("--bootstrap and --runs are required")
         if self.every < 1:
             raise ValueError(f"--every must be >= 1, got {self.every}")
-        for run in self.runs:
-            if not (Path(run) / "finetune").is_dir() or not (Path(run) / "reward" / "human_reward_model.pth").is_file():
-                raise ValueError(f"{run}: not a bench taste folder (needs finetune/ and reward/human_reward_model.pth)")
+        from personalization import check_taste_folders
+
+        check_taste_folders(self.runs)
 
 
 def greedy_box(env, index: int, objective) -> tuple[int, ...]:

@@ -40,9 +40,9 @@ class RescoreConfig:
     def __post_init__(self) -> None:
         if not self.bootstrap or not self.runs:
             raise ValueError("--bootstrap and --runs are required")
-        for run in self.runs:
-            if not (Path(run) / "finetune").is_dir() or not (Path(run) / "reward" / "human_reward_model.pth").is_file():
-                raise ValueError(f"{run}: not a bench taste folder (needs finetune/ and reward/human_reward_model.pth)")
+        from personalization import check_taste_folders
+
+        check_taste_folders(self.runs)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
