@@ -56,6 +56,7 @@ class FinetuneConfig(BootstrapConfig):
     # Stage 3 starts a fresh Adam on a trained policy. At full lr from the first step, 7 of 21 bench stage 3s
     # at lr 3e-4 flattened the bootstrap within their first update (entropy 1.4 -> 2.2, return negative);
     # warmed up over 1536 steps one of them kept entropy 1.36-1.48 through full-lr updates.
+    # (Those runs also sampled their first batch with the random policy, fixed since: rayjobs.ppo.restore.)
     lr_warmup_steps: int = field(default=2048, metadata=PPOSettings.__dataclass_fields__["lr_warmup_steps"].metadata)
 
     # Stage 3 is near-myopic. Its per-step reward is the change of the objective, and a one-step lookahead
