@@ -104,7 +104,7 @@ def one_step_agreement(env, index: int, start, taste, model) -> list[bool]:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     cfg = parse_config(CeilingConfig, argv, prog="bench/personalization_ceiling.py")
-    from personalization import _vote, heldout_framings
+    from personalization import _framing, _vote, heldout_framings
 
     from rlhf.env import CropEnv
     from rlhf.evaluation import TRAINING_ONLY_ENV_KEYS, policy_boxes
@@ -129,19 +129,25 @@ def main(argv: list[str] | None = None) -> list[dict]:
         stage3_boxes = policy_boxes(CropPolicy.load(run / "finetune"), photos)[0]
         env = CropEnv({k: v for k, v in boot.env_config.items() if k not in TRAINING_ONLY_ENV_KEYS},
                       reward_fn=objective, photos=photos)
-        votes = {"stage3": [], "greedy": []}
+        votes: dict[str, list[float]] = {"stage3": [], "greedy": []}
+        by_photo: dict[str, dict[str, list[float]]] = {}
         agree: list[bool] = []
         for i, photo in enumerate(photos):
-            votes["stage3"].append(_vote(taste, photo, stage3_boxes[i], boot_boxes[i]))
-            votes["greedy"].append(_vote(taste, photo, greedy_box(env, i, objective), boot_boxes[i]))
+            for way, box in (("stage3", stage3_boxes[i]), ("greedy", greedy_box(env, i, objective))):
+                vote = _vote(taste, photo, box, boot_boxes[i])
+                votes[way].append(vote)
+                by_photo.setdefault(_framing(photo.id)[0], {"stage3": [], "greedy": []})[way].append(vote)
             agree += one_step_agreement(env, i, boot_boxes[i], taste, model)
         r = {"run": str(run), "taste": taste_name, "framings": len(photos),
              **{k: float(np.mean(v)) for k, v in votes.items()}, "rm_agrees": float(np.mean(agree)),
-             "moves": len(agree)}
+             "moves": len(agree),
+             "by_photo": {k: {w: float(np.mean(v)) for w, v in ways.items()} for k, ways in by_photo.items()}}
         results.append(r)
         print(f"{run}: {taste_name} on {len(photos)} unseen framings: preferred over the bootstrap's crop: "
               f"stage3 {r['stage3']:.3f}, greedy on stage 3's objective {r['greedy']:.3f}; reward model moves the "
               f"taste's way on {r['rm_agrees']:.3f} of {len(agree)} one-step moves  ({time.time() - t:.0f}s)", flush=True)
+        print(f"{run}: per held-out photo, stage3 / greedy: "
+              + ", ".join(f"{k} {v['stage3']:.2f}/{v['greedy']:.2f}" for k, v in r["by_photo"].items()), flush=True)
     print(f"personalization_ceiling: runs={len(results)} worst_greedy={min(r['greedy'] for r in results):.3f} "
           f"worst_stage3={min(r['stage3'] for r in results):.3f}")
     return results
