@@ -104,7 +104,7 @@ def one_step_agreement(env, index: int, start, taste, model) -> list[bool]:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     cfg = parse_config(CeilingConfig, argv, prog="bench/personalization_ceiling.py")
-    from personalization import _framing, _vote, heldout_framings
+    from personalization import heldout_framings, preferred_by_photo, preferred_rate
 
     from rlhf.env import CropEnv
     from rlhf.evaluation import TRAINING_ONLY_ENV_KEYS, policy_boxes
@@ -129,19 +129,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
         stage3_boxes = policy_boxes(CropPolicy.load(run / "finetune"), photos)[0]
         env = CropEnv({k: v for k, v in boot.env_config.items() if k not in TRAINING_ONLY_ENV_KEYS},
                       reward_fn=objective, photos=photos)
-        votes: dict[str, list[float]] = {"stage3": [], "greedy": []}
-        by_photo: dict[str, dict[str, list[float]]] = {}
+        greedy_boxes = [greedy_box(env, i, objective) for i in range(len(photos))]
         agree: list[bool] = []
-        for i, photo in enumerate(photos):
-            for way, box in (("stage3", stage3_boxes[i]), ("greedy", greedy_box(env, i, objective))):
-                vote = _vote(taste, photo, box, boot_boxes[i])
-                votes[way].append(vote)
-                by_photo.setdefault(_framing(photo.id)[0], {"stage3": [], "greedy": []})[way].append(vote)
+        for i in range(len(photos)):
             agree += one_step_agreement(env, i, boot_boxes[i], taste, model)
+        before = {p.id: b for p, b in zip(photos, boot_boxes, strict=True)}
+        ways = {"stage3": stage3_boxes, "greedy": greedy_boxes}
+        after = {way: {p.id: b for p, b in zip(photos, boxes, strict=True)} for way, boxes in ways.items()}
+        by_photo = {way: preferred_by_photo(taste, photos, before, a) for way, a in after.items()}
         r = {"run": str(run), "taste": taste_name, "framings": len(photos),
-             **{k: float(np.mean(v)) for k, v in votes.items()}, "rm_agrees": float(np.mean(agree)),
-             "moves": len(agree),
-             "by_photo": {k: {w: float(np.mean(v)) for w, v in ways.items()} for k, ways in by_photo.items()}}
+             **{way: preferred_rate(taste, photos, before, a) for way, a in after.items()},
+             "rm_agrees": float(np.mean(agree)), "moves": len(agree),
+             "by_photo": {k: {way: by_photo[way][k] for way in ways} for k in by_photo["stage3"]}}
         results.append(r)
         print(f"{run}: {taste_name} on {len(photos)} unseen framings: preferred over the bootstrap's crop: "
               f"stage3 {r['stage3']:.3f}, greedy on stage 3's objective {r['greedy']:.3f}; reward model moves the "
