@@ -56,26 +56,12 @@ class CeilingConfig:
         check_taste_folders(self.runs)
 
 
-def legal_moves(env) -> dict:
-    """Each action that changes the env's box without ending the episode, and the box it leads to."""
-    from rlhf.env import Action
-
-    moves = {}
-    for a in Action:
-        if a == Action.STOP:
-            continue
-        new = env._apply(a)
-        if (new[2] - new[0]) * (new[3] - new[1]) >= env.cfg.min_area - 1e-9 and not np.allclose(new, env.box):
-            moves[a] = new
-    return moves
-
-
 def greedy_box(env, index: int, objective) -> tuple[int, ...]:
     """Hill-climb from the env's start box on `objective(photo, boxes)`; the final box in pixels."""
     env.reset(options={"photo_index": index})
     current = float(objective(env.photo, [env.pixel_box()])[0])
     for _ in range(env.cfg.max_steps):
-        moves = legal_moves(env)
+        moves = env.moves()
         if not moves:
             break
         values = objective(env.photo, [env.pixel_box(b) for b in moves.values()])
@@ -93,7 +79,7 @@ def one_step_agreement(env, index: int, start, taste, model) -> list[bool]:
     w, h = env.photo.width, env.photo.height
     env.box = np.array([start[0] / w, start[1] / h, start[2] / w, start[3] / h])
     out = []
-    for new in legal_moves(env).values():
+    for new in env.moves().values():
         a_box, b_box = env.pixel_box(new), env.pixel_box()
         choice = taste.true_choice(env.photo, a_box, b_box)
         if choice:

@@ -413,6 +413,20 @@ class CropEnv(gym.Env):
         cy = min(max(cy, h / 2), 1 - h / 2)
         return np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
 
+    def _too_small(self, box: np.ndarray) -> bool:
+        return (box[2] - box[0]) * (box[3] - box[1]) < self.cfg.min_area - 1e-9
+
+    def moves(self) -> dict[Action, np.ndarray]:
+        """Each action that would change the box without ending the episode, and the box it leads to
+        (the moves `step` applies: not STOP, not refused, not below the minimum size)."""
+        moves = {}
+        for action in Action:
+            if action != Action.STOP:
+                new = self._apply(action)
+                if not self._too_small(new) and not np.allclose(new, self.box):
+                    moves[action] = new
+        return moves
+
     def _apply(self, action: Action) -> np.ndarray:
         deltas = (_LOCKED_DELTAS if self.ratio else _DELTAS)[action]
         step = 1.0 / self.cfg.grid
@@ -515,8 +529,7 @@ class CropEnv(gym.Env):
             terminated = True
         else:
             new = self._apply(action)
-            area = (new[2] - new[0]) * (new[3] - new[1])
-            if area < self.cfg.min_area - 1e-9:
+            if self._too_small(new):
                 terminated = True  # the minimum size ends the episode; the box stays valid
             elif np.allclose(new, self.box):
                 reward = -self.cfg.noop_penalty
