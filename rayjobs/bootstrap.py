@@ -62,6 +62,9 @@ class BootstrapConfig(PPOSettings):
                                                        "what lies beyond and inside each edge; see CropEnvConfig). Off "
                                                        "by default: same held-out crops, and no surer a warm taste in "
                                                        "stage 3 (bench/README.md)"})
+    lookahead: bool = field(default=False, metadata={"help": "the policy sees the change of its objective each move "
+                                                     "would bring (see CropEnvConfig); its crops then need the "
+                                                     "reward's models at inference too"})
 
     def __post_init__(self) -> None:
         self.validate()
@@ -71,7 +74,7 @@ class BootstrapConfig(PPOSettings):
 
 # The BootstrapConfig fields that are CropEnv settings of the same name (besides image -> images).
 ENV_FIELDS = ("grid", "max_steps", "min_area", "aspect", "obs_size", "augment_variants", "random_start", "saliency",
-              "box_mask", "features", "colour_cues")
+              "box_mask", "features", "colour_cues", "lookahead")
 
 
 def env_config(cfg: BootstrapConfig, reward: RewardSpec) -> dict:

@@ -7,7 +7,7 @@
 The env settings (grid, thumbnails, aspect lock, ...) come from the bootstrap run so the policy's
 observations keep their meaning; photos default to the bootstrap's. An env flag given on the command
 line overrides the bootstrap's value (e.g. `--random_start 0` or `--max_steps 12`), except
-`--obs_size`, `--grid`, `--saliency`, `--box_mask`, `--features` and `--colour_cues`, which would change what the policy's inputs mean: those must match.
+`--obs_size`, `--grid`, `--saliency`, `--box_mask`, `--features`, `--colour_cues` and `--lookahead`, which would change what the policy's inputs mean: those must match.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ class FinetuneConfig(BootstrapConfig):
 
 ENV_DEFAULTS = {f.name: f.default for f in fields(CropEnvConfig) if f.name in ENV_FIELDS}
 # Changing these would change what the policy's observations mean (thumbnail size, grid step, map).
-FIXED_BY_POLICY = ("obs_size", "grid", "saliency", "box_mask", "features", "colour_cues")
+FIXED_BY_POLICY = ("obs_size", "grid", "saliency", "box_mask", "features", "colour_cues", "lookahead")
 
 
 def given_flags(argv: list[str]) -> set[str]:

@@ -126,6 +126,11 @@ class CropEnvConfig:
                                  "green-magenta balance, and how the strip one grid step outside and inside each "
                                  "edge differs from it: what moving or shrinking that edge brings in or gives "
                                  "up (see colour_cues)"})
+    lookahead: bool = field(
+        default=False, metadata={"help": "the change of the objective each of the 13 moves would bring joins the box "
+                                 "vector (see CropEnv): the policy sees what each move pays instead of having to "
+                                 "learn the reward's rule from its training photos; crop/pairs/evaluate then score "
+                                 "with the policy's own reward"})
     seed: int = field(default=0, metadata={"help": "seed for photo order and augmentation"})
 
     def __post_init__(self) -> None:
@@ -151,16 +156,21 @@ class CropEnvConfig:
 
 BOX_FEATURES = 13  # box (4), steps used (1), saliency framing cues (8): see CropEnv
 COLOUR_CUES = 27  # the crop's colour (3), each edge's outer and inner strip against it (8 x 3): see colour_cues
+LOOKAHEAD = len(Action) - 1  # one per move: see CropEnv
+# One-step changes of the objective are about 0.005-0.05 (a tenth of the photo moves the score little):
+# x10 spreads them over a tenth to half of the cue's range either side of 0.5.
+LOOKAHEAD_SCALE = 10.0
 
 
 def observation_space(obs_size: int, box_mask: bool = False, features: str = "none",
-                      colour_cues: bool = False) -> gym.spaces.Dict:
+                      colour_cues: bool = False, lookahead: bool = False) -> gym.spaces.Dict:
     """CropEnv's observation space for thumbnails of side `obs_size` (policies are checked against it)."""
     s, c = int(obs_size), 5 if box_mask else 4
     spaces = {
         "photo": gym.spaces.Box(0, 255, (s, s, c), np.uint8),
         "crop": gym.spaces.Box(0, 255, (s, s, c), np.uint8),
-        "box": gym.spaces.Box(0.0, 1.0, (BOX_FEATURES + (COLOUR_CUES if colour_cues else 0),), np.float32),
+        "box": gym.spaces.Box(0.0, 1.0, (BOX_FEATURES + (COLOUR_CUES if colour_cues else 0)
+                                         + (LOOKAHEAD if lookahead else 0),), np.float32),
     }
     if features != "none":
         # Lite0's feature map ends in ReLU6: every pooled value lies in [0, 6].
@@ -327,7 +337,9 @@ class CropEnv(gym.Env):
            density of a thin strip inside each edge (left, top, right, bottom; /4, clipped): high
            means the edge cuts through the subject. With colour_cues, 27 more (`colour_cues`): the
            crop's brightness, warmth and green-magenta balance, and how the strip one grid step
-           beyond and inside each edge differs from it.
+           beyond and inside each edge differs from it. With lookahead, 13 more (after those): for each
+           move (SHRINK ... STRETCH_Y), 0.5 + 10 x the change of the objective it would bring, clipped to
+           [0, 1]; 0.5 for a move that changes nothing (blocked, or below the minimum size).
       feat (with features="lite0"): float32 (2560,), the frozen EfficientNet-Lite0's last feature map
            of the photo (ImageNet weights, 320 px), averaged over the box, then over the whole photo:
            what the crop and the scene hold, in features pretrained on far more photos than ours.
@@ -367,7 +379,7 @@ class CropEnv(gym.Env):
                 self.photos.extend(augmented_variants(p, self.cfg.augment_variants, rng))
         self.ratio = ASPECTS[self.cfg.aspect]
         self.observation_space = observation_space(self.cfg.obs_size, self.cfg.box_mask, self.cfg.features,
-                                                   self.cfg.colour_cues)
+                                                   self.cfg.colour_cues, self.cfg.lookahead)
         self.action_space = gym.spaces.Discrete(len(Action))
         self._photo_obs: dict[str, np.ndarray] = {}
         self.photo: Photo = self.photos[0]
@@ -375,6 +387,7 @@ class CropEnv(gym.Env):
         self.steps = 0
         self.score = 0.0
         self.explored_start = False
+        self._ahead: dict[Action, float] = {}  # lookahead: each move's score from the current box
         self._order = np.arange(len(self.photos))
         self._cursor = len(self.photos)
 
@@ -475,6 +488,8 @@ class CropEnv(gym.Env):
         parts = [self.box, [self.steps / self.cfg.max_steps], _framing_cues(sat, (l, t, r, b))]
         if colour is not None:
             parts.append(colour_cues(colour, (l, t, r, b), self.cfg.grid))
+        if self.cfg.lookahead:
+            parts.append(self._lookahead())
         vec = np.concatenate(parts)
         crop = resize(big[t:b, l:r], s)
         if self.cfg.box_mask:
@@ -490,6 +505,21 @@ class CropEnv(gym.Env):
             feat = np.concatenate([pooled_features(sat, self.box), pooled_features(sat, (0.0, 0.0, 1.0, 1.0))])
             obs["feat"] = np.clip(feat, 0.0, 6.0).astype(np.float32)
         return obs
+
+    def _lookahead(self) -> np.ndarray:
+        """Each move's change of the objective (scaled, about 0.5), scored in one batch.
+
+        Why: stage 3 fitted its training photos rather than learning what the reward model pays for
+        (bench/README.md: greedy search on its objective beat it on unseen photos). With the change
+        in view the policy learns how to weigh it, which carries to photos it never saw.
+        """
+        moves = self.moves()
+        scores = self.reward_fn(self.photo, [self.pixel_box(b) for b in moves.values()]) if moves else []
+        self._ahead = {a: float(s) for a, s in zip(moves, scores, strict=True)}
+        cue = np.full(LOOKAHEAD, 0.5)
+        for a, s in self._ahead.items():
+            cue[a - 1] = 0.5 + LOOKAHEAD_SCALE * (s - self.score)
+        return np.clip(cue, 0.0, 1.0)
 
     def _score(self, box: np.ndarray) -> float:
         return float(self.reward_fn(self.photo, [self.pixel_box(box)])[0])
@@ -516,6 +546,7 @@ class CropEnv(gym.Env):
         self.explored_start = bool(explore and self.np_random.random() < explore)
         self.box = self._random_box() if self.explored_start else self._initial_box()
         self.steps = 0
+        self._ahead = {}
         self.score = self._score(self.box)
         self.start_score = self.score
         return self._obs(), self._info()
@@ -535,7 +566,7 @@ class CropEnv(gym.Env):
                 reward = -self.cfg.noop_penalty
             else:
                 self.box = new
-                new_score = self._score(new)
+                new_score = self._ahead[action] if action in self._ahead else self._score(new)
                 reward = new_score - self.score
                 self.score = new_score
         truncated = not terminated and self.steps >= self.cfg.max_steps

@@ -127,13 +127,25 @@ TRAINING_ONLY_ENV_KEYS = ("images", "augment_variants", "random_start", "reward"
 def policy_env(policy: Any, photos: Sequence[Photo]):
     """The crop env a policy was trained in (its grid, thumbnails, aspect lock) over ``photos``.
 
-    It pays nothing: evaluation scores only the final crop. (rayjobs.crop has the same helper; the
-    library cannot import from rayjobs.)
+    It pays nothing (evaluation scores only the final crop), unless the policy observes what each
+    move pays (``lookahead``): then it scores with the policy's own reward, in process.
     """
     from rlhf.env import CropEnv
 
     cfg = {k: v for k, v in policy.env_config.items() if k not in TRAINING_ONLY_ENV_KEYS}
-    return CropEnv(cfg, reward_fn=_no_reward, photos=list(photos))
+    return CropEnv(cfg, reward_fn=policy_reward(policy) if cfg.get("lookahead") else _no_reward,
+                   photos=list(photos))
+
+
+def policy_reward(policy: Any):
+    """The reward a policy was trained on, scored in this process (not through a scoring actor)."""
+    from rlhf.rewards import build_reward
+
+    spec = getattr(policy, "reward", None)
+    if not spec:
+        raise ValueError(f"{policy.source}: a lookahead policy needs the reward it was trained on, but its run "
+                         "folder's config.json names none")
+    return build_reward({**spec, "service": None})
 
 
 def policy_boxes(policy: Any, photos: Sequence[Photo], deterministic: bool = True,

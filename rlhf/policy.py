@@ -125,7 +125,8 @@ def check_observation_space(module: TorchRLModule, env_config: dict[str, Any], s
     from rlhf.env import observation_space
 
     want = _shapes(observation_space(env_config.get("obs_size", 64), bool(env_config.get("box_mask", False)),
-                                     env_config.get("features", "none"), bool(env_config.get("colour_cues", False))))
+                                     env_config.get("features", "none"), bool(env_config.get("colour_cues", False)),
+                                     bool(env_config.get("lookahead", False))))
     got = _shapes(module.observation_space)
     if got != want:
         raise PolicyMismatchError(
@@ -136,10 +137,12 @@ def check_observation_space(module: TorchRLModule, env_config: dict[str, Any], s
 class CropPolicy:
     """A trained policy, loaded without Ray, that crops photos greedily (or by sampling)."""
 
-    def __init__(self, module: TorchRLModule, env_config: dict[str, Any], source: Path):
+    def __init__(self, module: TorchRLModule, env_config: dict[str, Any], source: Path,
+                 reward: dict[str, Any] | None = None):
         self.module = module.eval()
         self.env_config = env_config
         self.source = source
+        self.reward = reward  # the RewardSpec it was trained on (a lookahead policy observes it)
 
     @classmethod
     def load(cls, path: str | Path) -> CropPolicy:
@@ -149,11 +152,10 @@ class CropPolicy:
         module_dir = ckpt / MODULE_SUBDIR if (ckpt / MODULE_SUBDIR).exists() else ckpt
         module = RLModule.from_checkpoint(str(module_dir.resolve()))
         run = run_folder_of(ckpt)
-        env_config: dict[str, Any] = {}
-        if run is not None:
-            env_config = json.loads((run / "config.json").read_text()).get("env", {})
+        config: dict[str, Any] = json.loads((run / "config.json").read_text()) if run is not None else {}
+        env_config = config.get("env", {})
         check_observation_space(module, env_config, ckpt)
-        return cls(module, env_config, ckpt)
+        return cls(module, env_config, ckpt, config.get("reward"))
 
     @torch.inference_mode()
     def act(self, obs: dict[str, np.ndarray], deterministic: bool = True,

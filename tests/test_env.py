@@ -231,3 +231,31 @@ def test_colour_cues_say_what_lies_beyond_each_edge():
     assert np.allclose(obs["box"][BOX_FEATURES + 3:BOX_FEATURES + 15], 0.5)
     plain, _ = CropEnv({"grid": 10}, reward_fn=area_reward, photos=[Photo("halves.png", px)]).reset(seed=0)
     assert plain["box"].shape == (BOX_FEATURES,)  # off by default: run configs from before it still load
+
+
+def test_lookahead_shows_what_each_move_pays(photos):
+    """With lookahead the box vector ends in each move's change of the reward (0.5 + 10 x change):
+    stepping a move pays exactly what it showed, and moves that change nothing read 0.5."""
+    from rlhf.env import BOX_FEATURES, LOOKAHEAD, LOOKAHEAD_SCALE
+
+    def left_reward(photo, boxes):  # pays for crops further left: moves and shrinks differ in sign
+        return np.array([1.0 - (b[0] + b[2]) / (2 * photo.width) for b in boxes])
+
+    env = CropEnv({"lookahead": True, "grid": 10}, reward_fn=left_reward, photos=photos[:1])
+    check_env(env, skip_render_check=True)
+    obs, _ = env.reset(seed=0, options={"photo_index": 0})
+    ahead = obs["box"][BOX_FEATURES:]
+    assert ahead.shape == (LOOKAHEAD,)
+    # From the whole photo: LEFT/RIGHT/UP/DOWN and the stretches are blocked, SHRINK keeps the centre.
+    for a in (Action.LEFT, Action.RIGHT, Action.UP, Action.DOWN, Action.STRETCH_X, Action.STRETCH_Y,
+              Action.SHRINK, Action.SQUASH_X, Action.SQUASH_Y):
+        assert ahead[a - 1] == pytest.approx(0.5, abs=1e-3), a
+    assert ahead[Action.SHRINK_TOP_LEFT - 1] > 0.5 > ahead[Action.SHRINK_TOP_RIGHT - 1]
+    for action in (Action.SHRINK_TOP_LEFT, Action.RIGHT, Action.LEFT, Action.SHRINK_BOTTOM_RIGHT):
+        shown = obs["box"][BOX_FEATURES + action - 1]
+        obs, reward, *_ = env.step(action)
+        assert np.clip(0.5 + LOOKAHEAD_SCALE * reward, 0, 1) == pytest.approx(shown, abs=1e-5), action
+        assert reward != 0
+    assert not np.allclose(obs["box"][BOX_FEATURES:], 0.5)
+    plain, _ = CropEnv({"grid": 10}, reward_fn=left_reward, photos=photos[:1]).reset(seed=0)
+    assert plain["box"].shape == (BOX_FEATURES,)  # off by default

@@ -211,3 +211,25 @@ def test_sheet_photos_limits_the_contact_sheet_not_the_figures(setup, tmp_path):
         with Image.open(tmp_path / sub / "comparison.png") as im:
             heights.append(im.height)
     assert len(photos) > 1 and heights[1] < heights[0]
+
+
+def test_a_lookahead_policy_crops_with_its_own_reward():
+    """A policy that observes what each move pays (lookahead) needs its reward at inference:
+    policy_env builds it, in process, from the spec its run recorded, and says so when none was."""
+    from types import SimpleNamespace
+
+    from rlhf.env import BOX_FEATURES
+    from rlhf.evaluation import policy_env
+
+    photos = load_collection(UNSEEN[:1])
+    spec = {"kind": "aesthetic", "scorer": "default", "service": "photographer-scoring-gone"}
+    policy = SimpleNamespace(env_config={"lookahead": True, "grid": 10, "images": ["x.jpg"], "reward": spec},
+                             reward=spec, source=Path("run/ckpt"))
+    env = policy_env(policy, photos)
+    obs, info = env.reset(options={"photo_index": 0})
+    assert 0.0 < info["score"] < 1.0  # the real default scorer, not a scoring actor that is gone
+    assert not np.allclose(obs["box"][BOX_FEATURES:], 0.5)
+    with pytest.raises(ValueError, match="names none"):
+        policy_env(SimpleNamespace(env_config=policy.env_config, reward=None, source=Path("run/ckpt")), photos)
+    plain = policy_env(SimpleNamespace(env_config={"grid": 10}, reward=spec, source=Path("x")), photos)
+    assert plain.reset(options={"photo_index": 0})[1]["score"] == 0.0  # others still pay nothing
