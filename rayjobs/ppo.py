@@ -205,7 +205,8 @@ def build_ppo_config(ppo: PPOSettings, env_config: dict[str, Any], ref_policy: s
                   num_epochs=ppo.num_epochs, clip_param=ppo.clip_param,
                   entropy_coeff=ppo.schedule(ppo.entropy_coeff, ppo.entropy_coeff_final),
                   vf_loss_coeff=ppo.vf_loss_coeff)
-        .rl_module(rl_module_spec=RLModuleSpec(module_class=CropPolicyModule, model_config={}))
+        .rl_module(rl_module_spec=RLModuleSpec(module_class=CropPolicyModule,
+                                               model_config={"lookahead": bool(env_config.get("lookahead"))}))
         .callbacks(CropMetrics)
         .debugging(seed=ppo.seed)
         .reporting(metrics_num_episodes_for_smoothing=100)

@@ -20,6 +20,8 @@ from ray.rllib.core.rl_module.apis import ValueFunctionAPI
 from ray.rllib.core.rl_module.torch import TorchRLModule
 from torch import nn
 
+from rlhf.env import LOOKAHEAD
+
 MODULE_SUBDIR = Path("learner_group") / "learner" / "rl_module" / "default_policy"
 # What stage 3's --freeze keeps fixed, as CropPolicyModule's top-level parts: "features" the observation
 # encoders (conv tower, Lite0 projection), "trunk" everything but the policy and value heads.
@@ -40,7 +42,9 @@ def _conv_tower(in_size: int, in_channels: int, channels: list[int]) -> tuple[nn
 
 
 class CropPolicyModule(TorchRLModule, ValueFunctionAPI):
-    """model_config keys: channels (conv widths, default [32, 64, 64]), embed (128), hidden (256)."""
+    """model_config keys: channels (conv widths, default [32, 64, 64]), embed (128), hidden (256),
+    lookahead (False; True when the env shows each move's change of the objective: see below),
+    lookahead_gain (10.0, its starting value)."""
 
     def setup(self) -> None:
         obs = self.observation_space
@@ -63,6 +67,12 @@ class CropPolicyModule(TorchRLModule, ValueFunctionAPI):
         # Small initial logits: a near-uniform first policy explores every action.
         nn.init.orthogonal_(self.pi.weight, 0.01)
         nn.init.zeros_(self.pi.bias)
+        if self.model_config.get("lookahead", False):
+            # Each move's logit also gets gain x the change of the objective the env shows for it
+            # (CropEnv lookahead): a policy that starts near greedy on its objective and learns, through
+            # the gain and the trunk, when not to be. The same gain carries to stage 3, where the shown
+            # change includes the person's reward model: taste moves the policy on photos it never saw.
+            self.ahead_gain = nn.Parameter(torch.tensor(float(self.model_config.get("lookahead_gain", 10.0))))
 
     def _embed(self, batch: dict[str, Any]) -> torch.Tensor:
         obs = batch[Columns.OBS]
@@ -77,12 +87,20 @@ class CropPolicyModule(TorchRLModule, ValueFunctionAPI):
             parts += [self.feat_proj(f[:, :half]), self.feat_proj(f[:, half:])]
         return self.trunk(torch.cat(parts, 1))
 
+    def _logits(self, batch: dict[str, Any], h: torch.Tensor) -> torch.Tensor:
+        logits = self.pi(h)
+        if hasattr(self, "ahead_gain"):
+            # The lookahead cues end the box vector, one per move (every action but STOP, action 0).
+            ahead = batch[Columns.OBS]["box"][:, -LOOKAHEAD:].float() - 0.5
+            logits = logits + torch.cat([torch.zeros_like(ahead[:, :1]), self.ahead_gain * ahead], 1)
+        return logits
+
     def _forward(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
-        return {Columns.ACTION_DIST_INPUTS: self.pi(self._embed(batch))}
+        return {Columns.ACTION_DIST_INPUTS: self._logits(batch, self._embed(batch))}
 
     def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         h = self._embed(batch)
-        return {Columns.ACTION_DIST_INPUTS: self.pi(h), Columns.EMBEDDINGS: h}
+        return {Columns.ACTION_DIST_INPUTS: self._logits(batch, h), Columns.EMBEDDINGS: h}
 
     def compute_values(self, batch: dict[str, Any], embeddings: Any | None = None) -> torch.Tensor:
         if embeddings is None:

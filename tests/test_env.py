@@ -259,3 +259,36 @@ def test_lookahead_shows_what_each_move_pays(photos):
     assert not np.allclose(obs["box"][BOX_FEATURES:], 0.5)
     plain, _ = CropEnv({"grid": 10}, reward_fn=left_reward, photos=photos[:1]).reset(seed=0)
     assert plain["box"].shape == (BOX_FEATURES,)  # off by default
+
+
+def test_a_lookahead_policy_starts_greedy_on_its_objective(photos):
+    """CropPolicyModule with lookahead adds gain x each move's shown change to its logit: untrained,
+    it takes the move that pays most while one pays clearly."""
+    import gymnasium as gym
+    import torch
+    from ray.rllib.core.columns import Columns
+
+    from rlhf.env import LOOKAHEAD, observation_space
+    from rlhf.policy import CropPolicyModule
+
+    def left_reward(photo, boxes):
+        return np.array([1.0 - (b[0] + b[2]) / (2 * photo.width) for b in boxes])
+
+    env = CropEnv({"lookahead": True, "grid": 10}, reward_fn=left_reward, photos=photos[:1])
+    module = CropPolicyModule(observation_space=observation_space(64, lookahead=True),
+                              action_space=gym.spaces.Discrete(len(Action)), model_config={"lookahead": True})
+    obs, _ = env.reset(seed=0, options={"photo_index": 0})
+    moves = 0
+    while obs["box"][-LOOKAHEAD:].max() > 0.55:
+        batch = {Columns.OBS: {k: torch.from_numpy(np.asarray(v)[None]) for k, v in obs.items()}}
+        with torch.no_grad():
+            logits = module.forward_inference(batch)[Columns.ACTION_DIST_INPUTS][0]
+        action = int(logits.argmax())
+        assert action != Action.STOP and obs["box"][-LOOKAHEAD + action - 1] == obs["box"][-LOOKAHEAD:].max()
+        obs, reward, *_ = env.step(action)
+        assert reward > 0
+        moves += 1
+    assert moves >= 2 and env.box[0] == 0.0 and env.box[2] < 1.0  # shrunk towards the left border
+    plain = CropPolicyModule(observation_space=observation_space(64), action_space=gym.spaces.Discrete(len(Action)),
+                             model_config={})
+    assert not hasattr(plain, "ahead_gain")
