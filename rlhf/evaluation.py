@@ -145,7 +145,8 @@ def policy_reward(policy: Any):
     if not spec:
         raise ValueError(f"{policy.source}: a lookahead policy needs the reward it was trained on, but its run "
                          "folder's config.json names none")
-    return build_reward({**spec, "service": None})
+    # Inference's photo cache, not training's: a bench holds 300+ photos, at ~20 MB of context each.
+    return build_reward({**spec, "service": None}, training=False)
 
 
 def policy_boxes(policy: Any, photos: Sequence[Photo], deterministic: bool = True,

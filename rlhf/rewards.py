@@ -67,9 +67,13 @@ def combine(aesthetic: np.ndarray | None, human: np.ndarray | None, spec: Reward
 
 
 class LocalReward:
-    """Scores in this process: the models are loaded here (unit tests, `photographer crop`)."""
+    """Scores in this process: the models are loaded here (unit tests, `photographer crop`).
 
-    def __init__(self, spec: RewardSpec):
+    training: keep photo contexts for a training job's whole collection (see TRAINING_PHOTO_CONTEXTS);
+    False keeps the scorer's default, smaller cache (inference goes through photos one at a time).
+    """
+
+    def __init__(self, spec: RewardSpec, training: bool = True):
         self.spec = spec
         self.scorer = None
         self.human = None
@@ -77,7 +81,7 @@ class LocalReward:
             from rlhf.scorers import create_scorer, training_scorer_kwargs
 
             self.scorer = create_scorer(spec.scorer, weights=spec.scorer_weights, device=spec.device,
-                                        **training_scorer_kwargs(spec.scorer))
+                                        **(training_scorer_kwargs(spec.scorer) if training else {}))
         if spec.kind in ("human", "combined"):
             from rlhf.reward_model import PreferenceRewardModel
 
@@ -104,16 +108,16 @@ _LOCAL: dict[str, LocalReward] = {}
 _LOCAL_LOCK = threading.Lock()
 
 
-def build_reward(spec: dict[str, Any] | RewardSpec):
+def build_reward(spec: dict[str, Any] | RewardSpec, training: bool = True):
     """A reward function from its spec: through the scoring actor if one is named, else local
-    (shared by every env of this process that asks for the same spec)."""
+    (shared by every env of this process that asks for the same spec; `training`: see LocalReward)."""
     spec = spec if isinstance(spec, RewardSpec) else RewardSpec(**spec)
     if spec.service:
         from rlhf.scoring_service import ServiceReward
 
         return ServiceReward(spec)
-    key = json.dumps(spec.to_dict(), sort_keys=True)
+    key = json.dumps({**spec.to_dict(), "training": training}, sort_keys=True)
     with _LOCAL_LOCK:
         if key not in _LOCAL:
-            _LOCAL[key] = LocalReward(spec)
+            _LOCAL[key] = LocalReward(spec, training)
         return _LOCAL[key]
