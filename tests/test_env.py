@@ -17,6 +17,11 @@ def area_reward(photo, boxes):
     return np.array(out)
 
 
+def left_reward(photo, boxes):
+    """A known reward for lookahead tests: pays for crops further left (moves and shrinks differ in sign)."""
+    return np.array([1.0 - (b[0] + b[2]) / (2 * photo.width) for b in boxes])
+
+
 @pytest.fixture(scope="module")
 def photos():
     return load_collection(bundled_photos(["chelsea", "coffee"]))
@@ -238,9 +243,6 @@ def test_lookahead_shows_what_each_move_pays(photos):
     stepping a move pays exactly what it showed, and moves that change nothing read 0.5."""
     from rlhf.env import BOX_FEATURES, LOOKAHEAD, LOOKAHEAD_SCALE
 
-    def left_reward(photo, boxes):  # pays for crops further left: moves and shrinks differ in sign
-        return np.array([1.0 - (b[0] + b[2]) / (2 * photo.width) for b in boxes])
-
     env = CropEnv({"lookahead": True, "grid": 10}, reward_fn=left_reward, photos=photos[:1])
     check_env(env, skip_render_check=True)
     obs, _ = env.reset(seed=0, options={"photo_index": 0})
@@ -270,9 +272,6 @@ def test_a_lookahead_policy_starts_greedy_on_its_objective(photos):
 
     from rlhf.env import LOOKAHEAD, observation_space
     from rlhf.policy import CropPolicyModule
-
-    def left_reward(photo, boxes):
-        return np.array([1.0 - (b[0] + b[2]) / (2 * photo.width) for b in boxes])
 
     env = CropEnv({"lookahead": True, "grid": 10}, reward_fn=left_reward, photos=photos[:1])
     module = CropPolicyModule(observation_space=observation_space(64, lookahead=True),
