@@ -771,6 +771,7 @@ class TrainHistory:
     l1_val_loss: dict[str, float] = field(default_factory=dict)  # best held-out loss of each --l1 value
     l1_rule: str = "min"  # how the --l1 value was chosen (RewardTrainConfig.l1_rule)
     l1_se: float = float("nan")  # standard error of the lowest held-out loss
+    l1_choice: str = ""  # why that --l1 value (see _choose_l1)
 
     def final(self) -> dict[str, Any]:
         i = self.epochs.index(self.best_epoch) if self.best_epoch in self.epochs else -1
@@ -783,7 +784,7 @@ class TrainHistory:
                 "seconds_featurizing": round(self.seconds_featurizing, 3),
                 "ms_per_crop": round(self.ms_per_crop, 2), "validation": self.validation, "l1": self.l1,
                 "l1_val_loss": self.l1_val_loss, "l1_rule": self.l1_rule,
-                "l1_se": None if math.isnan(self.l1_se) else self.l1_se}
+                "l1_se": None if math.isnan(self.l1_se) else self.l1_se, "l1_choice": self.l1_choice}
 
 
 def examples_from_pairs(pairs: Sequence[Any], source: str | Path = "<pairs>") -> list[PreferenceExample]:
@@ -870,7 +871,11 @@ def _evaluate(head: RewardHead, xa: torch.Tensor, xb: torch.Tensor, y: torch.Ten
         losses = bradley_terry_loss(ra, rb, y, reduction="none")
         decided = y != 0.5
         n = int(decided.sum())
-        acc = float(((ra - rb > 0) == (y > 0.5))[decided].float().mean()) if n else float("nan")
+        # Equal rewards count half, as rlhf.evaluation.reward_model_accuracy counts them: an
+        # indifferent head scores 0.5, not the share of pairs that B won.
+        d = (ra - rb)[decided]
+        right = torch.where(d == 0, 0.5, ((d > 0) == (y[decided] > 0.5)).float())
+        acc = float(right.mean()) if n else float("nan")
     return losses, acc, n
 
 
@@ -948,7 +953,12 @@ class _Candidate:
     best: tuple[float, int] = (math.inf, 0)
     best_state: dict[str, torch.Tensor] | None = None
     best_pair_losses: torch.Tensor | None = None  # each held-out pair's loss at the best epoch
+    n_decided: int = 0  # held-out pairs with a strict preference (accuracy counts these)
     stopped_early: bool = False
+
+    @property
+    def best_accuracy(self) -> float:
+        return self.curves["val_accuracy"][self.best[1] - 1] if self.best[1] else float("nan")
 
 
 def _folds(examples: Sequence[PreferenceExample], cfg: RewardTrainConfig) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -989,6 +999,7 @@ def _try(cfg: RewardTrainConfig, l1: float, folds: Sequence[tuple[_Data, _Data]]
         accs = [r[1][1] for r in results if not math.isnan(r[1][1])]
         cand.curves["train_accuracy"].append(sum(accs) / len(accs) if accs else float("nan"))
         decided = sum(r[1][4] for r in results)
+        cand.n_decided = decided
         cand.curves["val_accuracy"].append(sum(r[1][3] * r[1][4] for r in results if r[1][4]) / decided
                                            if decided else float("nan"))
         monitored = cand.curves["val_loss"][-1] if sum(n_val) else cand.curves["train_loss"][-1]
@@ -1007,20 +1018,34 @@ def _try(cfg: RewardTrainConfig, l1: float, folds: Sequence[tuple[_Data, _Data]]
     return cand
 
 
-def _choose_l1(cands: Sequence[_Candidate], rule: str) -> tuple[_Candidate, float]:
-    """The candidate --l1 value by `rule` (RewardTrainConfig.l1_rule), and the standard error of the
-    lowest held-out loss (nan without held-out pairs: then the lowest training loss wins)."""
+def _choose_l1(cands: Sequence[_Candidate], rule: str) -> tuple[_Candidate, float, str]:
+    """The candidate --l1 value by `rule` (RewardTrainConfig.l1_rule), the standard error of the
+    lowest held-out loss (nan without held-out pairs: then the lowest training loss wins), and why."""
     best = min(cands, key=lambda c: c.best[0])
     losses = best.best_pair_losses
     if losses is None or len(losses) < 2:
-        return best, float("nan")
+        return best, float("nan"), "the lowest loss"
     se = float(losses.std()) / math.sqrt(len(losses))
     # A penalty so strong that the head is (near) indifferent scores about log 2 whatever the taste:
     # never the tie-break's pick (it would be when every value is weak, e.g. a first round of 50 pairs).
-    tied = [c for c in cands if c.best[0] <= best.best[0] + se and c.best[0] < math.log(2) - se]
-    if rule == "min" or not tied:
-        return best, se
-    return max(tied, key=lambda c: c.l1), se
+    # The margin is at least float rounding: an all-zero head's losses are log 2 each, so se is 0.
+    tied = [c for c in cands if c.best[0] <= best.best[0] + se and c.best[0] < math.log(2) - max(se, 1e-4)]
+    if not tied:
+        # No loss clearly below an indifferent head's: log-loss cannot rank them. With ties among
+        # the answers and label noise it can sit at log 2 while the ranking is right (g30's warm:
+        # l1 10 had cross-validated log-loss 0.6936 and accuracy 0.786 on 84 decided pairs, and
+        # scored 1.000 on the bench's noiseless held-out pairs; the indifferent head won by loss).
+        # Then accuracy decides, if one is above chance at 95 % (one-sided binomial, normal approx.).
+        sure = [c for c in cands if c.n_decided and c.best_accuracy > 0.5 + 1.645 * 0.5 / math.sqrt(c.n_decided)]
+        if sure:
+            return (max(sure, key=lambda c: (c.best_accuracy, c.l1)), se,
+                    "no held-out loss clearly below an indifferent head's log 2: the highest held-out accuracy, "
+                    "above chance")
+        return best, se, "no held-out loss or accuracy clearly better than an indifferent head's: the lowest loss"
+    if rule == "min":
+        return best, se, "min: the lowest held-out loss"
+    return (max(tied, key=lambda c: c.l1), se,
+            f"1se: the strongest penalty within one standard error, {se:.4f}, of the lowest held-out loss")
 
 
 def train_reward_model(examples: Sequence[PreferenceExample], cfg: RewardTrainConfig,
@@ -1069,17 +1094,15 @@ def train_reward_model(examples: Sequence[PreferenceExample], cfg: RewardTrainCo
         if log:
             log(f"l1 {l1:g}: held-out log-loss {c.curves['val_loss'][i]:.4f}, accuracy "
                 f"{c.curves['val_accuracy'][i]:.3f} at epoch {c.best[1]} ({what})")
-    chosen, se = _choose_l1(cands, cfg.l1_rule)
+    chosen, se, why = _choose_l1(cands, cfg.l1_rule)
     if log and len(cands) > 1:
-        log(f"l1 {chosen.l1:g} chosen ({cfg.l1_rule}: " + (
-            f"the strongest penalty within one standard error, {se:.4f}, of the lowest held-out loss)"
-            if cfg.l1_rule == "1se" else "the lowest held-out loss)"))
+        log(f"l1 {chosen.l1:g} chosen ({why})")
     n_val = len(splits[0][1]) if not cv else n
     hist = TrainHistory(epochs=list(range(1, len(chosen.curves["val_loss"]) + 1)), **chosen.curves,
                         best_epoch=chosen.best[1], n_pairs=n, n_train=n if cv else len(splits[0][0]), n_val=n_val,
                         stopped_early=chosen.stopped_early, seconds_featurizing=seconds_featurizing,
                         ms_per_crop=1000 * (fz.seconds_embedding - s0) / n_new if n_new else 0.0,
-                        validation=what, l1=chosen.l1, l1_rule=cfg.l1_rule, l1_se=se,
+                        validation=what, l1=chosen.l1, l1_rule=cfg.l1_rule, l1_se=se, l1_choice=why,
                         l1_val_loss={f"{c.l1:g}": c.best[0] for c in cands})
 
     if cv:

@@ -401,7 +401,7 @@ def test_one_standard_error_rule_prefers_the_stronger_penalty_within_noise():
         return c
 
     cands = [cand(1.0, 0.50), cand(3.0, 0.51), cand(10.0, 0.58)]
-    chosen, se = _choose_l1(cands, "1se")
+    chosen, se, _ = _choose_l1(cands, "1se")
     assert chosen.l1 == 3.0 and se == pytest.approx(0.4 / 10, rel=0.01)
     assert _choose_l1(cands, "min")[0].l1 == 1.0
     assert _choose_l1([cand(1.0, 0.50), cand(3.0, 0.60)], "1se")[0].l1 == 1.0  # a real gap: the lowest
@@ -409,3 +409,36 @@ def test_one_standard_error_rule_prefers_the_stronger_penalty_within_noise():
     assert _choose_l1([cand(1.0, 0.67), cand(30.0, math.log(2))], "1se")[0].l1 == 1.0
     with pytest.raises(ValueError, match="l1_rule"):
         RewardTrainConfig(l1_rule="median")
+
+
+def test_when_no_loss_beats_an_indifferent_head_accuracy_above_chance_decides():
+    """Ties and label noise can hold every held-out log-loss at log 2 while one penalty ranks the
+    pairs well (g30's warm: 0.6936 at accuracy 0.786 on 84 pairs); the indifferent head must not win
+    by a hair of loss. Accuracy at chance keeps the lowest loss. (Plumbing: candidates made by hand.)"""
+    from rlhf.reward_model import _Candidate, _choose_l1
+
+    def cand(l1: float, loss: float, acc: float, n: int = 84) -> _Candidate:
+        c = _Candidate(l1)
+        c.best, c.best_pair_losses, c.n_decided = (loss, 3), torch.full((100,), loss), n
+        c.best_pair_losses[::2] += 0.05
+        c.best_pair_losses[1::2] -= 0.05
+        c.curves["val_accuracy"] = [0.5, 0.5, acc]
+        return c
+
+    null = cand(30.0, math.log(2) - 6e-8, 0.5)  # an all-zero head, its loss rounded below log 2
+    null.best_pair_losses = torch.full((100,), null.best[0])
+    for rule in ("1se", "min"):
+        chosen, _, why = _choose_l1([cand(3.0, 0.7065, 0.702), cand(10.0, 0.6936, 0.786), null], rule)
+        assert chosen.l1 == 10.0 and "accuracy" in why
+    # 0.55 on 84 pairs is within chance (needs > 0.59): the lowest loss, the indifferent head.
+    assert _choose_l1([cand(10.0, 0.6936, 0.55), null], "1se")[0] is null
+    # A loss clearly below log 2 keeps the loss-based rule, whatever the accuracies.
+    assert _choose_l1([cand(3.0, 0.60, 0.70), cand(10.0, 0.6936, 0.80), null], "1se")[0].l1 == 3.0
+
+
+def test_an_indifferent_head_scores_half_not_the_share_b_won():
+    from rlhf.reward_model import RewardHead, _evaluate
+
+    x = torch.randn(8, 4)
+    acc, n = _evaluate(RewardHead(4), x, x.flip(0), torch.tensor([0.0] * 6 + [1.0, 0.5]))[1:]
+    assert (acc, n) == (0.5, 7)
