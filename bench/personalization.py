@@ -60,6 +60,7 @@ from rlhf.config import parse_config, run_dir  # noqa: E402
 from rlhf.images import HELDOUT_PHOTOS, TRAIN_PHOTOS, Photo, bundled_photos  # noqa: E402
 
 TARGETS = {"accuracy": 0.80, "preferred": 0.70, "score_kept": 0.95}
+RESULT = "result.json"  # a taste's numbers, in its folder once evaluated
 
 
 @dataclass
@@ -406,6 +407,15 @@ def run(cfg: BenchConfig) -> list[dict]:
     from rlhf.evaluation import photo_key
 
     by_id = {p.id: p for p in photos} | {photo_key(p.id): p for p in photos}
+    # A taste evaluated before (its result.json written after its stage 3 finished) is kept, as every
+    # finished step is: its evaluation takes minutes and is deterministic.
+    kept = {t: json.loads((out / t / RESULT).read_text()) for t in cfg.tastes
+            if (out / t / RESULT).exists() and (out / t / "finetune" / "DONE").exists()}
+    for t, r in kept.items():
+        print(f"[{t}] kept from {out / t / RESULT}: accuracy={r['accuracy']:.3f} preferred={r['preferred']:.3f} "
+              f"score_kept={r['score_kept']:.3f}", flush=True)
+    if len(kept) == len(cfg.tastes):
+        return report([kept[t] for t in cfg.tastes], out, cfg, t0)
     shared = {"unseen": photos, "unseen_by_id": by_id,
               "train_photos": load_collection(bundled_photos(TRAIN_PHOTOS)),
               "boot_policy": CropPolicy.load(policy), "scorer": create_scorer("default")}
@@ -421,8 +431,17 @@ def run(cfg: BenchConfig) -> list[dict]:
     shared["boot_seen_boxes"] = policy_boxes(shared["boot_policy"], shared["seen"])[0]
     results = []
     for taste in cfg.tastes:
+        if taste in kept:
+            results.append(kept[taste])
+            continue
         results.append(run_taste(cfg, out, taste, policy, unseen, unlabelled, shared))
-        (out / "personalization.json").write_text(json.dumps(results, indent=2, default=_plain) + "\n")
+        (out / taste / RESULT).write_text(json.dumps(results[-1], indent=2, default=_plain) + "\n")
+    return report(results, out, cfg, t0)
+
+
+def report(results: list[dict], out: Path, cfg: BenchConfig, t0: float) -> list[dict]:
+    """personalization.json, the table and the last line."""
+    (out / "personalization.json").write_text(json.dumps(results, indent=2, default=_plain) + "\n")
     print(f"\n=== personalization ({time.time() - t0:.0f}s; SIMULATED annotators, noise {cfg.noise}) ===")
     print(f"{'taste':<11} {'accuracy':>9} {'preferred':>10} {'score_kept':>11}   targets >= "
           f"{TARGETS['accuracy']:.2f} / {TARGETS['preferred']:.2f} / {TARGETS['score_kept']:.2f}")
