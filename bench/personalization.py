@@ -34,7 +34,7 @@ line also gives `preferred on the training photos` (the same comparison on the p
 stage 3 trained on): high there but low on unseen photos means the policy did not generalise; low on
 both means it did not learn the reward.
 
-    python bench/personalization.py                         # everything, about 36 min on 2 free cores
+    python bench/personalization.py                         # everything, about 80 min on 2 free cores (25 a taste)
     python bench/personalization.py --bootstrap results/boot --tastes tight   # reuse a stage-1 policy
     python bench/personalization.py --out DIR               # an existing DIR resumes: finished steps are kept
 
@@ -87,15 +87,17 @@ class BenchConfig:
         "help": "fixed framings (sub-photos, mirrors) per held-out photo, besides the photo itself: 9 photos x 24 "
                 "framings = 216 unseen crops to judge. With 5 (54 crops) one stage 3 read 0.574 on them and 0.641 "
                 "on 216 others: too few for a steady `preferred`"})
-    finetune_timesteps: int = field(default=18432, metadata={
-        "help": "stage-3 env steps per taste. 18432 rather than 6144: three times as long, the worst taste's "
-                "stage 3 was preferred on 0.59-0.63 of 216 unseen framings instead of 0.49 (g24's reward models, "
-                "bench/README.md)"})
+    finetune_timesteps: int = field(default=6144, metadata={
+        "help": "stage-3 env steps per taste. From a bootstrap that sees what each move pays (stage 1's default), "
+                "6144 steps are preferred on 0.76-0.93 of the unseen framings and most of that comes with no "
+                "stage-3 training at all; without it, 18432 steps read 0.68-0.73 (bench/README.md)"})
     probe_timesteps: int = field(default=6144, metadata={
         "help": "env steps of round 2's probe stage 3 (it only has to show where stage 3 moves crops)"})
     finetune_lr: float = field(default=3e-4, metadata={"help": "stage-3 learning rate"})
-    w_nima: float = field(default=0.5, metadata={"help": "stage-3 weight of (nima-1)/9"})
-    w_human: float = field(default=0.5, metadata={"help": "stage-3 weight of the human score"})
+    w_nima: float = field(default=0.7, metadata={"help": "stage-3 weight of (nima-1)/9 (photographer finetune's "
+                                                  "default; at 0.5 / 0.5 left_third kept only 0.931 of the "
+                                                  "aesthetic score, bench/README.md)"})
+    w_human: float = field(default=0.3, metadata={"help": "stage-3 weight of the human score"})
     reward_args: list[str] = field(default_factory=list, metadata={
         "help": "extra flags for train-reward, one per --reward_args=FLAG, repeated: --reward_args=--epochs=80"})
     finetune_args: list[str] = field(default_factory=list, metadata={

@@ -46,7 +46,7 @@ def test_flags_that_change_the_observation_must_match(bootstrap_run, tmp_path, a
         _env(bootstrap_run, tmp_path, *argv)
 
 
-@pytest.mark.parametrize("key, before", [("box_mask", False), ("features", "none")])
+@pytest.mark.parametrize("key, before", [("box_mask", False), ("features", "none"), ("lookahead", False)])
 def test_a_run_from_before_an_observation_option_keeps_it_off(bootstrap_run, tmp_path, key, before):
     import json
     import shutil
