@@ -161,7 +161,9 @@ def test_uncertain_selection_with_a_real_reward_model(diverse, policy, tmp_path)
         assert box_iou(p.crop_a, p.crop_b) < 0.5
         margins.append(p.extra["margin"])
     assert margins == sorted(margins), "listed most uncertain first"
-    assert len({Path(p.image).stem for p in chosen}) == 3
+    # Spread: no photo holds more than twice its even share (9 pairs over 3 photos: 6).
+    per_photo = Counter(Path(p.image).stem for p in chosen)
+    assert len(per_photo) >= 2 and max(per_photo.values()) <= 6, per_photo
     # The diverse first round, scored by the same model, is far more certain on average.
     diverse_margins = [abs(float(np.subtract(*model.reward(by_id[p.image], [p.crop_a, p.crop_b]))))
                        for p in answered]
