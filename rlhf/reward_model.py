@@ -25,7 +25,9 @@ weaker one), so it is chosen on held-out loss: 5-fold cross-validation, folds by
 will score photos it never saw, and pairs of one photo share colours and subject), each --l1
 value trained on every fold; the strongest penalty whose pooled held-out log-loss is within one
 standard error of the lowest wins (``--l1_rule 1se``: closer than that is a tie, and the sparser
-head carries fewer chance features to new photos), and the final head is trained on all pairs,
+head carries fewer chance features to new photos; when no value's loss is clearly below an
+indifferent head's log 2, cross-validated accuracy decides, if it is above chance), and the final
+head is trained on all pairs,
 since with 100 pairs keeping 20 aside for good costs accuracy. Measured on the personalization
 bench's answers (three stage-1 policies x three tastes, three seeds): worst
 taste 0.66-0.77 held-out accuracy with one 20-pair split and l1 10, 0.66-0.84 this way (see
