@@ -1,4 +1,4 @@
-"""The whole loop on the bundled photos, as `make demo` runs it (about 9 minutes on 2 idle cores):
+"""The whole loop on the bundled photos, as `make demo` runs it (about 11 minutes on 2 cores):
 
   1. stage 1   bootstrap a crop policy on the default (proxy) aesthetic scorer
   2. crop      crop the held-out photos, contact sheet
