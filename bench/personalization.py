@@ -89,7 +89,7 @@ class BenchConfig:
                 "on 216 others: too few for a steady `preferred`"})
     finetune_timesteps: int = field(default=6144, metadata={
         "help": "stage-3 env steps per taste. From a bootstrap that sees what each move pays (stage 1's default), "
-                "6144 steps are preferred on 0.76-0.93 of the unseen framings and most of that comes with no "
+                "6144 steps are preferred on 0.69-0.93 of the unseen framings and most of that comes with no "
                 "stage-3 training at all; without it, 18432 steps read 0.68-0.73 (bench/README.md)"})
     probe_timesteps: int = field(default=6144, metadata={
         "help": "env steps of round 2's probe stage 3 (it only has to show where stage 3 moves crops)"})

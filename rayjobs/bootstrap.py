@@ -65,7 +65,7 @@ class BootstrapConfig(PPOSettings):
     lookahead: bool = field(default=True, metadata={"help": "the policy sees the change of its objective each move "
                                                     "would bring (see CropEnvConfig), so stage 3 carries a person's "
                                                     "taste to photos it never trained on (without it, stage 3 was "
-                                                    "preferred on 0.68-0.73 of unseen framings; with it 0.76-0.93, "
+                                                    "preferred on 0.68-0.73 of unseen framings; with it 0.69-0.93, "
                                                     "bench/README.md). Its crops then need the reward's models at "
                                                     "inference too, and a stage-3 step costs about 3x as much"})
 
