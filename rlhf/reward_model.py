@@ -987,7 +987,8 @@ def _folds(examples: Sequence[PreferenceExample], cfg: RewardTrainConfig) -> lis
 def _try(cfg: RewardTrainConfig, l1: float, folds: Sequence[tuple[_Data, _Data]]) -> _Candidate:
     """Train one head per fold in lockstep; the folds' pooled held-out loss scores the candidate
     (at the last epoch, or with --patience at its best epoch, which early stopping finds)."""
-    cand = _Candidate(l1)
+    # Held-out pairs with a strict preference: fixed by the folds, the same every epoch.
+    cand = _Candidate(l1, n_decided=sum(int((va.y != 0.5).sum()) for _, va in folds))
     since_best = 0
     runs = [_epochs(cfg, l1, tr, va, cfg.seed + i) for i, (tr, va) in enumerate(folds)]
     n_val = [len(va.y) for _, va in folds]
@@ -1000,8 +1001,7 @@ def _try(cfg: RewardTrainConfig, l1: float, folds: Sequence[tuple[_Data, _Data]]
         cand.curves["val_loss"].append(float(held.mean()) if len(held) else float("nan"))
         accs = [r[1][1] for r in results if not math.isnan(r[1][1])]
         cand.curves["train_accuracy"].append(sum(accs) / len(accs) if accs else float("nan"))
-        decided = sum(r[1][4] for r in results)
-        cand.n_decided = decided
+        decided = cand.n_decided
         cand.curves["val_accuracy"].append(sum(r[1][3] * r[1][4] for r in results if r[1][4]) / decided
                                            if decided else float("nan"))
         monitored = cand.curves["val_loss"][-1] if sum(n_val) else cand.curves["train_loss"][-1]
