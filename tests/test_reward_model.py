@@ -344,8 +344,13 @@ def test_bad_preference_files_give_clear_errors(photos, tmp_path):
         RewardTrainConfig(val_fraction=1.5)
     with pytest.raises(ValueError, match="cv_folds"):
         RewardTrainConfig(cv_folds=1)
-    with pytest.raises(ValueError, match="several --l1 values"):
+    with pytest.raises(ValueError, match="several --l1"):
         RewardTrainConfig(cv_folds=0, val_fraction=0.0)
+    with pytest.raises(ValueError, match="label_noise"):
+        RewardTrainConfig(cv_folds=0, val_fraction=0.0, l1=[1.0])
+    with pytest.raises(ValueError, match="label_noise"):
+        RewardTrainConfig(label_noise=[0.5])
+    assert RewardTrainConfig(cv_folds=0, val_fraction=0.0, l1=[1.0], label_noise=0.1).label_noise == [0.1]
     assert RewardTrainConfig(l1=2).l1 == [2.0]  # one value given as a number
 
 
