@@ -104,6 +104,26 @@ def test_bradley_terry_loss_by_hand():
     assert float(bradley_terry_loss(r_b, r_b, torch.tensor([0.5]))) < tie
 
 
+def test_bradley_terry_loss_with_label_noise_by_hand():
+    """P(A answered better) = eps + (1 - 2 eps) sigma(r_a - r_b): a flipped answer costs at most -log eps."""
+    r_a, r_b, eps = torch.tensor([2.0]), torch.tensor([0.0]), 0.1
+    p = eps + (1 - 2 * eps) / (1 + math.exp(-2))
+    got = float(bradley_terry_loss(r_a, r_b, torch.tensor([1.0]), label_noise=eps))
+    assert got == pytest.approx(-math.log(p), abs=1e-6)
+    assert float(bradley_terry_loss(r_a, r_b, torch.tensor([0.0]), label_noise=eps)) == pytest.approx(-math.log(1 - p), abs=1e-6)
+    # No noise: the plain loss, exactly.
+    y = torch.tensor([1.0, 0.0, 0.5])
+    ra, rb = torch.tensor([2.0, -1.0, 0.3]), torch.tensor([0.0, 0.5, 0.3])
+    assert torch.equal(bradley_terry_loss(ra, rb, y, label_noise=0.0), bradley_terry_loss(ra, rb, y))
+    # An answer against a huge margin: the plain loss grows with the margin, the noisy one stays
+    # below -log eps and its gradient vanishes, so one slip cannot drag the head.
+    big = torch.tensor([60.0], requires_grad=True)
+    loss = bradley_terry_loss(big, torch.tensor([0.0]), torch.tensor([0.0]), label_noise=eps)
+    loss.backward()
+    assert math.isfinite(float(loss)) and float(loss) <= -math.log(eps) + 1e-6 and abs(float(big.grad)) < 1e-6
+    assert float(bradley_terry_loss(big.detach(), torch.tensor([0.0]), torch.tensor([0.0]))) > 59
+
+
 # --- learning a known taste ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("rule", [_area, _warmth], ids=["larger-wins", "warmer-wins"])
@@ -137,6 +157,22 @@ def test_learns_a_known_taste_with_label_noise(featurizer, photos, rule):
     assert np.allclose(np.diff(model.reward(e.photo, [e.box_a, e.box_b])), np.diff(raw))
     s = model.human_score(photos[0], [photos[0].full_box, (0, 0, 100, 100)])
     assert np.all((s >= 0) & (s <= 1))
+
+
+def test_label_noise_is_chosen_by_held_out_log_loss(featurizer, photos):
+    """Answers with 20 % flipped: each --label_noise value gets its --l1 candidates, the value whose best
+    candidate has the lowest cross-validated log-loss is used, and the model still ranks clean pairs."""
+    train = _pairs(photos, _area, 100, seed=TRAIN_SEED, noise=0.2)
+    test = _pairs(photos, _area, 120, seed=TEST_SEED)
+    cfg = RewardTrainConfig(input_size=SIZE, seed=0, label_noise=[0.0, 0.2], l1=[1.0, 10.0])
+    model, hist = train_reward_model(train, cfg, featurizer, log=None)
+    assert set(hist.label_noise_val_loss) == {"0", "0.2"}
+    assert hist.label_noise_val_loss[f"{hist.label_noise:g}"] == min(hist.label_noise_val_loss.values())
+    # The reported loss is the chosen candidate's, under the chosen noise model.
+    assert model.metrics["label_noise"] == hist.label_noise
+    assert model.metrics["val_log_loss"] == pytest.approx(hist.l1_val_loss[f"{hist.l1:g}"])
+    assert min(hist.l1_val_loss.values()) == pytest.approx(hist.label_noise_val_loss[f"{hist.label_noise:g}"])
+    assert _accuracy(model, test) >= 0.8
 
 
 def test_global_centring_puts_the_average_training_crop_at_zero(featurizer, photos):
