@@ -979,7 +979,7 @@ def _epochs(cfg: RewardTrainConfig, l1: float, train: _Data, held: _Data | None,
 
 @dataclass
 class _Candidate:
-    """One --l1 value's held-out curves (pooled over the folds) and its best epoch."""
+    """One (--label_noise, --l1) pair's held-out curves (pooled over the folds) and its best epoch."""
 
     l1: float
     label_noise: float = 0.0
@@ -1156,7 +1156,7 @@ def train_reward_model(examples: Sequence[PreferenceExample], cfg: RewardTrainCo
         # The final head sees every pair, for the epochs cross-validation chose.
         every = np.arange(n)
         norm, data, _ = _standardised(views, y, every, every[:0], fz, cfg)
-        run = _epochs(cfg, chosen.l1, data, None, cfg.seed, eps)
+        run = _epochs(cfg, chosen.l1, data, None, cfg.seed, chosen.label_noise)
         for _ in range(chosen.best[1]):
             head, _ = next(run)
     else:
