@@ -1,4 +1,4 @@
-"""How much better than chance are the policy's crops? (issue: foundation, "Done when")
+"""How much better than chance are the policy's crops?
 
 On held-out bundled photos (never seen in training) plus fixed sub-photo/mirror framings of them,
 with the default scorer:
@@ -13,8 +13,8 @@ Targets: vs_random > 1.10, vs_center > 1.0.
 
     python bench/crop_quality.py [--policy RUN_DIR]   # without --policy, trains stage 1 (100k steps) first
 
-Held-out photos: rlhf.images.HELDOUT_PHOTOS (9 photos x 5 framings = 45 since 2026-12-01; before, 3 x 5 = 15:
-coffee, flower, grace_hopper, whose figures are also printed for comparison with older runs).
+Held-out photos: rlhf.images.HELDOUT_PHOTOS, each with 4 fixed framings (9 x 5 = 45 photos). The figures of
+coffee, flower and grace_hopper alone are printed too (the held-out set of the early runs in docs/experiments.md).
 """
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ def same_size_boxes(photo: Photo, box, n: int, rng: np.random.Generator, centre:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--policy", help="stage-1 run folder or checkpoint (default: train one now)")
-    ap.add_argument("--timesteps", type=int, default=100000, help="stage-1 steps when training here (held-out "
-                    "crops kept improving to 80-100k steps with 20 training photos; bench/README.md)")
+    ap.add_argument("--timesteps", type=int, default=100000, help="stage-1 env steps when training here (no --policy); "
+                    "default 100000")
     ap.add_argument("--variants", type=int, default=4, help="framings per held-out photo")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--photos", nargs="+", help="bundled photo names to crop (default: the held-out ones; "
@@ -99,7 +99,7 @@ def main() -> None:
         print(f"  {stem:<16} {pol[m].mean() / rand[m].mean():.3f}  {pol[m].mean() / cent[m].mean():.3f}")
     m = np.isin(stems, ["coffee", "flower", "grace_hopper"])
     if m.any() and not m.all():
-        print(f"  the 3 held-out photos of runs before 2026-12-01: vs_random {pol[m].mean() / rand[m].mean():.3f}, "
+        print(f"  coffee, flower, grace_hopper only: vs_random {pol[m].mean() / rand[m].mean():.3f}, "
               f"vs_center {pol[m].mean() / cent[m].mean():.3f}")
     print(f"{len(photos)} held-out photos; policy {policy.source}")
     print(f"mean score: policy {np.mean(pol):.3f}, random {np.mean(rand):.3f}, centre {np.mean(cent):.3f}, "

@@ -1,4 +1,4 @@
-"""Does the loop learn one person's taste? (issue: Personalization, "Done when")
+"""Does the loop learn one person's taste?
 
 For each SIMULATED taste (rlhf/simulated.py; a stand-in for a person with a known taste):
 
@@ -8,9 +8,8 @@ For each SIMULATED taste (rlhf/simulated.py; a stand-in for a person with a know
                 sure about (rayjobs.pairs --select uncertain); the annotator answers them too. With
                 --round2_policy stage3 (the default) those pairs come from a probe stage 3 trained on
                 round 1's reward model, as the product's loop asks the newest policy: the crops stage 3
-                moves to are where a reward model trained on bootstrap crops is wrong (measured: the
-                tight model agreed with the taste on 66 % of (bootstrap, stage-3) crop pairs, against
-                80 % on bootstrap pairs). --round2_policy bootstrap asks the bootstrap policy.
+                moves to are where a reward model trained on bootstrap crops is most often wrong.
+                --round2_policy bootstrap asks the bootstrap policy.
   3. reward     the human reward model is trained on all 100 answers                   (rayjobs.train_reward)
   4. stage 3    PPO fine-tunes the bootstrap on w_nima*(nima-1)/9 + w_human*human       (rayjobs.finetune)
   5. evaluate   on unseen photos (bundled held-out photos + fixed framings of them, written as files)
@@ -85,18 +84,14 @@ class BenchConfig:
     heldout_pairs: int = field(default=120, metadata={"help": "held-out pairs on the unseen photos"})
     variants: int = field(default=23, metadata={
         "help": "fixed framings (sub-photos, mirrors) per held-out photo, besides the photo itself: 9 photos x 24 "
-                "framings = 216 unseen crops to judge. With 5 (54 crops) one stage 3 read 0.574 on them and 0.641 "
-                "on 216 others: too few for a steady `preferred`"})
+                "framings = 216 unseen crops to judge; fewer make `preferred` noisy. Default 23"})
     finetune_timesteps: int = field(default=6144, metadata={
-        "help": "stage-3 env steps per taste. From a bootstrap that sees what each move pays (stage 1's default), "
-                "6144 steps are preferred on 0.69-0.93 of the unseen framings and most of that comes with no "
-                "stage-3 training at all; without it, 18432 steps read 0.68-0.73 (bench/README.md)"})
+        "help": "stage-3 env steps per taste (a bootstrap that sees what each move pays needs few). Default 6144"})
     probe_timesteps: int = field(default=6144, metadata={
         "help": "env steps of round 2's probe stage 3 (it only has to show where stage 3 moves crops)"})
     finetune_lr: float = field(default=3e-4, metadata={"help": "stage-3 learning rate"})
-    w_nima: float = field(default=0.7, metadata={"help": "stage-3 weight of (nima-1)/9 (photographer finetune's "
-                                                  "default; at 0.5 / 0.5 left_third kept only 0.931 of the "
-                                                  "aesthetic score, bench/README.md)"})
+    w_nima: float = field(default=0.7, metadata={"help": "stage-3 weight of (nima-1)/9; default 0.7, "
+                                                  "photographer finetune's"})
     w_human: float = field(default=0.3, metadata={"help": "stage-3 weight of the human score"})
     reward_args: list[str] = field(default_factory=list, metadata={
         "help": "extra flags for train-reward, one per --reward_args=FLAG, repeated: --reward_args=--epochs=80"})

@@ -13,7 +13,7 @@ and prints how often the taste (noiseless) prefers each over the bootstrap's cro
 half), and `rm_agrees`: on one-grid-step moves from the bootstrap's crop that the taste does not
 call even, how often the reward model's human score moves the taste's way.
 
-    python bench/personalization_ceiling.py --bootstrap results/p20_s1_feat_annboth --runs results/pers_g27/warm
+    python bench/personalization_ceiling.py --bootstrap results/boot --runs results/bench/warm
 
 The objective is the one in the run's finetune/config.json (its weights and scorer), scored in this process.
 

@@ -1,6 +1,6 @@
 """Judge finished stage-3 runs again, on a new set of unseen framings (bench/personalization.py's measures).
 
-`preferred` on 54 unseen framings moved by up to 0.07 between stage-3 settings that did not differ;
+A bench's `preferred` rests on a finite set of framings, whose draw moves it by a few hundredths;
 this re-judges existing runs on as many framings as asked (default 9 held-out photos x 24 = 216,
 drawn with their own seed, so none is a framing the bench itself judged), without training anything.
 
