@@ -77,7 +77,7 @@ def wait_for_http(url: str, timeout: float = 60.0, proc=None) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout} s")
 
 
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run"]
 
@@ -87,3 +87,15 @@ def results_dir(name: str) -> Path:
     path = REPO / "results" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def find_chromium() -> str | None:
+    """The Chromium to drive: `$CHROMIUM` if set, else the first of CHROMIUM_NAMES on the PATH."""
+    given = os.environ.get("CHROMIUM")
+    if given:
+        return shutil.which(given) or (given if Path(given).is_file() else None)
+    for name in CHROMIUM_NAMES:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
