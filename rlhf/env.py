@@ -28,7 +28,8 @@ import cv2
 import gymnasium as gym
 import numpy as np
 
-from rlhf.images import Box, Photo, clip_box, load_collection, resize, summed_area
+from rlhf.boxstats import box_sums, framing_cues, moment_sat, spectral_residual, summed_area
+from rlhf.images import Box, Photo, clip_box, load_collection, resize
 
 ASPECTS = {"free": None, "1:1": 1.0, "4:3": 4 / 3, "3:2": 3 / 2, "16:9": 16 / 9}
 SALIENCY_MAPS = ("spectral", "subject")  # what the saliency channel shows: see CropEnv
@@ -155,6 +156,7 @@ class CropEnvConfig:
 
 
 BOX_FEATURES = 13  # box (4), steps used (1), saliency framing cues (8): see CropEnv
+EDGE_STRIP = 0.06  # depth of the framing cues' edge strips, a fraction of the box's shorter side
 COLOUR_CUES = 27  # the crop's colour (3), each edge's outer and inner strip against it (8 x 3): see colour_cues
 LOOKAHEAD = len(Action) - 1  # one per move: see CropEnv
 # One-step changes of the objective are about 0.005-0.05 (a tenth of the photo moves the score little):
@@ -221,7 +223,7 @@ def pooled_features(sat: np.ndarray, box: np.ndarray) -> np.ndarray:
     l, t, r, b = box
     x0, y0 = min(int(l * fw), fw - 1), min(int(t * fh), fh - 1)
     x1, y1 = max(x0 + 1, min(fw, int(np.ceil(r * fw - 1e-6)))), max(y0 + 1, min(fh, int(np.ceil(b * fh - 1e-6))))
-    return (sat[:, y1, x1] - sat[:, y0, x1] - sat[:, y1, x0] + sat[:, y0, x0]) / ((x1 - x0) * (y1 - y0))
+    return box_sums(sat, x0, y0, x1, y1) / ((x1 - x0) * (y1 - y0))
 
 
 def augmented_variants(photo: Photo, n: int, rng: np.random.Generator) -> list[Photo]:
@@ -240,31 +242,13 @@ def augmented_variants(photo: Photo, n: int, rng: np.random.Generator) -> list[P
     return out
 
 
-def _sat(m: np.ndarray) -> np.ndarray:
-    """Summed-area tables of saliency, saliency*x, saliency*y (box sums in O(1))."""
-    h, w = m.shape
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64) + 0.5
-    return summed_area(np.stack([m, m * xx, m * yy]))
-
-
-def _box_sum(sat: np.ndarray, l: int, t: int, r: int, b: int) -> np.ndarray:
-    return sat[:, b, r] - sat[:, t, r] - sat[:, b, l] + sat[:, t, l]
-
-
 def _framing_cues(sat: np.ndarray, box: Box) -> np.ndarray:
+    """The box's saliency framing cues (see CropEnv) from the photo's moment table (boxstats.moment_sat)."""
     l, t, r, b = box
     h, w = sat.shape[1] - 1, sat.shape[2] - 1
-    total = max(sat[0, h, w], 1e-9)
-    mean = total / (h * w)
-    s, sx, sy = _box_sum(sat, l, t, r, b)
-    kept = s / total
+    cues = framing_cues(sat, l, t, r, b, strip=EDGE_STRIP)
     area = (r - l) * (b - t) / (h * w)
-    cx = ((sx / s) - l) / (r - l) if s > 1e-9 else 0.5
-    cy = ((sy / s) - t) / (b - t) if s > 1e-9 else 0.5
-    k = max(1, round(0.06 * min(r - l, b - t)))
-    strips = [(l, t, l + k, b), (l, t, r, t + k), (r - k, t, r, b), (l, b - k, r, b)]
-    edges = [_box_sum(sat, *e)[0] / max((e[2] - e[0]) * (e[3] - e[1]), 1) / mean / 4 for e in strips]
-    return np.array([kept, area, cx, cy, *edges])
+    return np.array([cues.kept, area, cues.cx, cues.cy, *(cues.edges / 4)])
 
 
 def colour_sat(rgb: np.ndarray) -> np.ndarray:
@@ -292,7 +276,7 @@ def colour_cues(sat: np.ndarray, box: Box, grid: int) -> np.ndarray:
         x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
         if x1 <= x0 or y1 <= y0:
             return None
-        return _box_sum(sat, x0, y0, x1, y1) / ((x1 - x0) * (y1 - y0))
+        return box_sums(sat, x0, y0, x1, y1) / ((x1 - x0) * (y1 - y0))
 
     crop = mean(l, t, r, b)
     strips = [(l - kx, t, l, b), (l, t - ky, r, t), (r, t, r + kx, b), (l, b, r, b + ky),
@@ -306,12 +290,10 @@ def colour_cues(sat: np.ndarray, box: Box, grid: int) -> np.ndarray:
 
 
 def saliency_channel(rgb: np.ndarray) -> np.ndarray:
-    """Spectral-residual saliency (Hou & Zhang 2007) as uint8, blurred, scaled to its max."""
-    ok, m = cv2.saliency.StaticSaliencySpectralResidual_create().computeSaliency(
-        np.ascontiguousarray(rgb[..., ::-1]))
-    if not ok:
+    """Spectral-residual saliency (boxstats.spectral_residual) as uint8, blurred, scaled to its max."""
+    m = spectral_residual(rgb, blur_sigma=max(1.0, 0.03 * max(rgb.shape[:2])))
+    if m is None:
         return np.zeros(rgb.shape[:2], np.uint8)
-    m = cv2.GaussianBlur(np.asarray(m, np.float32), (0, 0), sigmaX=max(1.0, 0.03 * max(rgb.shape[:2])))
     return np.clip(m / max(float(m.max()), 1e-6) * 255.0, 0, 255).astype(np.uint8)
 
 
@@ -476,7 +458,7 @@ class CropEnv(gym.Env):
             sal = saliency_channel(big) if self.cfg.saliency == "spectral" else subject_channel(self.photo.pixels, big)
             big = np.concatenate([big, sal[..., None]], axis=2)
             colour = colour_sat(big) if self.cfg.colour_cues else None
-            self._photo_obs[self.photo.id] = (resize(big, s), big, _sat(sal.astype(np.float64)), colour)
+            self._photo_obs[self.photo.id] = (resize(big, s), big, moment_sat(sal), colour)
         return self._photo_obs[self.photo.id]
 
     def _obs(self) -> dict[str, np.ndarray]:
