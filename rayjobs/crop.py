@@ -3,7 +3,8 @@
     photographer crop --policy results/bootstrap-... --image photos/ --out results/crops
 
 Writes each crop (`<name>_crop.jpg`), `crops.json` ([{"image", "box": [l, t, r, b], "score"}], boxes in
-pixels of the photo as loaded, EXIF orientation applied) and `contact_sheet.png`.
+pixels of the photo as loaded, EXIF orientation applied) and `contact_sheet.png` (pages
+`contact_sheet_001.png`, ... when there are many photos).
 """
 
 from __future__ import annotations
@@ -75,9 +76,10 @@ def run(cfg: CropConfig) -> Path:
         rows.append(crop_row(photo.pixels, [box], [f"crop {score:.2f}  (whole photo {whole:.2f})"], stem))
         print(f"{stem}: box {list(box)} score {score:.2f} (whole photo {whole:.2f})", flush=True)
     (out / "crops.json").write_text(json.dumps(records, indent=2) + "\n")
-    sheet = contact_sheet(rows, out / "contact_sheet.png",
-                          title=f"{policy.source}  ({cfg.scorer} scorer, 1-10)")
-    print(f"{len(photos)} photos, {sec * 1000:.1f} ms per photo (policy); contact sheet: {sheet}", flush=True)
+    sheets = contact_sheet(rows, out / "contact_sheet.png",
+                           title=f"{policy.source}  ({cfg.scorer} scorer, 1-10)")
+    print(f"{len(photos)} photos, {sec * 1000:.1f} ms per photo (policy); contact sheet: "
+          f"{', '.join(map(str, sheets))}", flush=True)
     return out
 
 

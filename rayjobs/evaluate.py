@@ -106,8 +106,9 @@ def plot_scores(evals, path: Path) -> Path:
     return path
 
 
-def comparison_sheet(evals, photos, path: Path) -> Path:
-    """comparison.png: one row per photo: the photo with every policy's box, then each policy's crop."""
+def comparison_sheet(evals, photos, path: Path) -> list[Path]:
+    """comparison.png (comparison_001.png, ... when long): one row per photo: the photo with every
+    policy's box, then each policy's crop. Returns the pages."""
     from rlhf.contact_sheet import contact_sheet, crop_row
 
     rows = []
@@ -125,7 +126,10 @@ def comparison_sheet(evals, photos, path: Path) -> Path:
     return contact_sheet(rows, path, title=f"per photo: each policy's crop ({legend})")
 
 
-def write_report(evals, photos, cfg: EvalConfig, out: Path, extra: dict | None = None) -> Path:
+def write_report(evals, photos, cfg: EvalConfig, out: Path, extra: dict | None = None,
+                 sheets: Sequence[str] = ("comparison.png",)) -> Path:
+    """report.md: the table of scores, extra lines, the comparison pages (`sheets`, names in `out`),
+    the per-photo boxes and the definitions of the metrics."""
     lines = ["# Policy evaluation on unseen photos", ""]
     lines += [f"{len(photos)} photos; aesthetic scorer `{cfg.scorer}`; human reward model "
               f"`{cfg.human_reward_model or 'none'}`; held-out preferences `{cfg.preference_data or 'none'}`"
@@ -142,7 +146,9 @@ def write_report(evals, photos, cfg: EvalConfig, out: Path, extra: dict | None =
                       f"({acc.reward_model_pairs} pairs, ties excluded)."]
     for k, v in (extra or {}).items():
         lines += ["", f"{k}: {v}"]
-    lines += ["", "![side by side](comparison.png)", "", "![scores](scores.png)", "",
+    for sheet in sheets:
+        lines += ["", f"![side by side]({sheet})"]
+    lines += ["", "![scores](scores.png)", "",
               "## Per photo", "", "| photo | " + " | ".join(e.name for e in evals) + " |",
               "|---|" + "---|" * len(evals)]
     for p in photos:
@@ -218,12 +224,12 @@ def write_outputs(evals, photos, cfg: EvalConfig, out: Path, extra: dict | None 
     """comparison.png, scores.png, eval.json and report.md for evaluated policies; returns the report.
 
     sheet_photos: the photos comparison.png shows (default: all of them)."""
-    comparison_sheet(evals, photos if sheet_photos is None else sheet_photos, out / "comparison.png")
+    pages = comparison_sheet(evals, photos if sheet_photos is None else sheet_photos, out / "comparison.png")
     plot_scores(evals, out / "scores.png")
     (out / "eval.json").write_text(json.dumps({"photos": [p.id for p in photos],
                                                "policies": [e.to_json() for e in evals],
                                                **({"extra": extra} if extra else {})}, indent=2) + "\n")
-    return write_report(evals, photos, cfg, out, extra)
+    return write_report(evals, photos, cfg, out, extra, sheets=[p.name for p in pages])
 
 
 def _name(policy: str) -> str:

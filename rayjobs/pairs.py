@@ -374,8 +374,9 @@ def run(cfg: PairsConfig) -> Path:
     rows = [crop_row(by_id[p.image].pixels, [p.crop_a, p.crop_b],
                      [f"A: {p.extra['type_a']}", f"B: {p.extra['type_b']}  (IoU {p.extra['iou']:.2f})"],
                      Path(p.image).stem) for p in result[:cfg.sheet_pairs]]
-    sheet = contact_sheet(rows, out / "pairs_sheet.png", title=f"{len(result)} pairs ({cfg.select}) from "
+    pages = contact_sheet(rows, out / "pairs_sheet.png", title=f"{len(result)} pairs ({cfg.select}) from "
                           f"{policy.source}", height=160)
+    sheet = ", ".join(map(str, pages))
     per_photo = Counter(Path(p.image).stem for p in result)
     types = Counter(t for p in result for t in (p.extra["type_a"], p.extra["type_b"]))
     print(f"{len(result)} pairs ({cfg.select}) over {len(per_photo)} photos {dict(per_photo)}; crop types "

@@ -30,36 +30,82 @@ class SheetCell:
     caption: str = ""
 
 
-def _fit(pixels: np.ndarray, height: int) -> np.ndarray:
+MAX_WIDTH = 4000  # px: no page is wider
+MAX_HEIGHT = 4000  # px: a page taller than this is split (unless one line alone is taller)
+PAD, CAPTION = 8, 28  # px: gap between pictures; room for two caption lines under each
+
+
+def _fit(pixels: np.ndarray, height: int, max_width: int) -> np.ndarray:
+    """`pixels` scaled to `height` px tall, or smaller (same aspect) when that would be wider than max_width."""
     h, w = pixels.shape[:2]
-    return resize(pixels, (max(1, round(w * height / h)), height))
+    scale = min(height / h, max_width / w)
+    return resize(pixels, (max(1, min(max_width, round(w * scale))), max(1, min(height, round(h * scale)))))
+
+
+def _lines(cells: list[tuple[np.ndarray, str]], max_width: int) -> list[list[tuple[np.ndarray, str]]]:
+    """One row's cells wrapped onto lines no wider than max_width (a line holds at least one cell)."""
+    lines: list[list[tuple[np.ndarray, str]]] = [[]]
+    x = PAD
+    for pix, caption in cells:
+        w = pix.shape[1] + PAD
+        if lines[-1] and x + w > max_width:
+            lines.append([])
+            x = PAD
+        lines[-1].append((pix, caption))
+        x += w
+    return lines
+
+
+def _page_paths(path: Path, n: int) -> list[Path]:
+    """`path` itself for one page; <stem>_001<suffix>, <stem>_002<suffix>, ... for several."""
+    if n == 1:
+        return [path]
+    return [path.with_name(f"{path.stem}_{i:03d}{path.suffix}") for i in range(1, n + 1)]
 
 
 def contact_sheet(rows: Sequence[Sequence[SheetCell]], path: str | Path, height: int = 200,
-                  title: str | None = None) -> Path:
-    """Save rows of captioned pictures, each scaled to the same height, as one PNG."""
+                  title: str | None = None, max_width: int = MAX_WIDTH, max_height: int = MAX_HEIGHT
+                  ) -> list[Path]:
+    """Save rows of captioned pictures as PNG pages; returns the pages written, in order.
+
+    Each picture is scaled to `height` px tall (default 200), or smaller when that would make it wider
+    than a page; a row wider than `max_width` px (default 4000) wraps onto further lines. Rows fill a
+    page until the next would make it taller than `max_height` px (default 4000). One page is saved
+    at `path`; several as <stem>_001.png, <stem>_002.png, ... beside it."""
     font = ImageFont.load_default()
-    pad, cap = 8, 28
-    rendered = [[_fit(c.pixels, height) for c in row] for row in rows]
-    width = max(sum(p.shape[1] + pad for p in row) + pad for row in rendered)
-    top = cap if title else 0
-    sheet = Image.new("RGB", (width, top + len(rows) * (height + cap + pad) + pad), (250, 250, 250))
-    d = ImageDraw.Draw(sheet)
-    if title:
-        d.text((pad, 6), title, fill=(0, 0, 0), font=font)
-    y = top + pad
-    for row, cells in zip(rendered, rows, strict=True):
-        x = pad
-        for pix, cell in zip(row, cells, strict=True):
-            sheet.paste(Image.fromarray(pix), (x, y))
-            for i, line in enumerate(cell.caption.split("\n")[:2]):
-                d.text((x, y + height + 2 + 12 * i), line, fill=(0, 0, 0), font=font)
-            x += pix.shape[1] + pad
-        y += height + cap + pad
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
-    return path
+    room = max(1, max_width - 2 * PAD)
+    line_h = height + CAPTION + PAD
+    top = CAPTION if title else 0
+    per_page = max(1, (max_height - top - PAD) // line_h)
+    pages: list[list[list[tuple[np.ndarray, str]]]] = [[]]
+    for row in rows:
+        lines = _lines([(_fit(c.pixels, height, room), c.caption) for c in row], max_width)
+        if pages[-1] and len(pages[-1]) + len(lines) > per_page and len(lines) <= per_page:
+            pages.append([])  # keep a row's lines together when it fits on one page
+        for line in lines:
+            if len(pages[-1]) >= per_page:
+                pages.append([])
+            pages[-1].append(line)
+    paths = _page_paths(Path(path), len(pages))
+    paths[0].parent.mkdir(parents=True, exist_ok=True)
+    for k, (lines, out) in enumerate(zip(pages, paths, strict=True)):
+        width = max([PAD + sum(p.shape[1] + PAD for p, _ in line) for line in lines] or [2 * PAD])
+        sheet = Image.new("RGB", (width, top + len(lines) * line_h + PAD), (250, 250, 250))
+        d = ImageDraw.Draw(sheet)
+        if title:
+            d.text((PAD, 6), title if len(pages) == 1 else f"{title}  (page {k + 1} of {len(pages)})",
+                   fill=(0, 0, 0), font=font)
+        y = top + PAD
+        for line in lines:
+            x = PAD
+            for pix, caption in line:
+                sheet.paste(Image.fromarray(pix), (x, y))
+                for i, text in enumerate(caption.split("\n")[:2]):
+                    d.text((x, y + pix.shape[0] + 2 + 12 * i), text, fill=(0, 0, 0), font=font)
+                x += pix.shape[1] + PAD
+            y += line_h
+        sheet.save(out)
+    return paths
 
 
 def crop_row(pixels: np.ndarray, boxes: Sequence[Box], captions: Sequence[str], name: str = "") -> list[SheetCell]:
