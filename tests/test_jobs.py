@@ -27,7 +27,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the cluster's Python is this venv's, as on a real node
-DOCS = ROOT / "README.md"
+DOCS = (ROOT / "README.md", ROOT / "docs" / "cluster.md")  # the docs whose commands a user runs
 HEAD_PORTS = ("port", "dashboard-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
               "metrics-export-port", "runtime-env-agent-port", "ray-client-server-port", "node-manager-port",
               "object-manager-port")
@@ -160,7 +160,7 @@ def _stage_config(module_name: str) -> type:
 
 
 def _doc_commands() -> list[tuple[str, list[str]]]:
-    text = DOCS.read_text()
+    text = "\n".join(p.read_text() for p in DOCS)
     # Pair fences with their language tag so that a ```json block is skipped, not misread.
     blocks = [body for lang, body in re.findall(r"```(\w*)\n(.*?)```", text, re.S) if lang in ("", "bash", "sh", "shell")]
     cmds = []
