@@ -6,7 +6,8 @@
   4. annotate  a SIMULATED annotator answers them (a person would use `photographer annotate`)
   5. reward    train the human reward model on the answers
   6. stage 3   fine-tune the policy on 0.7 * aesthetic + 0.3 * human
-  7. evaluate  bootstrap vs fine-tuned on held-out photos: report, contact sheet, plots
+  7. evaluate  bootstrap vs fine-tuned on held-out photos: the reward model's score of each, how often
+               the simulated annotator's taste prefers the fine-tuned crop; report, contact sheet, plots
 
 Each step calls the same command line a user would type; the folder of each is printed.
 """
@@ -91,7 +92,7 @@ def run(cfg: DemoConfig) -> Path:
     _step("7. evaluate bootstrap vs fine-tuned on held-out photos")
     evaluate.main(["--policies", str(out / "bootstrap"), str(out / "finetune"), "--names", "bootstrap",
                    "finetuned", "--image", *heldout, "--human_reward_model",
-                   str(out / "reward" / "human_reward_model.pth"), "--out", str(out / "eval")])
+                   str(out / "reward" / "human_reward_model.pth"), "--taste", cfg.taste, "--out", str(out / "eval")])
     print(f"\ndemo done in {time.time() - t0:.0f}s. Look at:\n  {out}/crops/contact_sheet.png\n"
           f"  {out}/eval/\n  {out}/bootstrap/curves.png  {out}/finetune/curves.png", flush=True)
     return out

@@ -1,4 +1,5 @@
-"""Compare crop policies on unseen photos: aesthetic score, human score, agreement with held-out answers.
+"""Compare crop policies on unseen photos: aesthetic score, human score, agreement with held-out answers,
+and, with --taste, a SIMULATED taste's verdict (how often it prefers each policy's crop to the first's).
 
     photographer evaluate --policies results/bootstrap-... results/finetune-... --names bootstrap final \\
         --image unseen/ --preference_data heldout.sqlite --human_reward_model .../human_reward_model.pth
@@ -14,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +43,9 @@ class EvalConfig:
         "help": "use this annotator's answers in --preference_data (default: consensus)"})
     human_reward_model: str | None = field(default=None, metadata={
         "help": "human_reward_model.pth for the human score (optional)"})
+    taste: str | None = field(default=None, metadata={
+        "help": "a SIMULATED taste of rlhf/simulated.py (e.g. tight) whose verdict to report: the share of "
+                "photos where it prefers each policy's crop to the first policy's, ties half (default: none)"})
     scorer: str = field(default="default", metadata={"help": "aesthetic scorer (1-10)"})
     scorer_weights: str | None = field(default=None, metadata={"help": "local weights for the scorer"})
     out: str | None = field(default=None, metadata={
@@ -57,6 +61,11 @@ class EvalConfig:
                             ("--human_reward_model", self.human_reward_model)):
             if value and not Path(value).exists():
                 raise ValueError(f"{flag} {value}: no such file")
+        if self.taste is not None:
+            from rlhf.simulated import TASTES
+
+            if self.taste not in TASTES:
+                raise ValueError(f"--taste {self.taste}: unknown; choose from {sorted(TASTES)}")
 
 
 def _default_out(policy: str) -> Path:
@@ -65,6 +74,18 @@ def _default_out(policy: str) -> Path:
     run = run_folder_of(latest_checkpoint(policy))
     base = run if run is not None else RESULTS_DIR / f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}"
     return base / "eval"
+
+
+def taste_verdict(annotator, photos, before: Mapping[str, Sequence[int]],
+                  after: Mapping[str, Sequence[int]]) -> float:
+    """The share of `photos` where the annotator's noiseless taste prefers the `after` crop to the
+    `before` crop (boxes by photo id); no preference (within the taste's margin) counts half; nan for
+    no photos."""
+    from rlhf.pairs import A_BETTER, B_BETTER
+
+    votes = [{A_BETTER: 1.0, B_BETTER: 0.0}.get(annotator.true_choice(p, after[p.id], before[p.id]), 0.5)
+             for p in photos]
+    return sum(votes) / len(votes) if votes else math.nan
 
 
 def _fmt(v: float | None, digits: int = 3) -> str:
@@ -144,6 +165,11 @@ def write_report(evals, photos, cfg: EvalConfig, out: Path, extra: dict | None =
     if acc is not None:
         lines += ["", f"Reward model's accuracy on the held-out pairs: **{_fmt(acc.reward_model_accuracy)}** "
                       f"({acc.reward_model_pairs} pairs, ties excluded)."]
+    for e in evals[1:]:
+        for k, v in e.extra.items():
+            if k.startswith("preferred_by_"):
+                lines += ["", f"{k.removeprefix('preferred_by_')} (SIMULATED) prefers {e.name}'s crop to "
+                              f"{evals[0].name}'s on **{_fmt(v)}** of {len(photos)} photos (ties half)."]
     for k, v in (extra or {}).items():
         lines += ["", f"{k}: {v}"]
     for sheet in sheets:
@@ -171,7 +197,10 @@ def write_report(evals, photos, cfg: EvalConfig, out: Path, extra: dict | None =
               "where the policy's crop overlaps (IoU) the preferred crop more than the other one; equal "
               "overlap counts half; 0.5 is chance.",
               "- **reward model's accuracy**: over the held-out pairs, the fraction where the reward model "
-              "gives the preferred crop the higher reward.", ""]
+              "gives the preferred crop the higher reward.",
+              "- **prefers ... on**: with --taste, the share of photos where that simulated taste, without "
+              "noise, prefers the policy's crop to the first policy's; no preference counts half; 0.5 = "
+              "the taste sees no change.", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
@@ -206,8 +235,22 @@ def run(cfg: EvalConfig) -> Path:
         policy = CropPolicy.load(path)
         e = evaluate_policy(policy, photos, scorer, reward_model, pairs, name=name, seed=cfg.seed)
         evals.append(e)
-        print(f"{name}: aesthetic {_fmt(e.aesthetic_mean)} (whole photo {_fmt(e.whole_photo_aesthetic_mean)}), "
-              f"human {_fmt(e.human_mean)}, agreement {_fmt(e.agreement)} on {e.agreement_pairs} pairs", flush=True)
+        line = f"{name}: aesthetic {_fmt(e.aesthetic_mean)} (whole photo {_fmt(e.whole_photo_aesthetic_mean)})"
+        if reward_model is not None:
+            line += f", reward model's human score {_fmt(e.human_mean)}"
+        if e.agreement_pairs:
+            line += f", agreement {_fmt(e.agreement)} on {e.agreement_pairs} pairs"
+        print(line, flush=True)
+    if cfg.taste is not None:
+        from rlhf.simulated import SimulatedAnnotator
+
+        annotator = SimulatedAnnotator(cfg.taste, noise=0.0)
+        for e in evals[1:]:
+            share = taste_verdict(annotator, photos, evals[0].boxes, e.boxes)
+            e.extra[f"preferred_by_{annotator.name}"] = share
+            print(f"{annotator.name} (SIMULATED person, noiseless) prefers {e.name}'s crop to {evals[0].name}'s "
+                  f"on {_fmt(share)} of {len(photos)} unseen photos (ties half; 0.5: no difference to it); "
+                  f"reward model's human score {_fmt(evals[0].human_mean)} -> {_fmt(e.human_mean)}", flush=True)
     if evals[0].reward_model_accuracy is not None:
         print(f"reward model: held-out accuracy {_fmt(evals[0].reward_model_accuracy)} on "
               f"{evals[0].reward_model_pairs} pairs", flush=True)

@@ -107,14 +107,16 @@ def setup(ray_local, tmp_path_factory):
     return run, ckpts, model_path, heldout, photos
 
 
-def test_evaluate_two_policies_writes_report_and_plots(setup, tmp_path):
-    from rayjobs.evaluate import EvalConfig, run
+def test_evaluate_two_policies_writes_report_and_plots(setup, tmp_path, capsys):
+    from rayjobs.evaluate import EvalConfig, run, taste_verdict
     from rlhf.pairs import load_pairs
     from rlhf.reward_model import PreferenceRewardModel
+    from rlhf.simulated import SimulatedAnnotator
 
     _, ckpts, model_path, heldout, photos = setup
     out = run(EvalConfig(policies=[str(c) for c in ckpts], names=["early", "late"], image=UNSEEN,
-                         preference_data=str(heldout), human_reward_model=str(model_path), out=str(tmp_path / "ev")))
+                         preference_data=str(heldout), human_reward_model=str(model_path), taste="wide",
+                         out=str(tmp_path / "ev")))
     assert out == (tmp_path / "ev").resolve()
     for name in ("report.md", "comparison.png", "scores.png", "eval.json", "config.json"):
         assert (out / name).is_file(), name
@@ -150,6 +152,14 @@ def test_evaluate_two_policies_writes_report_and_plots(setup, tmp_path):
         assert f"| {ev['name']} | {ev['aesthetic_mean']:.3f} |" in report
     assert "Reward model's accuracy on the held-out pairs" in report
     assert "![side by side](comparison.png)" in report
+    # The SIMULATED taste's verdict on the later policy's crops, beside the reward model's score.
+    early, late = data["policies"]
+    verdict = taste_verdict(SimulatedAnnotator("wide", noise=0.0), photos, early["boxes"], late["boxes"])
+    assert late["extra"] == {"preferred_by_simulated:wide": pytest.approx(verdict)} and early["extra"] == {}
+    printed = capsys.readouterr().out
+    assert (f"simulated:wide (SIMULATED person, noiseless) prefers late's crop to early's on {verdict:.3f} "
+            "of 2 unseen photos") in printed
+    assert f"simulated:wide (SIMULATED) prefers late's crop to early's on **{verdict:.3f}** of 2 photos" in report
     with Image.open(out / "comparison.png") as im:
         assert im.height > 2 * 200  # one row per photo
     assert (out / "scores.png").stat().st_size > 10_000
@@ -233,3 +243,22 @@ def test_a_lookahead_policy_crops_with_its_own_reward():
         policy_env(SimpleNamespace(env_config=policy.env_config, reward=None, source=Path("run/ckpt")), photos)
     plain = policy_env(SimpleNamespace(env_config={"grid": 10}, reward=spec, source=Path("x")), photos)
     assert plain.reset(options={"photo_index": 0})[1]["score"] == 0.0  # others still pay nothing
+
+
+def test_taste_verdict_counts_preferred_crops_and_ties_half():
+    """The demo's verdict: the share of photos where a SIMULATED taste prefers the new crop (no training)."""
+    from rayjobs.evaluate import EvalConfig, taste_verdict
+    from rlhf.simulated import SimulatedAnnotator
+
+    photos = load_collection(UNSEEN)
+    wide = SimulatedAnnotator("wide", noise=0.0)
+    small = {p.id: (0, 0, p.width // 3, p.height // 3) for p in photos}
+    whole = {p.id: p.full_box for p in photos}
+    assert taste_verdict(wide, photos, small, whole) == 1.0
+    assert taste_verdict(wide, photos, whole, small) == 0.0
+    assert taste_verdict(wide, photos, whole, whole) == 0.5  # no preference counts half
+    mixed = {photos[0].id: whole[photos[0].id], photos[1].id: small[photos[1].id]}
+    assert taste_verdict(wide, photos, small, mixed) == pytest.approx(0.75)
+    assert math.isnan(taste_verdict(wide, [], small, whole))
+    with pytest.raises(ValueError, match="--taste"):
+        EvalConfig(policies=["x"], taste="sour")
