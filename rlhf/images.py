@@ -1,14 +1,15 @@
 """Loading photos safely: EXIF orientation, any mode to RGB, a pixel limit, clear errors.
 
 A photo collection is given as a file, a folder or a glob. Unusable files in a collection are
-skipped with a warning; a collection fails only when nothing usable is left.
+skipped with one line each on stderr (`skipped <file>: <reason>`, through logging); a collection
+fails only when nothing usable is left.
 """
 
 from __future__ import annotations
 
 import glob as _glob
 import hashlib
-import warnings
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,8 @@ DEFAULT_MAX_PIXELS = 64_000_000
 
 Box = tuple[int, int, int, int]
 """A crop box (left, top, right, bottom) in pixels of the photo as loaded; right/bottom exclusive."""
+
+log = logging.getLogger(__name__)
 
 
 class ImageLoadError(ValueError):
@@ -163,14 +166,14 @@ def photo_id(path: str | Path) -> str:
 def load_collection(
     spec: str | Path | Iterable[str | Path], max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> list[Photo]:
-    """Load every usable photo of a collection; warn about and skip the rest."""
+    """Load every usable photo of a collection; skip the rest, logging one line each."""
     photos = []
     paths = resolve_paths(spec)
     for p in paths:
         try:
             photos.append(Photo(photo_id(p), load_image(p, max_pixels)))
         except ImageLoadError as e:
-            warnings.warn(f"skipping {e}", stacklevel=2)
+            log.warning("skipped %s: %s", e.path, e.reason)
     if not photos:
         raise ImageLoadError(str(spec), f"no usable photo among {len(paths)} file(s)")
     return photos
