@@ -1,17 +1,8 @@
 """The preference store: one SQLite file holding the crop pairs and everyone's answers.
 
 It is the single source of truth while people annotate; pairs JSON files are its import/export
-format (``rlhf.pairs``). Built for an annotator app and a trainer using one file at once:
-
-- WAL journal: readers never block the writer and the writer never blocks readers.
-- ``synchronous=FULL``: ``answer`` returns only after the answer is in the WAL on disk, so an
-  acknowledged answer survives a killed process (and, with an honest disk, a power cut).
-- A fresh connection per call, closed at its end: no connection is shared between threads or
-  processes (Gradio runs handlers in worker threads; forked trainers inherit nothing open), so no
-  lock of our own is needed. Opening one costs well under a millisecond.
-- Writes take the write lock up front (``BEGIN IMMEDIATE``) and are short; a second writer waits
-  up to ``busy_timeout`` instead of failing with "database is locked".
-SQLite over a network filesystem (NFS, SMB) does not support WAL: keep the file on a local disk.
+format (``rlhf.pairs``). The file itself (schema, WAL, durable short transactions that work across
+threads and processes) is ``rlhf.store_sqlite``: ``answer`` returns only once the answer is on disk.
 
 Answers: each annotator has at most one current answer per pair — the latest by time; every
 answer ever given is also kept (``answers(history=True)``), so a changed mind stays visible.
@@ -31,7 +22,7 @@ import sqlite3
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -44,42 +35,13 @@ from rlhf.pairs import (
     save_pairs,
     validate_box,
 )
-
-SCHEMA_VERSION = 1
-BUSY_TIMEOUT_S = 60.0
-SQLITE_SUFFIXES = (".sqlite", ".sqlite3", ".db")
-_SQLITE_MAGIC = b"SQLite format 3\x00"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS pairs (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    image TEXT NOT NULL,
-    crop_a TEXT NOT NULL,
-    crop_b TEXT NOT NULL,
-    extra TEXT NOT NULL DEFAULT '{}',
-    added REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS answers (
-    pair_id TEXT NOT NULL REFERENCES pairs(id),
-    annotator TEXT NOT NULL,
-    choice INTEGER NOT NULL CHECK (choice IN (0, 1, 2)),
-    seconds REAL,
-    timestamp REAL NOT NULL,
-    PRIMARY KEY (pair_id, annotator)
-);
-CREATE INDEX IF NOT EXISTS answers_by_annotator ON answers (annotator, pair_id);
-CREATE TABLE IF NOT EXISTS history (
-    n INTEGER PRIMARY KEY AUTOINCREMENT,
-    pair_id TEXT NOT NULL,
-    annotator TEXT NOT NULL,
-    choice INTEGER NOT NULL,
-    seconds REAL,
-    timestamp REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS history_by_pair ON history (pair_id, annotator);
-"""
+from rlhf.store_sqlite import (
+    BUSY_TIMEOUT_S,
+    StoreError,
+    StoreFile,
+    check_store_path,
+    is_store_file,
+)
 
 
 @dataclass(frozen=True)
@@ -95,10 +57,6 @@ class Answer:
     def to_json(self) -> dict[str, Any]:
         return {"annotator": self.annotator, "choice": self.choice, "seconds": self.seconds,
                 "timestamp": self.timestamp}
-
-
-class StoreError(ValueError):
-    """A store file that cannot be used, or a request it cannot satisfy; names the file."""
 
 
 class UnknownPairError(KeyError):
@@ -153,88 +111,25 @@ class PreferenceStore:
     def __init__(self, path: str | Path, busy_timeout_s: float = BUSY_TIMEOUT_S):
         self.path = Path(path).expanduser().resolve()
         self.busy_timeout_s = float(busy_timeout_s)
-        if self.path.suffix.lower() == ".json":
-            raise StoreError(f"{self.path}: this is a pairs JSON file, not a store; create a store "
-                             "(e.g. prefs.sqlite) and call import_json on it")
-        if self.path.is_dir():
-            raise StoreError(f"{self.path}: is a folder, not a store file")
-        if self.path.exists() and self.path.stat().st_size > 0:
-            with open(self.path, "rb") as f:
-                if f.read(16) != _SQLITE_MAGIC:
-                    raise StoreError(f"{self.path}: not an SQLite preference store (wrong header); "
-                                     "nothing was changed")
+        check_store_path(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._init_schema()
+        self._file = StoreFile(self.path, self.busy_timeout_s)
+        self._file.init_schema()
 
     def __repr__(self) -> str:
         return f"PreferenceStore({str(self.path)!r})"
 
-    # -- connections -------------------------------------------------------------------------
-    def _connect(self) -> sqlite3.Connection:
-        try:
-            con = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
-        except sqlite3.Error as e:
-            raise StoreError(f"{self.path}: cannot open ({e})") from e
-        try:
-            con.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
-            con.execute("PRAGMA synchronous = FULL")
-            con.execute("PRAGMA foreign_keys = ON")
-        except sqlite3.DatabaseError as e:
-            con.close()
-            raise StoreError(f"{self.path}: not a usable SQLite database ({e})") from e
-        return con
-
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         """A connection whose statements run in one read transaction (one consistent snapshot)."""
-        with closing(self._connect()) as con:
-            con.execute("BEGIN")
-            try:
-                yield con
-            finally:
-                con.execute("COMMIT")
+        with self._file.read() as con:
+            yield con
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """A short write transaction; the write lock is taken at BEGIN so it can wait, not fail."""
-        with closing(self._connect()) as con:
-            con.execute("BEGIN IMMEDIATE")
-            try:
-                yield con
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-            con.execute("COMMIT")
-
-    def _init_schema(self) -> None:
-        with closing(self._connect()) as con:
-            # Switching to WAL needs a moment alone with the file; another process opening the
-            # store at the same instant can make it report busy without waiting, so retry.
-            deadline = time.monotonic() + self.busy_timeout_s
-            while True:
-                try:
-                    mode = con.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-                    break
-                except sqlite3.OperationalError as e:
-                    if "locked" not in str(e) and "busy" not in str(e) or time.monotonic() > deadline:
-                        raise StoreError(f"{self.path}: cannot switch to WAL mode ({e})") from e
-                    time.sleep(0.05)
-                except sqlite3.DatabaseError as e:
-                    raise StoreError(f"{self.path}: not a usable SQLite database ({e})") from e
-            if str(mode).lower() != "wal":
-                raise StoreError(f"{self.path}: SQLite refused WAL mode (got {mode!r}); is it on a "
-                                 "network filesystem? Keep the store on a local disk")
-        with self._write() as con:
-            # Statement by statement: executescript would commit the open transaction first.
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    con.execute(statement)
-            row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            if row is None:
-                con.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            elif int(row[0]) != SCHEMA_VERSION:
-                raise StoreError(f"{self.path}: store schema version {row[0]}, this program reads "
-                                 f"{SCHEMA_VERSION}")
+        with self._file.write() as con:
+            yield con
 
     # -- pairs -------------------------------------------------------------------------------
     @staticmethod
@@ -485,15 +380,6 @@ def _plain(o: Any) -> Any:
     if hasattr(o, "tolist"):
         return o.tolist()
     raise TypeError(f"{type(o).__name__} is not JSON serialisable")
-
-
-def is_store_file(path: str | Path) -> bool:
-    """True for an existing SQLite file, or a not-yet-existing path with a store suffix."""
-    p = Path(path)
-    if p.is_file():
-        with open(p, "rb") as f:
-            return f.read(16) == _SQLITE_MAGIC
-    return p.suffix.lower() in SQLITE_SUFFIXES
 
 
 def load_preference_data(path: str | Path, annotator: str | None = None,

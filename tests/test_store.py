@@ -24,6 +24,7 @@ from rlhf.store import (
     is_store_file,
     load_preference_data,
 )
+from rlhf.store_sqlite import StoreFile
 
 IMG = "/photos/cat.jpg"
 
@@ -47,7 +48,7 @@ def test_file_settings_wal_and_full_sync(store):
     con = sqlite3.connect(store.path)
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # persistent in the file
     con.close()
-    con = store._connect()
+    con = StoreFile(store.path, store.busy_timeout_s).connect()  # the store's own settings
     assert con.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     assert con.execute("PRAGMA busy_timeout").fetchone()[0] >= 10_000
     con.close()
