@@ -70,6 +70,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rlhf.boxstats import box_iou, box_sums, framing_cues, moment_sat, spectral_residual
 from rlhf.images import Box, Photo, clip_box, resize
 
 # 2: the share hinge cues joined the features (a version-1 model's head reads fewer of them).
@@ -350,7 +351,7 @@ class CropFeaturizer:
                     # Twice the crop size: the whole photo needs more cells than one crop does.
                     raw = _feature_map(self.model, photo.pixels, 2 * self.input_size)
                 else:
-                    raw = spectral_residual(photo.pixels)
+                    raw = _sr_map(photo.pixels)
                 grid = Saliency.grid_from_map(raw, photo.width, photo.height)
                 grid = grid[:, ::-1] if mirrored else grid
             self._maps[key] = Saliency(np.ascontiguousarray(grid), photo.width, photo.height)
@@ -408,17 +409,12 @@ def colour_features(crop: np.ndarray) -> np.ndarray:
                     np.float32)
 
 
-def spectral_residual(pixels: np.ndarray) -> np.ndarray:
-    """OpenCV's spectral-residual saliency (Hou & Zhang 2007) of a photo at <= 256 px, blurred."""
-    import cv2
-
+def _sr_map(pixels: np.ndarray) -> np.ndarray:
+    """Spectral-residual saliency (boxstats.spectral_residual) of a photo at <= 256 px, blurred."""
     scale = min(1.0, 256 / max(pixels.shape[:2]))
     small = resize(pixels, (max(8, round(pixels.shape[1] * scale)), max(8, round(pixels.shape[0] * scale))))
-    ok, m = cv2.saliency.StaticSaliencySpectralResidual_create().computeSaliency(
-        np.ascontiguousarray(small[..., ::-1]))
-    if not ok:
-        return np.ones(small.shape[:2], np.float32)
-    return cv2.GaussianBlur(np.asarray(m, np.float32), (0, 0), 2.0)
+    m = spectral_residual(small, blur_sigma=2.0)
+    return np.ones(small.shape[:2], np.float32) if m is None else m
 
 
 class Saliency:
@@ -430,11 +426,7 @@ class Saliency:
         self.width, self.height = width, height
         gh, gw = grid.shape
         self._sx, self._sy = gw / width, gh / height
-        xs = (np.arange(gw) + 0.5)[None, :]
-        ys = (np.arange(gh) + 0.5)[:, None]
-        self._ii = np.zeros((3, gh + 1, gw + 1))
-        for i, a in enumerate((grid, grid * xs, grid * ys)):
-            self._ii[i, 1:, 1:] = a.astype(np.float64).cumsum(0).cumsum(1)
+        self._ii = moment_sat(grid)
         self.subject_point, self.subject_box = self._subject()
 
     @staticmethod
@@ -477,17 +469,12 @@ class Saliency:
         y1 = min(gh, max(y0 + 1, math.ceil(b * self._sy)))
         return x0, y0, x1, y1
 
-    def _sums(self, cells: tuple[int, int, int, int]) -> np.ndarray:
-        x0, y0, x1, y1 = cells
-        ii = self._ii
-        return ii[:, y1, x1] - ii[:, y0, x1] - ii[:, y1, x0] + ii[:, y0, x0]
-
     def features(self, box: Box) -> np.ndarray:
         """The SALIENCY_CUES of a box (see there)."""
         l, t, r, b = box
         cells = self._cells(l, t, r, b)
         x0, y0, x1, y1 = cells
-        mass, mx, my = self._sums(cells)
+        mass, mx, my = box_sums(self._ii, *cells)
         n_cells = (x1 - x0) * (y1 - y0)
         density = mass * self.grid.size / n_cells
         if mass > 1e-9:
@@ -495,13 +482,8 @@ class Saliency:
             cy = min(max((my / mass / self._sy - t) / (b - t), 0.0), 1.0)
         else:
             cx = cy = 0.5
-        # Strips 6% of the crop deep inside each edge (as the env's framing cues).
-        k = 0.06
-        dw, dh = k * (r - l), k * (b - t)
-        edges = []
-        for strip in ((l, t, l + dw, b), (l, t, r, t + dh), (r - dw, t, r, b), (l, b - dh, r, b)):
-            c = self._cells(*strip)
-            edges.append(self._sums(c)[0] * self.grid.size / ((c[2] - c[0]) * (c[3] - c[1])))
+        # The densest edge strip, with the env's strip depth: how hard an edge cuts through the subject.
+        edges = framing_cues(self._ii, *cells).edges
         sl, st, sr, sb = self.subject_box
         iw = max(0.0, min(sr, r) - max(sl, l))
         ih = max(0.0, min(sb, b) - max(st, t))
@@ -511,7 +493,7 @@ class Saliency:
         sx = min(max((px - l) / (r - l), -1.0), 2.0)
         sy = min(max((py - t) / (b - t), -1.0), 2.0)
         return np.array([mass, density, cx, cy, abs(cx - 1 / 3), abs(cx - 2 / 3), abs(cy - 1 / 3),
-                         abs(cy - 2 / 3), max(edges), inside, sx, sy, abs(sx - 1 / 3), abs(sx - 2 / 3),
+                         abs(cy - 2 / 3), float(edges.max()), inside, sx, sy, abs(sx - 1 / 3), abs(sx - 2 / 3),
                          *(max(0.0, q - share) for share in (mass, inside) for q in SHARE_LEVELS)],
                         np.float32)
 
@@ -865,14 +847,6 @@ def jitter_box(box: Box, frac: float, width: int, height: int, rng: np.random.Ge
     return clip_box((l + j[0], t + j[1], r + j[2], b + j[3]), width, height)
 
 
-def _box_iou(a: Box, b: Box) -> float:
-    iw = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union else 0.0
-
-
 def _pair_features(fz: CropFeaturizer, examples: Sequence[PreferenceExample], mirrored: bool = False,
                    jitter: float = 0.0, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Raw features (n, dim) of the A crops and of the B crops, grouped per photo for batching."""
@@ -888,7 +862,7 @@ def _pair_features(fz: CropFeaturizer, examples: Sequence[PreferenceExample], mi
             a, b = examples[i].box_a, examples[i].box_b
             if jitter > 0 and rng is not None:
                 # Jitter could swap which of two near-identical crops is better: keep those as they are.
-                if _box_iou(a, b) < 0.8:
+                if box_iou(a, b) < 0.8:
                     a = jitter_box(a, jitter, photo.width, photo.height, rng)
                     b = jitter_box(b, jitter, photo.width, photo.height, rng)
             boxes += [a, b]

@@ -69,7 +69,6 @@ from __future__ import annotations
 import functools
 import threading
 from abc import ABC, abstractmethod
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -91,8 +90,10 @@ from rlhf.backbone import (
     preprocess,
     read_torch_file,
 )
+from rlhf.boxstats import box_means, box_sums, framing_cues, moment_sat, spectral_residual, summed_area
 from rlhf.brisque import BrisqueRegions, brisque_score
-from rlhf.images import Photo, clip_box, resize, summed_area
+from rlhf.cache import LRUCache
+from rlhf.images import Photo, clip_box, resize
 
 FACE_CASCADE = Path(__file__).resolve().parent / "data" / "faces" / "lbpcascade_frontalface_improved.xml"
 NIMA_BINS = 10
@@ -214,60 +215,6 @@ def _as_crop_list(crops: Crops) -> list[np.ndarray]:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Summed-area tables: exact box sums of piecewise-constant maps at fractional coordinates, vectorised
-# ----------------------------------------------------------------------------------------------------
-def _sat_box(s: np.ndarray, x0: np.ndarray, y0: np.ndarray, x1: np.ndarray, y1: np.ndarray) -> np.ndarray:
-    """Sums (C, n) of a table (C, h+1, w+1) over boxes given by (n,) coordinate arrays in cells.
-
-    The integral of a piecewise-constant map is bilinear inside each cell, so bilinear interpolation of
-    the table is exact at fractional coordinates. All corners are gathered at once (numpy call overhead,
-    not arithmetic, is the cost at these sizes).
-    """
-    h, w = s.shape[-2] - 1, s.shape[-1] - 1
-    n = len(x0)
-    x = np.minimum(np.maximum(np.concatenate([x1, x0, x1, x0]), 0.0), float(w))
-    y = np.minimum(np.maximum(np.concatenate([y1, y1, y0, y0]), 0.0), float(h))
-    xi = np.minimum(x.astype(np.int64), w - 1)
-    yi = np.minimum(y.astype(np.int64), h - 1)
-    fx, fy = x - xi, y - yi
-    v = ((1 - fx) * (1 - fy) * s[:, yi, xi] + fx * (1 - fy) * s[:, yi, xi + 1]
-         + (1 - fx) * fy * s[:, yi + 1, xi] + fx * fy * s[:, yi + 1, xi + 1])
-    return v[:, :n] - v[:, n:2 * n] - v[:, 2 * n:3 * n] + v[:, 3 * n:]
-
-
-class _LRU:
-    """A small thread-safe LRU mapping (threads of one process may share a scorer)."""
-
-    def __init__(self, size: int):
-        self.size = max(0, int(size))
-        self._d: OrderedDict[Any, Any] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: Any) -> Any:
-        with self._lock:
-            v = self._d.get(key)
-            if v is not None:
-                self._d.move_to_end(key)
-            return v
-
-    def put(self, key: Any, value: Any) -> None:
-        if self.size == 0:
-            return
-        with self._lock:
-            self._d[key] = value
-            self._d.move_to_end(key)
-            while len(self._d) > self.size:
-                self._d.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._d)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._d.clear()
-
-
-# ----------------------------------------------------------------------------------------------------
 # The default scorer: a documented proxy
 # ----------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -295,6 +242,9 @@ class ProxyWeights:
 PHOTO_TERMS = tuple(f.name for f in fields(ProxyWeights))
 CROP_TERMS = ("content", "quality", "exposure")
 NEUTRAL = 0.5  # value of a photo-only term when scoring a crop without its photo
+# Depth of the border term's edge strips, a fraction of the crop's shorter side (at least half a cell):
+# shallower than the framing cues' EDGE_STRIP, so the term reacts to what lies right at the cut.
+BORDER_STRIP = 0.04
 
 
 @dataclass
@@ -305,8 +255,7 @@ class _PhotoContext:
     height: int
     logit_sat: np.ndarray      # (classes, fh + 1, fw + 1): summed class logits of the feature map
     top_classes: np.ndarray    # the photo's top-k ImageNet classes
-    sal_sat: np.ndarray        # (3, sh + 1, sw + 1): saliency, saliency * x/W, saliency * y/H
-    sal_total: float
+    sal_sat: np.ndarray        # (3, sh + 1, sw + 1): boxstats.moment_sat of the saliency map
     faces: np.ndarray          # (n, 4) heads (l, t, r, b) in photo pixels
     brisque: BrisqueRegions    # on the analysis copy of the photo
     expo_sat: np.ndarray       # (2, ah + 1, aw + 1): luma in [0, 1], clipped-pixel indicator
@@ -356,8 +305,8 @@ class ProxyAestheticScorer(AestheticScorer):
         self.max_aspect = float(max_aspect)
         self.min_side_px = int(min_side_px)
         self.face_long_side = int(face_long_side)
-        self._photos = _LRU(photo_cache_size)
-        self._boxes = _LRU(box_cache_size)
+        self._photos: LRUCache[tuple[str, int, int], _PhotoContext] = LRUCache(photo_cache_size)
+        self._boxes: LRUCache[Any, Any] = LRUCache(box_cache_size)
         self._cv_lock = threading.Lock()
         self._face_detector = None
         if detect_faces:
@@ -406,15 +355,15 @@ class ProxyAestheticScorer(AestheticScorer):
         h, w = pixels.shape[:2]
         s = self.saliency_long_side / max(h, w)
         sw, sh = max(8, round(w * s)), max(8, round(h * s))
-        bgr = np.ascontiguousarray(resize(pixels, (sw, sh))[..., ::-1])
-        maps = []
-        for ctor in (cv2.saliency.StaticSaliencySpectralResidual_create,
-                     cv2.saliency.StaticSaliencyFineGrained_create):
-            ok, m = ctor().computeSaliency(bgr)
-            m = np.asarray(m, dtype=np.float32) if ok else np.ones((sh, sw), np.float32)
-            if m.shape != (sh, sw):
-                m = cv2.resize(m, (sw, sh), interpolation=cv2.INTER_LINEAR)
-            maps.append(cv2.GaussianBlur(m, (0, 0), sigmaX=max(1.0, 0.02 * max(sw, sh))))
+        small = resize(pixels, (sw, sh))
+        sigma = max(1.0, 0.02 * max(sw, sh))
+        sr = spectral_residual(small, blur_sigma=sigma)
+        maps = [np.ones((sh, sw), np.float32) if sr is None else sr]
+        ok, m = cv2.saliency.StaticSaliencyFineGrained_create().computeSaliency(np.ascontiguousarray(small[..., ::-1]))
+        m = np.asarray(m, dtype=np.float32) if ok else np.ones((sh, sw), np.float32)
+        if m.shape != (sh, sw):
+            m = cv2.resize(m, (sw, sh), interpolation=cv2.INTER_LINEAR)
+        maps.append(cv2.GaussianBlur(m, (0, 0), sigmaX=sigma))
         maps.append(cv2.resize(subject.astype(np.float32), (sw, sh), interpolation=cv2.INTER_LINEAR))
         if len(faces):
             yy, xx = np.mgrid[0:sh, 0:sw].astype(np.float64) + 0.5
@@ -453,9 +402,6 @@ class ProxyAestheticScorer(AestheticScorer):
             return ctx
         px = photo.pixels
         logits, top, faces, sal = self._subject(px)
-        sh, sw = sal.shape
-        xs = (np.arange(sw) + 0.5) / sw
-        ys = (np.arange(sh) + 0.5) / sh
         a = min(1.0, self.analysis_long_side / max(photo.width, photo.height))
         small = px if a >= 1 else resize(px, (max(8, round(photo.width * a)), max(8, round(photo.height * a))))
         a = small.shape[1] / photo.width
@@ -463,7 +409,7 @@ class ProxyAestheticScorer(AestheticScorer):
         expo = np.stack([luma / 255.0, ((luma <= 2) | (luma >= 253)).astype(np.float64)])
         ctx = _PhotoContext(
             width=photo.width, height=photo.height, logit_sat=summed_area(logits), top_classes=top,
-            sal_sat=summed_area(np.stack([sal, sal * xs[None, :], sal * ys[:, None]])), sal_total=float(sal.sum()),
+            sal_sat=moment_sat(sal),
             faces=faces, brisque=BrisqueRegions(small), expo_sat=summed_area(expo), analysis_scale=a)
         self._photos.put(key, ctx)
         return ctx
@@ -478,7 +424,7 @@ class ProxyAestheticScorer(AestheticScorer):
         fh, fw = ctx.logit_sat.shape[-2] - 1, ctx.logit_sat.shape[-1] - 1
         fx0, fx1, fy0, fy1 = l / W * fw, r / W * fw, t / H * fh, b / H * fh
         cells = np.maximum((fx1 - fx0) * (fy1 - fy0), 1e-9)
-        z = _sat_box(ctx.logit_sat, fx0, fy0, fx1, fy1) / cells
+        z = box_sums(ctx.logit_sat, fx0, fy0, fx1, fy1) / cells
         p = np.exp(z - z.max(0, keepdims=True))
         content = p[ctx.top_classes].sum(0) / p.sum(0)
         if len(ctx.faces):
@@ -490,26 +436,15 @@ class ProxyAestheticScorer(AestheticScorer):
         # saliency: kept, focus, border, thirds
         sh, sw = ctx.sal_sat.shape[-2] - 1, ctx.sal_sat.shape[-1] - 1
         sx0, sx1, sy0, sy1 = l / W * sw, r / W * sw, t / H * sh, b / H * sh
-        strip = np.maximum(0.04 * np.minimum(sx1 - sx0, sy1 - sy0), 0.5)
-        # One gather for the box and the four strips just inside its edges (left, right, top, bottom).
-        qx0 = np.concatenate([sx0, sx0, sx1 - strip, sx0, sx0])
-        qx1 = np.concatenate([sx1, sx0 + strip, sx1, sx1, sx1])
-        qy0 = np.concatenate([sy0, sy0, sy0, sy0, sy1 - strip])
-        qy1 = np.concatenate([sy1, sy1, sy1, sy0 + strip, sy1])
-        sums = _sat_box(ctx.sal_sat, qx0, qy0, qx1, qy1).reshape(3, 5, len(boxes))
-        inside, mx, my = sums[:, 0]
-        kept = np.clip(inside / ctx.sal_total, 0.0, 1.0)
+        cues = framing_cues(ctx.sal_sat, sx0, sy0, sx1, sy1, strip=BORDER_STRIP, min_strip=0.5)
+        inside = cues.mass
+        kept = np.clip(cues.kept, 0.0, 1.0)
         focus = np.clip(0.5 + kept - area, 0.0, 1.0)
-        density = ctx.sal_total / (sw * sh)
-        strip_area = np.maximum((qx1 - qx0) * (qy1 - qy0), 1e-9).reshape(5, -1)[1:]
-        strip_density = sums[0, 1:] / strip_area / density
         # Edges on the photo's own border cut nothing.
-        on_edge = np.stack([l <= 0.01 * W, r >= 0.99 * W, t <= 0.01 * H, b >= 0.99 * H])
-        rho = np.where(on_edge, 0.0, strip_density).max(0)
+        on_edge = np.stack([l <= 0.01 * W, t <= 0.01 * H, r >= 0.99 * W, b >= 0.99 * H])
+        rho = np.where(on_edge, 0.0, cues.edges).max(0)
         border = np.clip(1.25 - 0.5 * rho, 0.0, 1.0)
-        safe = np.maximum(inside, 1e-12)
-        u = (mx / safe * W - l) / np.maximum(r - l, 1)
-        v = (my / safe * H - t) / np.maximum(b - t, 1)
+        u, v = cues.cx, cues.cy
         d_thirds = np.min([np.hypot(u - pu, v - pv) for pu in (1 / 3, 2 / 3) for pv in (1 / 3, 2 / 3)], axis=0)
         d_centre = np.hypot(u - 0.5, v - 0.5)
         thirds = np.maximum(np.exp(-d_thirds ** 2 / 0.02), 0.6 * np.exp(-d_centre ** 2 / 0.02))
@@ -519,7 +454,7 @@ class ProxyAestheticScorer(AestheticScorer):
         bq = ctx.brisque.scores(ab)
         short = np.minimum(ab[:, 2] - ab[:, 0], ab[:, 3] - ab[:, 1])
         quality = np.where(np.isfinite(bq) & (short >= 16), np.clip(1.0 - np.nan_to_num(bq) / 100.0, 0, 1), 0.0)
-        luma, clipped = _sat_box(ctx.expo_sat, *ab.T) / np.maximum((ab[:, 2] - ab[:, 0]) * (ab[:, 3] - ab[:, 1]), 1e-9)
+        luma, clipped = box_means(ctx.expo_sat, *ab.T)
         exposure = np.maximum(0.0, 1.0 - (2.0 * luma - 1.0) ** 2) * (1.0 - np.minimum(1.0, 2.0 * clipped))
         return {"content": content, "quality": quality, "kept": kept, "focus": focus, "border": border,
                 "thirds": thirds, "exposure": exposure}

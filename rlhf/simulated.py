@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -38,6 +37,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from rlhf.boxstats import box_sums, moment_sat, spectral_residual, summed_area
+from rlhf.cache import LRUCache
 from rlhf.images import Box, Photo, clip_box, fingerprint, load_image, photo_id
 from rlhf.pairs import A_BETTER, B_BETTER, NO_PREFERENCE, Pair
 from rlhf.store import PreferenceStore
@@ -52,7 +53,7 @@ TIGHT_CUT_COST = 4.0
 
 
 class PhotoFeatures:
-    """Integral images of a photo's saliency, saliency x column, and R - B, at <= 256 px."""
+    """Summed-area tables of a photo's saliency (with its moments) and of R - B, at <= 256 px."""
 
     def __init__(self, photo: Photo):
         self.width, self.height = photo.width, photo.height
@@ -61,32 +62,24 @@ class PhotoFeatures:
         w, h = max(8, round(self.width * s)), max(8, round(self.height * s))
         small = cv2.resize(photo.pixels, (w, h), interpolation=cv2.INTER_AREA)
         self.sx, self.sy = w / self.width, h / self.height
-        detector = cv2.saliency.StaticSaliencySpectralResidual_create()
-        ok, sal = detector.computeSaliency(cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
-        if not ok:
+        m = spectral_residual(small, blur_sigma=2.0)
+        if m is None:
             raise RuntimeError(f"{photo.id}: OpenCV saliency failed")
-        sal = cv2.GaussianBlur(sal.astype(np.float64), (0, 0), 2.0)
+        sal = m.astype(np.float64)
         sal = np.maximum(sal - np.percentile(sal, SALIENCY_PERCENTILE), 0.0)
         if sal.sum() <= 0:  # a flat photo: every pixel equally (un)interesting
             sal = np.ones_like(sal)
         sal /= sal.sum()
-        cols = (np.arange(w, dtype=np.float64) + 0.5)[None, :]
         warmth = (small[..., 0].astype(np.float64) - small[..., 2].astype(np.float64)) / 255.0
-        self._sal = cv2.integral(sal, sdepth=cv2.CV_64F)
-        self._salx = cv2.integral(sal * cols, sdepth=cv2.CV_64F)
-        self._warm = cv2.integral(warmth, sdepth=cv2.CV_64F)
+        self._sal = moment_sat(sal)  # mass, mass * x, mass * y
+        self._warm = summed_area(warmth)
 
     def _small_box(self, box: Sequence[float]) -> tuple[int, int, int, int]:
         l, t, r, b = clip_box(box, self.width, self.height)
-        w, h = self._sal.shape[1] - 1, self._sal.shape[0] - 1
+        h, w = self._sal.shape[-2] - 1, self._sal.shape[-1] - 1
         sl, st = min(int(l * self.sx), w - 1), min(int(t * self.sy), h - 1)
         sr, sb = max(sl + 1, min(w, round(r * self.sx))), max(st + 1, min(h, round(b * self.sy)))
         return sl, st, sr, sb
-
-    @staticmethod
-    def _sum(ii: np.ndarray, box: tuple[int, int, int, int]) -> float:
-        l, t, r, b = box
-        return float(ii[b, r] - ii[t, r] - ii[b, l] + ii[t, l])
 
     def area_share(self, box: Sequence[float]) -> float:
         l, t, r, b = clip_box(box, self.width, self.height)
@@ -94,20 +87,20 @@ class PhotoFeatures:
 
     def salient_mass(self, box: Sequence[float]) -> float:
         """Share of the photo's salient mass inside the box (0..1)."""
-        return self._sum(self._sal, self._small_box(box))
+        return float(box_sums(self._sal[0], *self._small_box(box)))
 
     def salient_centroid_x(self, box: Sequence[float]) -> float:
         """Salient centroid across the box, 0 = left edge, 1 = right edge (0.5 with no mass)."""
         sb = self._small_box(box)
-        m = self._sum(self._sal, sb)
+        m, mx, _ = box_sums(self._sal, *sb)
         if m < 1e-9:
             return 0.5
-        return (self._sum(self._salx, sb) / m - sb[0]) / (sb[2] - sb[0])
+        return float((mx / m - sb[0]) / (sb[2] - sb[0]))
 
     def warmth(self, box: Sequence[float]) -> float:
         """Mean (R - B) / 255 over the box."""
         sb = self._small_box(box)
-        return self._sum(self._warm, sb) / ((sb[2] - sb[0]) * (sb[3] - sb[1]))
+        return float(box_sums(self._warm, *sb)) / ((sb[2] - sb[0]) * (sb[3] - sb[1]))
 
 
 @dataclass(frozen=True)
@@ -156,8 +149,7 @@ class SimulatedAnnotator:
         if not self.name.startswith(SIMULATED_PREFIX):
             raise ValueError(f"a simulated annotator's name must start with {SIMULATED_PREFIX!r} so "
                              f"its answers are never mistaken for a person's, got {self.name!r}")
-        self._cache: OrderedDict[tuple[str, tuple[int, ...]], PhotoFeatures] = OrderedDict()
-        self._cache_size = cache_size
+        self._cache: LRUCache[tuple[str, tuple[int, ...]], PhotoFeatures] = LRUCache(cache_size)
 
     def __repr__(self) -> str:
         return f"SimulatedAnnotator(SIMULATED {self.name!r}, noise={self.noise}, seed={self.seed})"
@@ -166,11 +158,8 @@ class SimulatedAnnotator:
         key = (photo.id, photo.pixels.shape)
         f = self._cache.get(key)
         if f is None:
-            f = self._cache[key] = PhotoFeatures(photo)
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-        else:
-            self._cache.move_to_end(key)
+            f = PhotoFeatures(photo)
+            self._cache.put(key, f)
         return f
 
     def utility(self, photo: Photo, box: Sequence[float]) -> float:
