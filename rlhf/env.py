@@ -156,7 +156,6 @@ class CropEnvConfig:
 
 
 BOX_FEATURES = 13  # box (4), steps used (1), saliency framing cues (8): see CropEnv
-EDGE_STRIP = 0.06  # depth of the framing cues' edge strips, a fraction of the box's shorter side
 COLOUR_CUES = 27  # the crop's colour (3), each edge's outer and inner strip against it (8 x 3): see colour_cues
 LOOKAHEAD = len(Action) - 1  # one per move: see CropEnv
 # One-step changes of the objective are about 0.005-0.05 (a tenth of the photo moves the score little):
@@ -246,7 +245,7 @@ def _framing_cues(sat: np.ndarray, box: Box) -> np.ndarray:
     """The box's saliency framing cues (see CropEnv) from the photo's moment table (boxstats.moment_sat)."""
     l, t, r, b = box
     h, w = sat.shape[1] - 1, sat.shape[2] - 1
-    cues = framing_cues(sat, l, t, r, b, strip=EDGE_STRIP)
+    cues = framing_cues(sat, l, t, r, b)
     area = (r - l) * (b - t) / (h * w)
     return np.array([cues.kept, area, cues.cx, cues.cy, *(cues.edges / 4)])
 
