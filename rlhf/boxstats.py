@@ -15,6 +15,10 @@ import numpy as np
 
 ArrayLike = np.ndarray | float | int
 
+# Depth of the framing cues' edge strips, a fraction of the box's shorter side: deep enough to hold a
+# limb the edge cuts through, shallow enough to be about the edge rather than the crop.
+EDGE_STRIP = 0.06
+
 
 def spectral_residual(rgb: np.ndarray, blur_sigma: float) -> np.ndarray | None:
     """OpenCV's spectral-residual saliency (Hou & Zhang 2007) of uint8 RGB pixels, blurred.
@@ -103,13 +107,13 @@ def edge_strips(x0: ArrayLike, y0: ArrayLike, x1: ArrayLike, y1: ArrayLike, stri
 
 
 def framing_cues(msat: np.ndarray, x0: ArrayLike, y0: ArrayLike, x1: ArrayLike, y1: ArrayLike,
-                 strip: float, min_strip: float = 1.0) -> FramingCues:
+                 strip: float = EDGE_STRIP, min_strip: float = 1.0) -> FramingCues:
     """Where a saliency map's mass lies relative to boxes, from its moment table (moment_sat).
 
     Args:
         msat: moment_sat of the map, (3, h + 1, w + 1).
         x0, y0, x1, y1: the boxes in cells (scalars or (n,) arrays); integer boxes sum exactly by look-ups.
-        strip: depth of each edge strip as a fraction of the box's shorter side.
+        strip: depth of each edge strip as a fraction of the box's shorter side (default EDGE_STRIP).
         min_strip: least strip depth in cells (default 1), so a small box's strips still cover something.
     """
     h, w = msat.shape[-2] - 1, msat.shape[-1] - 1
