@@ -27,11 +27,11 @@ class DemoConfig:
     """The whole photographer loop on the bundled photos."""
 
     out: str | None = field(default=None, metadata={"help": "demo folder (default results/demo-<time>)"})
-    timesteps: int = field(default=10000, metadata={"help": "stage 1 env steps (a policy that sees what each move "
-                                                     "pays levels off within 3000 steps: bench/README.md)"})
-    finetune_timesteps: int = field(default=4096, metadata={"help": "stage 3 env steps (8 PPO iterations; the loop, not "
-                                                            "a tuned stage 3: its steps cost 3x a stage-1 step, and "
-                                                            "this keeps `make demo` near 10 minutes on 2 cores)"})
+    timesteps: int = field(default=10000, metadata={
+        "help": "stage 1 env steps; enough for the bootstrap policy to level off"})
+    finetune_timesteps: int = field(default=4096, metadata={
+        "help": "stage 3 env steps (8 PPO iterations): enough to show the loop, not a tuned stage 3, since a "
+                "stage-3 step costs about 3x a stage-1 step"})
     num_pairs: int = field(default=100, metadata={"help": "pairs to annotate"})
     taste: str = field(default="tight", metadata={"help": "the simulated annotator's taste"})
     noise: float = field(default=0.1, metadata={"help": "the simulated annotator's label noise"})

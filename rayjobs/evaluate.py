@@ -29,7 +29,8 @@ def _heldout() -> list[str]:
 
 @dataclass
 class EvalConfig:
-    """Compare policies on unseen photos: scores, agreement with held-out preferences, report."""
+    """Compare policies on unseen photos: scores, agreement with held-out preferences, a simulated
+    taste's verdict, report."""
 
     policies: list[str] = field(default_factory=list, metadata={
         "help": "policy checkpoints or run folders, e.g. the bootstrap and the fine-tuned one"})
@@ -38,16 +39,17 @@ class EvalConfig:
     image: list[str] = field(default_factory=_heldout, metadata={
         "help": "unseen photos: files, folders or globs (default: the bundled held-out photos)"})
     preference_data: str | None = field(default=None, metadata={
-        "help": "held-out answered pairs (pairs JSON or preference store) for agreement"})
+        "help": "held-out answered pairs (pairs JSON or preference store) for agreement (default: none)"})
     annotator: str | None = field(default=None, metadata={
         "help": "use this annotator's answers in --preference_data (default: consensus)"})
     human_reward_model: str | None = field(default=None, metadata={
-        "help": "human_reward_model.pth for the human score (optional)"})
+        "help": "human_reward_model.pth whose human score of each crop to report (default: none)"})
     taste: str | None = field(default=None, metadata={
         "help": "a SIMULATED taste of rlhf/simulated.py (e.g. tight) whose verdict to report: the share of "
                 "photos where it prefers each policy's crop to the first policy's, ties half (default: none)"})
     scorer: str = field(default="default", metadata={"help": "aesthetic scorer (1-10)"})
-    scorer_weights: str | None = field(default=None, metadata={"help": "local weights for the scorer"})
+    scorer_weights: str | None = field(default=None, metadata={
+        "help": "local weights file for the scorer (default: the scorer's own)"})
     out: str | None = field(default=None, metadata={
         "help": "output folder (default: <run of the last policy>/eval/)"})
     seed: int = field(default=0, metadata={"help": "seed (only used by stochastic policies' warm-up)"})
