@@ -8,8 +8,6 @@ becomes a message for that pair, not an exception.
 from __future__ import annotations
 
 import os
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from rlhf.cache import LRUCache
 from rlhf.images import ImageLoadError, load_image, resize
 
 # Colours are chosen to stay distinct for the common colour-vision deficiencies (blue vs orange).
@@ -46,8 +45,7 @@ class PhotoCache:
     def __init__(self, capacity: int = 8, image_root: str | Path | None = None):
         self.capacity = capacity
         self.image_root = os.path.realpath(image_root) if image_root is not None else None
-        self._items: OrderedDict[tuple, np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
+        self._items: LRUCache[tuple[str, int, int], np.ndarray] = LRUCache(capacity)
 
     def get(self, path: str | Path) -> np.ndarray:
         """The photo's RGB pixels; ImageLoadError (naming the file) when it cannot be used."""
@@ -60,16 +58,11 @@ class PhotoCache:
         except OSError as e:
             raise ImageLoadError(path, "no such file" if isinstance(e, FileNotFoundError) else str(e)) from e
         key = (real, st.st_size, st.st_mtime_ns)
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-        pixels = load_image(real)
-        pixels.setflags(write=False)  # shared between sessions: nobody may draw on it
-        with self._lock:
-            self._items[key] = pixels
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
+        pixels = self._items.get(key)
+        if pixels is None:
+            pixels = load_image(real)
+            pixels.setflags(write=False)  # shared between sessions: nobody may draw on it
+            self._items.put(key, pixels)
         return pixels
 
 

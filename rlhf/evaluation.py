@@ -29,18 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from rlhf.boxstats import box_iou
 from rlhf.images import Box, Photo, load_image
-
-A_BETTER, B_BETTER = 1, 2
-
-
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """Intersection over union of two (left, top, right, bottom) boxes; 0 for disjoint boxes."""
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
+from rlhf.pairs import A_BETTER, B_BETTER
 
 
 def photo_key(path_or_id: str) -> str:

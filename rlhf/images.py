@@ -185,14 +185,6 @@ def bundled_photos(names: Sequence[str] | None = None) -> list[Path]:
     return [PHOTOS_DIR / f"{n}.jpg" for n in names]
 
 
-def summed_area(m: np.ndarray) -> np.ndarray:
-    """Summed-area table of (..., h, w) -> (..., h + 1, w + 1), float64, with a zero first row and column:
-    the sum over any box is four look-ups."""
-    s = np.zeros((*m.shape[:-2], m.shape[-2] + 1, m.shape[-1] + 1), dtype=np.float64)
-    s[..., 1:, 1:] = m.astype(np.float64).cumsum(-2).cumsum(-1)
-    return s
-
-
 def fingerprint(pixels: np.ndarray) -> str:
     """A short content hash, to key caches by what a photo is rather than where it lies."""
     return hashlib.blake2b(np.ascontiguousarray(pixels).tobytes(), digest_size=8).hexdigest()

@@ -40,7 +40,6 @@ import os
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -56,6 +55,7 @@ from ray.exceptions import (
     RayActorError,
 )
 
+from rlhf.cache import LRUCache
 from rlhf.images import Box, Photo
 from rlhf.rewards import RewardSpec, combine
 
@@ -102,76 +102,8 @@ def service_name(spec: RewardSpec, extra: dict[str, Any] | None = None) -> str:
     return NAME_PREFIX + hashlib.sha1(key.encode()).hexdigest()[:12]
 
 
-# ----------------------------------------------------------------------------------------------------
-# Small bounded caches
-# ----------------------------------------------------------------------------------------------------
-class LRUCache:
-    """A bounded mapping that forgets the least recently used entry; size 0 disables it."""
-
-    def __init__(self, size: int):
-        self.size = max(0, int(size))
-        self._d: OrderedDict[Any, Any] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
-
-    def get(self, key: Any) -> Any:
-        v = self._d.get(key)
-        if v is None:
-            self.misses += 1
-            return None
-        self.hits += 1
-        self._d.move_to_end(key)
-        return v
-
-    def put(self, key: Any, value: Any) -> None:
-        if self.size == 0:
-            return
-        self._d[key] = value
-        self._d.move_to_end(key)
-        self._trim()
-
-    def resize(self, size: int) -> None:
-        self.size = max(0, int(size))
-        self._trim()
-
-    def _trim(self) -> None:
-        while len(self._d) > self.size:
-            self._d.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._d)
-
-    def clear(self) -> None:
-        self._d.clear()
-
-
-class _PhotoTable:
-    """Photos the actor holds, bounded by bytes (at least the newest one is always kept)."""
-
-    def __init__(self, max_bytes: int):
-        self.max_bytes = int(max_bytes)
-        self._d: OrderedDict[str, Photo] = OrderedDict()
-        self.bytes = 0
-        self.fetches = 0
-
-    def get(self, photo_id: str) -> Photo | None:
-        p = self._d.get(photo_id)
-        if p is not None:
-            self._d.move_to_end(photo_id)
-        return p
-
-    def put(self, photo: Photo) -> None:
-        old = self._d.pop(photo.id, None)
-        if old is not None:
-            self.bytes -= old.pixels.nbytes
-        self._d[photo.id] = photo
-        self.bytes += photo.pixels.nbytes
-        while self.bytes > self.max_bytes and len(self._d) > 1:
-            _, gone = self._d.popitem(last=False)
-            self.bytes -= gone.pixels.nbytes
-
-    def __len__(self) -> int:
-        return len(self._d)
+def _photo_bytes(photo: Photo) -> int:
+    return photo.pixels.nbytes
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -391,8 +323,10 @@ class ScoringService:
         self.crop_based = self.scorer is not None and _is_crop_based(self.scorer)
         self.input_size = int(getattr(self.scorer, "input_size", 224))
         self._lock = threading.Lock()
-        self.cache = LRUCache(cache_size)
-        self.photos = _PhotoTable(photo_bytes)
+        self.cache: LRUCache[Any, Any] = LRUCache(cache_size)
+        # Photos held, bounded by bytes (the newest one is always kept).
+        self.photos: LRUCache[str, Photo] = LRUCache(max_weight=photo_bytes, weight=_photo_bytes)
+        self.photo_fetches = 0
         self.batcher = _Batcher(self._compute, max_batch_size, batch_wait_s)
         self.started = time.time()
         self.restarted = bool(ray.get_runtime_context().was_current_actor_reconstructed)
@@ -471,8 +405,8 @@ class ScoringService:
             raise ValueError(f"photo {photo_id!r}: pixels must be uint8 HxWx3, got {pixels.dtype} {pixels.shape}")
         photo = Photo(photo_id, pixels)
         with self._lock:
-            self.photos.put(photo)
-            self.photos.fetches += 1
+            self.photos.put(photo.id, photo)
+            self.photo_fetches += 1
         return photo
 
     def _score(self, photo_id: str, photo_refs: Sequence[Any] | None, boxes: np.ndarray,
@@ -587,7 +521,7 @@ class ScoringService:
                 "batches": b.batches, "batched_items": b.items, "largest_batch": b.largest,
                 "mean_batch": b.items / b.batches if b.batches else 0.0,
                 "cache_hits": self.cache.hits, "cache_misses": self.cache.misses, "cache_entries": len(self.cache),
-                "photos": len(self.photos), "photo_bytes": self.photos.bytes, "photo_fetches": self.photos.fetches,
+                "photos": len(self.photos), "photo_bytes": int(self.photos.weight), "photo_fetches": self.photo_fetches,
                 "seconds_computing": self.seconds_computing, "client_recoveries": self.client_recoveries,
                 "client_retries": self.client_retries, "client_longest_wait_s": self.client_wait_s}
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import ray
 
+from rlhf.cache import LRUCache
 from rlhf.images import bundled_photos, clip_box, load_collection
 from rlhf.rewards import LocalReward, RewardSpec, build_reward
 from rlhf.scoring_service import (
-    LRUCache,
     ScoringServiceError,
     ServiceReward,
     clip_boxes,
