@@ -75,7 +75,7 @@ def box_sums(sat: np.ndarray, x0: ArrayLike, y0: ArrayLike, x1: ArrayLike, y1: A
     v = ((1 - fx) * (1 - fy) * sat[..., yi, xi] + fx * (1 - fy) * sat[..., yi, xi + 1]
          + (1 - fx) * fy * sat[..., yi + 1, xi] + fx * fy * sat[..., yi + 1, xi + 1])
     out = v[..., :n] - v[..., n:2 * n] - v[..., 2 * n:3 * n] + v[..., 3 * n:]
-    return out.reshape(*out.shape[:-1], *shape)
+    return out.reshape(out.shape[:-1] + shape)
 
 
 def box_means(sat: np.ndarray, x0: ArrayLike, y0: ArrayLike, x1: ArrayLike, y1: ArrayLike,
