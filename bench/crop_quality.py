@@ -70,10 +70,11 @@ def main() -> None:
     policy_path = args.policy
     if not policy_path:
         from rayjobs.bootstrap import BootstrapConfig, run
+        from rlhf.config import from_flat
 
         out = Path("results") / f"bench-crop-quality-{time.strftime('%Y%m%d-%H%M%S')}"
         # In process (no scoring actor): this bench is about the crops, bench/scoring.py about the actor.
-        run(BootstrapConfig(timesteps=args.timesteps, out=str(out), seed=args.seed, service=False))
+        run(from_flat(BootstrapConfig, timesteps=args.timesteps, out=str(out), seed=args.seed, service=False))
         policy_path = str(out)
     policy = CropPolicy.load(policy_path)
     rng = np.random.default_rng(args.seed)

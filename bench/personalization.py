@@ -55,7 +55,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rlhf.config import parse_config, run_dir  # noqa: E402
+from rlhf.config import parse_config, parse_config_given, run_dir  # noqa: E402
 from rlhf.images import HELDOUT_PHOTOS, TRAIN_PHOTOS, Photo, bundled_photos  # noqa: E402
 
 TARGETS = {"accuracy": 0.80, "preferred": 0.70, "score_kept": 0.95}
@@ -155,12 +155,13 @@ def bootstrap(cfg: BenchConfig, out: Path) -> str:
     if cfg.bootstrap:
         return cfg.bootstrap
     from rayjobs.bootstrap import BootstrapConfig, run
+    from rlhf.config import from_flat
 
     folder = out / "bootstrap"
     done = folder / "DONE"
     if not done.exists():
         t = _step(f"stage 1: bootstrap on the training photos, {cfg.bootstrap_timesteps} steps")
-        run(BootstrapConfig(timesteps=cfg.bootstrap_timesteps, out=str(folder), seed=cfg.seed,
+        run(from_flat(BootstrapConfig, timesteps=cfg.bootstrap_timesteps, out=str(folder), seed=cfg.seed,
                             num_env_runners=cfg.num_env_runners, service=cfg.service, resume=folder.exists()))
         done.write_text("")
         print(f"stage 1 took {time.time() - t:.0f}s", flush=True)
@@ -313,7 +314,7 @@ def stage3(cfg: BenchConfig, policy: str, model_path: Path, ft_dir: Path, timest
             str(cfg.finetune_lr), "--out", str(ft_dir), "--seed", str(cfg.seed), "--num_env_runners",
             str(cfg.num_env_runners), "--service" if cfg.service else "--no-service",
             "--resume" if ft_dir.exists() else "--no-resume", *cfg.finetune_args]
-    finetune.run(parse_config(finetune.FinetuneConfig, argv), given=finetune.given_flags(cfg.finetune_args))
+    finetune.run(*parse_config_given(finetune.FinetuneConfig, argv))
     (ft_dir / "DONE").write_text("")
 
 

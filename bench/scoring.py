@@ -300,11 +300,12 @@ def main(argv: list[str] | None = None) -> dict:
         del nbare
 
     from rayjobs.bootstrap import BootstrapConfig, env_config
+    from rlhf.config import from_flat
 
-    cfg = BootstrapConfig(num_env_runners=1)
+    cfg = from_flat(BootstrapConfig, num_env_runners=1)
     env = env_config(cfg, spec)
     print(f"\n[default] 4. stage-1 env steps/s (random actions; {len(env['images'])} photos x "
-          f"{1 + cfg.augment_variants} framings, grid {cfg.grid})")
+          f"{1 + cfg.env.augment_variants} framings, grid {cfg.env.grid})")
     from rlhf.env import CropEnv
 
     warm = ServiceReward(spec, cache_size=0)

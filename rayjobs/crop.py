@@ -33,7 +33,8 @@ class CropConfig:
     """Crop photos with a trained policy and score the crops."""
 
     policy: str = field(default="", metadata={"help": "policy checkpoint or run folder (newest checkpoint)"})
-    image: list[str] = field(default_factory=_heldout, metadata={"help": "photos: files, folders or globs"})
+    image: list[str] = field(default_factory=_heldout, metadata={"help": "photos: files, folders or globs",
+                                                                         "help_default": "the bundled held-out photos"})
     out: str | None = field(default=None, metadata={"help": "output folder (default results/crop-<time>)"})
     scorer: str = field(default="default", metadata={"help": "aesthetic scorer for the reported score"})
     scorer_weights: str | None = field(default=None, metadata={"help": "local weights for the scorer"})

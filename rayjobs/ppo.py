@@ -1,8 +1,9 @@
-"""The PPO training loop shared by stage 1 (bootstrap) and stage 3 (fine-tune).
+"""The PPO training loop shared by stage 1 (bootstrap), stage 3 (fine-tune) and Tune's trials.
 
 Read it top to bottom: build the RLlib PPO config (new API stack, our CNN module, the crop env),
 optionally start from a policy or resume from the run's newest checkpoint, then train, printing
-one line per iteration, appending progress.csv, checkpointing, and finally plotting curves.
+one line per iteration, appending progress.csv, checkpointing, and finally plotting curves. A
+caller that wants each iteration's numbers (a Tune trial) passes ``on_iteration``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from rlhf.env import CropEnv, CropEnvConfig
 from rlhf.policy import FROZEN_PARTS, MODULE_SUBDIR, CropPolicyModule, latest_checkpoint
 
+STATE_FILE = "photographer_state.json"  # in every checkpoint: its iteration and env steps
 CSV_FIELDS = ["iteration", "timesteps", "episode_return_mean", "final_score_mean", "start_score_mean",
               "episode_len_mean", "policy_entropy", "vf_explained_var", "lr", "entropy_coeff", "ref_kl", "seconds"]
 
@@ -39,7 +42,7 @@ def default_env_runners() -> int:
 
 @dataclass
 class PPOSettings:
-    """PPO hyperparameters (RLlib names); shared by bootstrap and finetune."""
+    """PPO hyperparameters (RLlib names); every training stage holds one."""
 
     timesteps: int = field(default=20000, metadata={"help": "env steps to train for (in total, across resumes)"})
     num_env_runners: int = field(default_factory=default_env_runners,
@@ -53,7 +56,7 @@ class PPOSettings:
         "help": "raise the learning rate linearly from 0 over this many env steps first. Adam starts with no "
                 "estimate of each weight's gradient scale, so its first steps move every weight by about lr, "
                 "whatever its gradient: fine-tuning a trained policy at full lr from the first step can "
-                "flatten it at once (stage 3, see FinetuneConfig)"})
+                "flatten it at once"})
     gamma: float = field(default=0.99, metadata={"help": "discount; rewards are score changes, so ~1 keeps "
                                                  "the return equal to the final crop's improvement"})
     lambda_: float = field(default=0.9, metadata={"help": "GAE lambda (lower = less variance; the reward is "
@@ -69,13 +72,14 @@ class PPOSettings:
                 "constant). Rewards are score changes of a few hundredths per episode, so a constant 0.01 "
                 "x entropy (~0.02) rivals the return and keeps the policy near uniform"})
     vf_loss_coeff: float = field(default=0.5, metadata={"help": "value loss weight"})
-    seed: int = field(default=0, metadata={"help": "random seed"})
-    checkpoint_every: int = field(default=5, metadata={"help": "iterations between checkpoints"})
-    keep_checkpoints: int = field(default=3, metadata={"help": "newest checkpoints kept on disk"})
+    seed: int = field(default=0, metadata={"help": "random seed (PPO, photo order and augmentation)"})
     sample_timeout_s: float = field(default=120.0, metadata={"help": "fail if env runners return nothing "
                                                              "for this long"})
     num_gpus_per_learner: float = field(default=-1, metadata={"help": "GPUs for the learner; -1 = 1 if the "
                                                               "cluster has one, else 0"})
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
         if self.timesteps <= 0:
@@ -105,6 +109,19 @@ class PPOSettings:
         if end is None or end == start:
             return start
         return [[0, start], [self.timesteps, end]]
+
+
+@dataclass
+class CheckpointSettings:
+    """How often a run saves its policy, and how many saves it keeps."""
+
+    checkpoint_every: int = field(default=5, metadata={"help": "iterations between checkpoints"})
+    keep_checkpoints: int = field(default=3, metadata={"help": "newest checkpoints kept on disk"})
+
+    def __post_init__(self) -> None:
+        if self.checkpoint_every < 1 or self.keep_checkpoints < 1:
+            raise ValueError(f"checkpoint_every and keep_checkpoints must be >= 1, got {self.checkpoint_every}, "
+                             f"{self.keep_checkpoints}")
 
 
 class CropMetrics(RLlibCallback):
@@ -230,8 +247,8 @@ def _get(result: dict, *keys: str, default: float = float("nan")) -> float:
 
 
 # A healthy env runner that returns nothing within sample_timeout_s is slow, not dead (the first
-# iteration computes every photo's features; two runs on 2 cores took over 120 s): it gets this many
-# timeouts before the run gives up. A failed (restarted) runner gets one.
+# iteration computes every photo's features, which on a busy small machine can take minutes): it gets
+# this many timeouts before the run gives up. A failed (restarted) runner gets one.
 SLOW_SAMPLING_PATIENCE = 5
 
 
@@ -246,11 +263,10 @@ def train_iteration(algo, sample_timeout_s: float) -> tuple[dict, int]:
     """One PPO iteration that trained on samples: (RLlib's result, env steps sampled).
 
     An iteration that sampled nothing (an env runner died, e.g. killed for memory, and RLlib is
-    restarting it; or a slow one returned nothing in time) is run again rather than counted: counting
-    it once let a run finish untrained and be taken for done. Gives up after sample_timeout_s without
+    restarting it; or a slow one returned nothing in time) is run again rather than counted: counted,
+    a run could finish untrained and be taken for done. Gives up after sample_timeout_s without
     samples once an env runner failed, or after SLOW_SAMPLING_PATIENCE times that while they are all
-    healthy. Both PPO loops (rayjobs.ppo and the Tune trials) count their steps from this, not from
-    RLlib's lifetime counter.
+    healthy. The loop counts its steps from this, not from RLlib's lifetime counter.
     """
     since = time.time()
     failures = _runner_failures(algo)
@@ -341,10 +357,9 @@ def restore(algo, path: str | Path, component: str | None = None) -> None:
 
     RLlib 2.60's restore pushes the weights to the remote env runners fire-and-forget
     (``EnvRunnerGroup.sync_weights``, ``timeout_seconds=0``, through the async actor manager), which
-    drops the push while the runner still has a request in flight (one is allowed). That happened in
-    15 of 17 bench stage 3s: their first batch came from the randomly initialised module (first-iteration
-    return 0.01 instead of the bootstrap's 0.11, same seed), and PPO's first update weighed the
-    bootstrap's actions by pi_bootstrap / pi_random. So push them again, waiting for every env runner,
+    drops the push while the runner still has a request in flight (one is allowed). The first batch
+    then comes from the randomly initialised module, and PPO's first update weighs the restored
+    policy's actions by pi_restored / pi_random. So push them again, waiting for every env runner,
     and check one weight.
     """
     from ray.rllib.core import COMPONENT_LEARNER, COMPONENT_RL_MODULE
@@ -364,22 +379,31 @@ def restore(algo, path: str | Path, component: str | None = None) -> None:
             raise RuntimeError(f"restoring {path}: an env runner still holds other weights than the learner")
 
 
-def train(ppo: PPOSettings, env_config: dict[str, Any], out: Path, *, resume: bool = False,
+OnIteration = Callable[[dict[str, float], "Path | None"], None]
+"""Called after every iteration with its progress.csv row and the checkpoint saved then (else None)."""
+
+
+def train(ppo: PPOSettings, env_config: dict[str, Any], out: Path, *,
+          checkpoints: CheckpointSettings | None = None, resume: bool = False,
           init_policy: str | Path | None = None, ref_kl: float = 0.0, freeze: str = "none",
-          title: str = "PPO") -> Path:
+          title: str = "PPO", on_iteration: OnIteration | None = None) -> Path:
     """Train until ppo.timesteps env steps; returns the newest checkpoint folder.
 
     ref_kl > 0 adds a KL penalty to init_policy, frozen (ReferenceKLLearner); `freeze` keeps those parts
-    of the module fixed (FROZEN_PARTS).
+    of the module fixed (FROZEN_PARTS). `on_iteration` sees each iteration's row and checkpoint.
     """
     ppo.validate()
+    checkpoints = checkpoints or CheckpointSettings()
     CropEnvConfig(**{k: v for k, v in env_config.items() if k in CropEnvConfig.__dataclass_fields__})
     init_ray()
-    # The local learner runs in this process: give it the cores the env runners leave, no more
-    # (oversubscribed torch threads made an update 50x slower on a busy 2-core machine).
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) - ppo.num_env_runners))
+    in_actor = ray.get_runtime_context().get_actor_id() is not None
+    # The local learner runs in this process: give it the cores the env runners leave (in an actor,
+    # a Tune trial, the cores Ray gave it), no more: oversubscribed torch threads make updates far slower.
+    cores = ray.get_runtime_context().get_assigned_resources().get("CPU", 1) if in_actor else \
+        (os.cpu_count() or 1) - ppo.num_env_runners
+    torch.set_num_threads(max(1, int(cores)))
     free = ray.available_resources().get("CPU", 0)
-    if ppo.num_env_runners > free + 1e-9:
+    if not in_actor and ppo.num_env_runners > free + 1e-9:
         # RLlib would wait forever for env runners that cannot be placed: say so now.
         raise ValueError(f"num_env_runners={ppo.num_env_runners} needs {ppo.num_env_runners} free CPUs, the "
                          f"cluster has {free:g} free (the scoring actor holds one): lower --num_env_runners")
@@ -393,7 +417,7 @@ def train(ppo: PPOSettings, env_config: dict[str, Any], out: Path, *, resume: bo
         if resume and existing:
             ckpt = existing[-1]
             restore(algo, ckpt)
-            state = json.loads((ckpt / "photographer_state.json").read_text())
+            state = json.loads((ckpt / STATE_FILE).read_text())
             rows = [r for r in _read_progress(progress) if r["iteration"] <= state["iteration"]]
             start_steps = int(state["timesteps"])
             print(f"resumed from {ckpt} at iteration {state['iteration']}, {start_steps} steps", flush=True)
@@ -418,9 +442,12 @@ def train(ppo: PPOSettings, env_config: dict[str, Any], out: Path, *, resume: bo
                   f"  final {row['final_score_mean']:.4f} (photo {row['start_score_mean']:.4f})"
                   f"  len {row['episode_len_mean']:.1f}  entropy {row['policy_entropy']:.3f}"
                   f"  {row['seconds']:.1f}s", flush=True)
-            if iteration % ppo.checkpoint_every == 0 or steps >= ppo.timesteps:
-                _checkpoint(algo, ckpt_dir, iteration, steps, ppo.keep_checkpoints)
+            saved = None
+            if iteration % checkpoints.checkpoint_every == 0 or steps >= ppo.timesteps:
+                saved = _checkpoint(algo, ckpt_dir, iteration, steps, checkpoints.keep_checkpoints)
                 plot_curves(rows, out / "curves.png", title)
+            if on_iteration is not None:
+                on_iteration(row, saved)
         print(f"trained {steps} steps in {time.time() - t_start:.0f}s; curves: {out / 'curves.png'}", flush=True)
     finally:
         algo.stop()
@@ -443,13 +470,10 @@ def _checkpoint(algo, ckpt_dir: Path, iteration: int, steps: int, keep: int) -> 
     tmp = ckpt_dir / f".tmp_ckpt_{iteration:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     algo.save_to_path(str(tmp.resolve()))
-    (tmp / "photographer_state.json").write_text(json.dumps({"iteration": iteration, "timesteps": steps}))
+    (tmp / STATE_FILE).write_text(json.dumps({"iteration": iteration, "timesteps": steps}))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     for old in sorted(ckpt_dir.glob("ckpt_*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
-
-def config_dict(cfg: Any) -> dict[str, Any]:
-    return asdict(cfg)

@@ -4,7 +4,8 @@
         --num_samples 8 --timesteps 10000 [--preference_data heldout.sqlite] [--search_lr] [--out DIR]
     python -m rayjobs.tune_weights ...          # what `ray job submit` runs
 
-Each trial is a stage-3 fine-tune (rayjobs/finetune.py's PPO, from the bootstrap policy) on
+Each trial is a stage-3 fine-tune (rayjobs.ppo.train from the bootstrap policy, reporting through
+its ``on_iteration`` hook) on
 
     reward = w_nima * (nima - 1) / 9 + w_human * human,    w_nima = 1 - w_human,
 
@@ -12,10 +13,8 @@ with ``w_human`` drawn from [w_human_min, w_human_max]. The seed's 60/40, 70/30 
 the first points tried (``--points 0.4 0.3 0.2``); the rest are uniform draws. ``--search_lr`` also
 draws PPO's learning rate, log-uniform in [lr_min, lr_max].
 
-The objective (maximised; reported by every trial after every ``eval_every`` PPO iterations)
----------------------------------------------------------------------------------------------
-The trial's greedy crops of the held-out photos (``--eval_image``, default the bundled held-out
-photos) are scored with ``rlhf.evaluation.evaluate_policy``, then
+The objective (maximised; each trial reports it every ``eval_every`` PPO iterations) scores the
+trial's greedy crops of the held-out photos (``--eval_image``) with ``rlhf.evaluation.evaluate_policy``:
 
     personal       = agreement with the held-out answered pairs (``--preference_data``) when they
                      hold decided pairs on those photos, else human_mean (the human reward model's
@@ -23,55 +22,45 @@ photos) are scored with ``rlhf.evaluation.evaluate_policy``, then
     aesthetic_kept = aesthetic_mean / aesthetic_mean of the bootstrap policy on the same photos
     objective      = personal - penalty * max(0, aesthetic_keep - aesthetic_kept)
 
-i.e. the person's taste, subject to keeping at least ``aesthetic_keep`` (default 95%) of the
-bootstrap's aesthetic score: each point of aesthetic score lost below that costs ``penalty`` points
-of the personal term. (The personal term alone would favour w_human = 1: the policy would chase the
-reward model wherever it leads, blind to what makes a crop good in general.) The bootstrap's own
-objective (aesthetic_kept = 1) is the bar a trial must clear; it is in baseline.json and on the plot.
+i.e. the person's taste, subject to keeping ``aesthetic_keep`` of the bootstrap's aesthetic score
+(the personal term alone would favour w_human = 1, a policy that chases the reward model blind to
+what makes a crop good in general). The bootstrap's objective (baseline.json) is the bar to clear.
+ASHA (``--asha``) compares trials at every evaluation and stops the bottom ``1 - 1/reduction_factor``.
 
-ASHA (``--asha``, on by default) compares trials at every evaluation (``training_iteration`` counts
-evaluations) and stops the bottom ``1 - 1/reduction_factor`` at each rung after ``grace_period``.
+``--out`` gets config.json, baseline.json, trials.csv (one row per trial), best.json (the best
+weights and checkpoint) and objective_vs_weight.png. ``--storage_path`` holds Tune's experiment
+``<storage_path>/<name>/``: on a cluster a folder every node reaches or a URI (s3://bucket/prefix).
+Each trial checkpoint is a complete policy (the trial's run folder: config.json and its newest
+RLlib checkpoint), which `photographer evaluate --policies` and `finetune --policy` take as it is.
+``--resume --out DIR`` restores a crashed sweep (``Tuner.restore``).
 
-Where things go
----------------
-* ``--out`` (default results/tune-<time>/): config.json, baseline.json, trials.csv (one row per
-  trial), best.json (the best weights and its checkpoint) and objective_vs_weight.png (objective against
-  w_human, and each trial's objective over training).
-* ``--storage_path`` (default: the ``--out`` folder): Tune's experiment ``<storage_path>/<name>/``
-  with every trial's reports and checkpoints. On a cluster it must be a folder every node can reach
-  (a shared file system such as /mnt/shared/...) or a URI the cluster can write (s3://bucket/prefix).
-  Each trial checkpoint is a complete policy (RLlib checkpoint + config.json): `photographer evaluate
-  --policies <checkpoint>` and `photographer finetune --policy <checkpoint>` take it as it is.
-* ``--resume --out DIR`` after a crash restores the sweep with ``Tuner.restore``: finished trials
-  are kept, unfinished and errored ones continue from their last checkpoint.
-
-Placement: each trial asks for what its PPO needs (RLlib's own resource request for this config:
-one CPU for the trial, one per env runner, the learner's GPU when the cluster has one), so
-``--num_env_runners`` scales a trial out and Tune runs as many trials at once as the cluster fits.
-With the shared scoring actor (``--service``, the default) every trial's env runners score through
-one actor; ``--no-service`` scores in each trial's process (small machines, tests).
+Placement: each trial asks for RLlib's own resource request for its PPO (one CPU, one per env
+runner, the learner's GPU when the cluster has one), so ``--num_env_runners`` scales a trial out.
+With ``--service`` (the default) every trial's env runners score through one shared actor.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import shutil
 import tempfile
-import time
+from collections.abc import Set
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rayjobs.finetune import FinetuneConfig, finetune_env, given_flags
-from rayjobs.ppo import PPOSettings, build_ppo_config, init_ray, restore, summarize, train_iteration
-from rlhf.config import parse_config, run_dir
+from rayjobs.bootstrap import ScorerSettings, save_run_config
+from rayjobs.finetune import FROM_POLICY, Stage3Settings, combined_reward, finetune_env, stage3_ppo
+from rayjobs.ppo import STATE_FILE, CheckpointSettings, PPOSettings, build_ppo_config, init_ray, train
+from rlhf.config import CONFIG_VERSION, parse_config_given, run_dir
+from rlhf.env import CropEnvConfig
 from rlhf.evaluation import _finite
 from rlhf.images import HELDOUT_PHOTOS, bundled_photos, resolve_paths
 from rlhf.rewards import RewardSpec
 
-STATE_FILE = "photographer_state.json"
 SEED_POINTS = [0.4, 0.3, 0.2]  # the seed's 60/40, 70/30 and 80/20 (w_nima/w_human) mixes
 
 
@@ -79,21 +68,23 @@ def _heldout() -> list[str]:
     return [str(p) for p in bundled_photos(HELDOUT_PHOTOS)]
 
 
+def trial_ppo() -> PPOSettings:
+    """Stage 3's PPO, sampling in the trial's own process (1 CPU a trial) unless --num_env_runners."""
+    return dataclasses.replace(stage3_ppo(), num_env_runners=0)
+
+
 @dataclass
-class TuneWeightsConfig(FinetuneConfig):
+class TuneWeightsConfig:
     """Ray Tune sweep of the stage-3 reward weights (each trial a fine-tune); prints the best."""
 
-    # Set per trial by the search; not flags.
-    w_nima: float = field(default=0.7, metadata={"help": "set per trial (1 - w_human)", "cli": False})
-    w_human: float = field(default=0.3, metadata={"help": "set per trial by the search", "cli": False})
-    checkpoint_every: int = field(default=5, metadata={"help": "unused: trials checkpoint at every "
-                                                       "evaluation", "cli": False})
-    keep_checkpoints: int = field(default=3, metadata={"help": "unused", "cli": False})
-    num_env_runners: int = field(default=0, metadata={
-        "help": "env runners per trial (0 = sample in the trial's own process, 1 CPU a trial)"})
+    stage3: Stage3Settings = field(default_factory=Stage3Settings)
+    out: str | None = field(default=None, metadata={"help": "run folder (default: results/tune-<time>)"})
     resume: bool = field(default=False, metadata={
         "help": "restore the sweep in --out after a crash (Tuner.restore): finished trials are kept, "
                 "unfinished and errored ones continue from their last checkpoint"})
+    env: CropEnvConfig = field(default_factory=CropEnvConfig, metadata={"help_default": FROM_POLICY})
+    ppo: PPOSettings = field(default_factory=trial_ppo)
+    scoring: ScorerSettings = field(default_factory=ScorerSettings)
     name: str = field(default="tune_weights", metadata={"help": "Tune experiment name (a folder in "
                                                         "storage_path)"})
     storage_path: str | None = field(default=None, metadata={
@@ -108,9 +99,9 @@ class TuneWeightsConfig(FinetuneConfig):
     lr_min: float = field(default=3e-5, metadata={"help": "lowest learning rate drawn with --search_lr"})
     lr_max: float = field(default=3e-4, metadata={"help": "highest learning rate drawn with --search_lr"})
     eval_every: int = field(default=2, metadata={
-        "help": "PPO iterations between evaluations (each is one Tune report, one ASHA step)"})
+        "help": "PPO iterations between evaluations (each is one checkpoint, one Tune report, one ASHA step)"})
     eval_image: list[str] = field(default_factory=_heldout, metadata={
-        "help": "held-out photos the objective is measured on (default: the bundled held-out photos)"})
+        "help": "held-out photos the objective is measured on", "help_default": "the bundled held-out photos"})
     preference_data: str | None = field(default=None, metadata={
         "help": "held-out answered pairs (pairs JSON or store): the objective uses agreement with "
                 "them when they hold decided pairs on the --eval_image photos"})
@@ -129,7 +120,9 @@ class TuneWeightsConfig(FinetuneConfig):
         "help": "retries of a failed trial from its last checkpoint (a lost spot node)"})
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        if self.resume and not self.out:
+            raise ValueError("--resume needs --out: the sweep folder to restore")
+        self.stage3.validate()
         if self.num_samples < 1:
             raise ValueError(f"--num_samples must be >= 1, got {self.num_samples}")
         if not 0.0 <= self.w_human_min <= self.w_human_max <= 1.0:
@@ -153,19 +146,14 @@ class TuneWeightsConfig(FinetuneConfig):
     @property
     def n_reports(self) -> int:
         """Evaluations per trial: the ASHA budget (max_t)."""
-        iterations = math.ceil(self.timesteps / self.train_batch_size)
+        iterations = math.ceil(self.ppo.timesteps / self.ppo.train_batch_size)
         return math.ceil(iterations / self.eval_every)
 
 
-# --- the objective -------------------------------------------------------------------------------
-
 def objective(personal: float, aesthetic_mean: float, baseline_aesthetic: float,
               keep: float = 0.95, penalty: float = 5.0) -> tuple[float, float]:
-    """(objective, aesthetic_kept): the personal term minus the penalty for aesthetic score lost.
-
-    aesthetic_kept = aesthetic_mean / baseline_aesthetic (both on the 1-10 scale);
-    objective = personal - penalty * max(0, keep - aesthetic_kept).
-    """
+    """(objective, aesthetic_kept): personal - penalty * max(0, keep - aesthetic_kept), where
+    aesthetic_kept = aesthetic_mean / baseline_aesthetic (both on the 1-10 scale)."""
     if not baseline_aesthetic > 0:
         raise ValueError(f"baseline aesthetic score must be > 0, got {baseline_aesthetic}")
     kept = aesthetic_mean / baseline_aesthetic
@@ -185,17 +173,14 @@ class ObjectiveSpec:
         personal = ev.agreement if self.personal == "agreement" else ev.human_mean
         value, kept = objective(float(personal), ev.aesthetic_mean, self.baseline_aesthetic, self.keep,
                                 self.penalty)
-        out = {"objective": value, "personal": float(personal), "aesthetic_mean": ev.aesthetic_mean,
-               "aesthetic_kept": kept, "human_mean": _num(ev.human_mean), "agreement": _num(ev.agreement),
-               "agreement_pairs": ev.agreement_pairs}
-        return out
+        return {"objective": value, "personal": float(personal), "aesthetic_mean": ev.aesthetic_mean,
+                "aesthetic_kept": kept, "human_mean": _num(ev.human_mean), "agreement": _num(ev.agreement),
+                "agreement_pairs": ev.agreement_pairs}
 
 
 def _num(v: float | None) -> float:
     return float("nan") if v is None else float(v)
 
-
-# --- one trial -----------------------------------------------------------------------------------
 
 @dataclass
 class TrialSetup:
@@ -224,84 +209,54 @@ def _load_models(setup: TrialSetup):
     return scorer, PreferenceRewardModel.load(r["human_reward_model"], device=r["device"])
 
 
-def _save_trial_checkpoint(algo, folder: Path, state: dict[str, Any], env: dict[str, Any],
-                           run_config: dict[str, Any]) -> Path:
-    """A self-contained policy: the RLlib checkpoint plus config.json (so CropPolicy.load knows the env)."""
-    algo.save_to_path(str(folder.resolve()))
-    (folder / STATE_FILE).write_text(json.dumps(state))
-    env_no_reward = {k: v for k, v in env.items() if k != "reward"}
-    (folder / "config.json").write_text(json.dumps({**run_config, "w_nima": env["reward"]["w_nima"],
-                                                    "w_human": env["reward"]["w_human"],
-                                                    "env": env_no_reward, "reward": env["reward"]},
-                                                   indent=2, default=str) + "\n")
-    return folder
-
-
 def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
-    """Tune's function trainable: fine-tune with this trial's weights, report the objective as it goes."""
-    import ray
-    import torch
+    """Tune's function trainable: a fine-tune with this trial's weights through rayjobs.ppo.train, which
+    checkpoints every eval_every iterations; each checkpoint is evaluated and reported to Tune."""
     from ray import tune
 
     from rlhf.evaluation import evaluate_policy
     from rlhf.images import load_collection
-    from rlhf.policy import MODULE_SUBDIR, CropPolicy
+    from rlhf.policy import CropPolicy, latest_checkpoint
 
-    # The learner (and the in-process env) get the cores Ray gave this trial, no more: trials side by
-    # side with default torch threads oversubscribe the machine.
-    torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
     w_human = float(config["w_human"])
     ppo = PPOSettings(**{**setup.ppo, "lr": float(config.get("lr", setup.ppo["lr"]))})
     spec = RewardSpec(**{**setup.reward, "w_nima": 1.0 - w_human, "w_human": w_human})
     env = {**setup.env, "reward": spec.to_dict()}
     scorer, reward_model = _load_models(setup)
     photos = load_collection(setup.eval_images)
-    algo = build_ppo_config(ppo, env, ref_policy=setup.init_policy, ref_kl=setup.ref_kl,
-                            freeze=setup.freeze).build_algo()
+    # The trial's run folder (config.json, progress.csv, its newest checkpoint) is what it reports:
+    # a complete policy that `photographer evaluate/finetune --policy` take as it is.
+    out = Path(tempfile.mkdtemp(prefix="photographer-trial-"))
     try:
-        state = {"iteration": 0, "timesteps": 0, "report": 0}
         checkpoint = tune.get_checkpoint()
+        resumed_from = 0  # in every result too: a worker's printed line can be lost when Ray shuts down
         if checkpoint is not None:
             with checkpoint.as_directory() as d:
-                restore(algo, Path(d).resolve())
-                state = json.loads((Path(d) / STATE_FILE).read_text())
-            print(f"trial resumed at iteration {state['iteration']} ({state['timesteps']} steps)", flush=True)
-        else:
-            src = Path(setup.init_policy) / MODULE_SUBDIR
-            restore(algo, src, component=MODULE_SUBDIR.as_posix())
-        # Also in every result (0 = started fresh): a worker's printed line can be lost when Ray
-        # shuts down, a result cannot.
-        resumed_from = state["iteration"]
-        row: dict[str, float] = {}
-        while state["report"] < setup.n_reports and state["timesteps"] < ppo.timesteps:
-            for _ in range(setup.eval_every):
-                t0 = time.time()
-                result, sampled = train_iteration(algo, ppo.sample_timeout_s)
-                state["iteration"] += 1
-                state["timesteps"] += sampled
-                row = summarize(result, state["iteration"], time.time() - t0)
-                if state["timesteps"] >= ppo.timesteps:
-                    break
-            state["report"] += 1
-            tmp = Path(tempfile.mkdtemp(prefix="photographer-trial-"))
-            try:
-                ckpt = _save_trial_checkpoint(algo, tmp / "policy", state, env, setup.run_config)
-                ev = evaluate_policy(CropPolicy.load(ckpt), photos, scorer, reward_model, setup.pairs or None,
-                                     name=f"w_human={w_human:.3f}")
-                metrics = setup.objective.metrics(ev)
-                metrics.update(w_human=w_human, w_nima=1.0 - w_human, lr=ppo.lr, iteration=state["iteration"],
-                               resumed_from_iteration=resumed_from,
-                               timesteps=state["timesteps"], report=state["report"],
-                               episode_return_mean=row.get("episode_return_mean", float("nan")),
-                               train_final_score_mean=row.get("final_score_mean", float("nan")))
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(ckpt)))
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+                shutil.copytree(d, out, dirs_exist_ok=True)
+            resumed_from = json.loads((latest_checkpoint(out) / STATE_FILE).read_text())["iteration"]
+        (out / "config.json").write_text(json.dumps(
+            {"config_version": CONFIG_VERSION, **setup.run_config, "w_nima": 1.0 - w_human, "w_human": w_human,
+             "env": setup.env, "reward": env["reward"]}, indent=2, default=str) + "\n")
+
+        def report(row: dict[str, float], saved: Path | None) -> None:
+            if saved is None:
+                return
+            ev = evaluate_policy(CropPolicy.load(out), photos, scorer, reward_model, setup.pairs or None,
+                                 name=f"w_human={w_human:.3f}")
+            metrics = setup.objective.metrics(ev)
+            metrics.update(w_human=w_human, w_nima=1.0 - w_human, lr=ppo.lr, iteration=int(row["iteration"]),
+                           resumed_from_iteration=resumed_from, timesteps=int(row["timesteps"]),
+                           report=math.ceil(row["iteration"] / setup.eval_every),
+                           episode_return_mean=row.get("episode_return_mean", float("nan")),
+                           train_final_score_mean=row.get("final_score_mean", float("nan")))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(out)))
+
+        train(ppo, env, out, checkpoints=CheckpointSettings(checkpoint_every=setup.eval_every, keep_checkpoints=1),
+              resume=checkpoint is not None, init_policy=setup.init_policy, ref_kl=setup.ref_kl, freeze=setup.freeze,
+              title=f"w_human={w_human:.3f}", on_iteration=report)
     finally:
-        algo.stop()
+        shutil.rmtree(out, ignore_errors=True)
 
-
-# --- the sweep -----------------------------------------------------------------------------------
 
 def param_space(cfg: TuneWeightsConfig) -> dict[str, Any]:
     from ray import tune
@@ -322,7 +277,7 @@ def trial_resources(cfg: TuneWeightsConfig, env: dict[str, Any]):
     """RLlib's own resource request for a trial's PPO (trial CPU, env runners, learner GPU)."""
     from ray.rllib.algorithms.ppo import PPO
 
-    return PPO.default_resource_request(build_ppo_config(cfg, env))
+    return PPO.default_resource_request(build_ppo_config(cfg.ppo, env))
 
 
 def _storage(cfg: TuneWeightsConfig, out: Path) -> str:
@@ -341,9 +296,9 @@ def _baseline(cfg: TuneWeightsConfig, out: Path, photos_paths: list[str], pairs:
     from rlhf.reward_model import PreferenceRewardModel
     from rlhf.scorers import create_scorer
 
-    scorer = create_scorer(cfg.scorer, weights=cfg.scorer_weights)
-    reward_model = PreferenceRewardModel.load(cfg.human_reward_model)
-    ev = evaluate_policy(CropPolicy.load(cfg.policy), load_collection(photos_paths), scorer, reward_model,
+    scorer = create_scorer(cfg.scoring.scorer, weights=cfg.scoring.scorer_weights)
+    reward_model = PreferenceRewardModel.load(cfg.stage3.human_reward_model)
+    ev = evaluate_policy(CropPolicy.load(cfg.stage3.policy), load_collection(photos_paths), scorer, reward_model,
                          pairs or None, name="bootstrap")
     personal = "agreement" if ev.agreement is not None and ev.agreement_pairs > 0 else "human"
     spec = ObjectiveSpec(personal, ev.aesthetic_mean, cfg.aesthetic_keep, cfg.penalty)
@@ -352,30 +307,23 @@ def _baseline(cfg: TuneWeightsConfig, out: Path, photos_paths: list[str], pairs:
     return json.loads(path.read_text())
 
 
-def build_setup(cfg: TuneWeightsConfig, out: Path, given: set[str] | frozenset[str] = frozenset()) -> tuple[TrialSetup, dict[str, Any]]:
+def build_setup(cfg: TuneWeightsConfig, out: Path, given: Set[str] = frozenset()) -> tuple[TrialSetup, dict[str, Any]]:
     """The trials' shared setup and the bootstrap baseline; starts the scoring actor with --service."""
     from rlhf.policy import latest_checkpoint
     from rlhf.store import load_preference_data
 
-    spec = RewardSpec(kind="combined", scorer=cfg.scorer, scorer_weights=cfg.scorer_weights,
-                      human_reward_model=str(Path(cfg.human_reward_model).resolve()))
-    if cfg.service:
-        from rlhf.scoring_service import ensure_service
-
-        spec.service = ensure_service(spec)
-    env = finetune_env(cfg, spec, given)
+    spec = combined_reward(cfg.scoring, cfg.stage3.human_reward_model)
+    env = finetune_env(cfg.stage3.policy, cfg.env, cfg.ppo.seed, given, spec)
     env.pop("reward")
     eval_images = [str(p.resolve()) for p in resolve_paths(cfg.eval_image)]
     pairs = load_preference_data(cfg.preference_data, cfg.annotator) if cfg.preference_data else []
     baseline = _baseline(cfg, out, eval_images, pairs)
     b = baseline["metrics"]
     obj = ObjectiveSpec(baseline["objective_personal_term"], b["aesthetic_mean"], cfg.aesthetic_keep, cfg.penalty)
-    ppo = {f: getattr(cfg, f) for f in PPOSettings.__dataclass_fields__}
-    run_config = {k: v for k, v in asdict(cfg).items() if k not in ("w_nima", "w_human")}
-    setup = TrialSetup(ppo=ppo, env=env, reward=spec.to_dict(), init_policy=str(latest_checkpoint(cfg.policy)),
-                       eval_images=eval_images, pairs=pairs, objective=obj, eval_every=cfg.eval_every,
-                       n_reports=cfg.n_reports, run_config=run_config, ref_kl=cfg.ref_kl,
-                       freeze=cfg.freeze)
+    setup = TrialSetup(ppo=asdict(cfg.ppo), env=env, reward=spec.to_dict(),
+                       init_policy=str(latest_checkpoint(cfg.stage3.policy)), eval_images=eval_images, pairs=pairs,
+                       objective=obj, eval_every=cfg.eval_every, n_reports=cfg.n_reports, run_config=asdict(cfg),
+                       ref_kl=cfg.stage3.ref_kl, freeze=cfg.stage3.freeze)
     return setup, baseline
 
 
@@ -416,8 +364,6 @@ def make_tuner(cfg: TuneWeightsConfig, setup: TrialSetup, storage: str):
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures)),
     )
 
-
-# --- results -------------------------------------------------------------------------------------
 
 TRIAL_FIELDS = ["trial", "w_human", "w_nima", "lr", "status", "stopped_early", "reports", "iterations",
                 "timesteps", "objective_last", "objective_best", "aesthetic_mean", "aesthetic_kept",
@@ -507,16 +453,14 @@ def plot_sweep(rows: list[dict[str, Any]], baseline_objective: float, path: Path
     return path
 
 
-def run(cfg: TuneWeightsConfig, given: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
+def run(cfg: TuneWeightsConfig, given: Set[str] = frozenset()) -> dict[str, Any]:
     """Run (or restore) the sweep; returns best.json's content."""
-    from rayjobs.bootstrap import save_config_with_env
-
     out = run_dir(cfg.out, "tune")
     init_ray()
     storage = _storage(cfg, out)
     setup, baseline = build_setup(cfg, out, given)
-    save_config_with_env(cfg, {**setup.env, "reward": setup.reward}, out)
-    print(f"tune: {cfg.num_samples} trials of {cfg.timesteps} steps ({cfg.n_reports} evaluations each) from "
+    save_run_config(cfg, {**setup.env, "reward": setup.reward}, out)
+    print(f"tune: {cfg.num_samples} trials of {cfg.ppo.timesteps} steps ({cfg.n_reports} evaluations each) from "
           f"{setup.init_policy}; objective = {setup.objective.personal} - {cfg.penalty} * max(0, "
           f"{cfg.aesthetic_keep} - aesthetic_kept); bootstrap aesthetic {setup.objective.baseline_aesthetic:.3f}, "
           f"objective {baseline['metrics']['objective']:.4f}; storage {storage}/{cfg.name}", flush=True)
@@ -542,17 +486,13 @@ def run(cfg: TuneWeightsConfig, given: set[str] | frozenset[str] = frozenset()) 
           f"objective {best['objective_best']:.4f} (bootstrap {baseline['metrics']['objective']:.4f}); "
           f"{summary['stopped_early']} of {len(rows)} trials stopped early", flush=True)
     print(f"best checkpoint: {best['best_checkpoint']}\nplot: {out / 'objective_vs_weight.png'}\n"
-          f"to train with these weights: photographer finetune --policy {cfg.policy} --human_reward_model "
-          f"{cfg.human_reward_model} --w_nima {best['w_nima']:.3f} --w_human {best['w_human']:.3f}", flush=True)
+          f"to train with these weights: photographer finetune --policy {cfg.stage3.policy} --human_reward_model "
+          f"{cfg.stage3.human_reward_model} --w_nima {best['w_nima']:.3f} --w_human {best['w_human']:.3f}", flush=True)
     return summary
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    import sys
-
-    argv = sys.argv[1:] if argv is None else argv
-    cfg = parse_config(TuneWeightsConfig, argv, prog="photographer tune")
-    return run(cfg, given=given_flags(argv))
+    return run(*parse_config_given(TuneWeightsConfig, argv, prog="photographer tune"))
 
 
 if __name__ == "__main__":

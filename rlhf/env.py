@@ -21,7 +21,7 @@ from __future__ import annotations
 import enum
 import functools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import cv2
@@ -86,14 +86,21 @@ RewardFn = Callable[[Photo, Sequence[Box]], np.ndarray]
 
 @dataclass
 class CropEnvConfig:
-    """The crop environment; every field is also an RLlib env_config key."""
+    """The crop environment; every field is also an RLlib env_config key.
 
-    images: list[str] = field(default_factory=list, metadata={"help": "photo files, folders or globs"})
-    grid: int = field(default=10, metadata={"help": "grid steps per side: one action moves a side 1/grid"})
+    A field with ``fixed_by_policy`` in its metadata changes what the policy observes: a trained
+    policy is tied to its value.
+    """
+
+    images: list[str] = field(default_factory=list, metadata={
+        "help": "photos: files, folders or globs", "aliases": ("image",)})
+    grid: int = field(default=10, metadata={
+        "help": "grid steps per side: one action moves a side by 1/grid of the photo", "fixed_by_policy": True})
     max_steps: int = field(default=10, metadata={"help": "step cap per episode"})
     min_area: float = field(default=0.25, metadata={"help": "smallest crop, as a fraction of the photo's area"})
     aspect: str = field(default="free", metadata={"help": "aspect-ratio lock", "choices": list(ASPECTS)})
-    obs_size: int = field(default=64, metadata={"help": "side of the photo and crop thumbnails the policy sees"})
+    obs_size: int = field(default=64, metadata={
+        "help": "side of the photo and crop thumbnails the policy sees", "fixed_by_policy": True})
     augment_variants: int = field(
         default=0, metadata={"help": "per photo, this many fixed random sub-photos/mirrors also used as "
                              "training photos (more variety from few photos; 0 = off)"})
@@ -110,29 +117,34 @@ class CropEnvConfig:
         default="spectral", metadata={"help": "the saliency channel and framing cues: 'subject' (spectral + "
                                      "fine-grained saliency, the frozen Lite0's class-activation map, heads: "
                                      "where the subject is) or 'spectral' (spectral residual only, no network)",
-                                     "choices": list(SALIENCY_MAPS)})
+                                     "choices": list(SALIENCY_MAPS), "fixed_by_policy": True})
     box_mask: bool = field(
         default=False, metadata={"help": "a fifth channel on the photo thumbnail marks the box (255 inside): "
                                  "the conv tower then sees where the crop lies on the photo's content, "
-                                 "rather than the MLP having to relate four numbers to a feature map. "
-                                 "Stage 1 turns it on; False here reads run configs from before it"})
+                                 "rather than the MLP having to relate four numbers to a feature map",
+                                 "fixed_by_policy": True})
     features: str = field(
         default="none", metadata={"help": "'lite0': the frozen EfficientNet-Lite0's ImageNet features of the crop "
                                   "and of the whole photo (pooled from one feature map per photo) join the "
                                   "observation, as A2-RL feeds its policy pretrained features; 'none': "
-                                  "thumbnails, box and cues only. Stage 1 turns it on; 'none' here reads run "
-                                  "configs from before it", "choices": list(FEATURES)})
+                                  "thumbnails, box and cues only", "choices": list(FEATURES), "fixed_by_policy": True})
     colour_cues: bool = field(
         default=False, metadata={"help": "colour cues join the box vector: the crop's brightness, warmth (R - B) and "
                                  "green-magenta balance, and how the strip one grid step outside and inside each "
                                  "edge differs from it: what moving or shrinking that edge brings in or gives "
-                                 "up (see colour_cues)"})
+                                 "up (see colour_cues)", "fixed_by_policy": True})
     lookahead: bool = field(
         default=False, metadata={"help": "the change of the objective each of the 13 moves would bring joins the box "
                                  "vector (see CropEnv): the policy sees what each move pays instead of having to "
                                  "learn the reward's rule from its training photos; crop/pairs/evaluate then score "
-                                 "with the policy's own reward"})
-    seed: int = field(default=0, metadata={"help": "seed for photo order and augmentation"})
+                                 "with the policy's own reward", "fixed_by_policy": True})
+    # A run sets it from its --seed (PPOSettings.seed): one seed per run.
+    seed: int = field(default=0, metadata={"help": "seed for photo order and augmentation", "cli": False})
+
+    @classmethod
+    def fixed_by_policy(cls) -> tuple[str, ...]:
+        """The settings a trained policy is tied to (they change what it observes)."""
+        return tuple(f.name for f in fields(cls) if f.metadata.get("fixed_by_policy"))
 
     def __post_init__(self) -> None:
         if self.grid < 4:

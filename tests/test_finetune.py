@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rayjobs.finetune import FinetuneConfig, finetune_env, given_flags
-from rlhf.config import parse_config
+from rayjobs.finetune import FinetuneConfig, finetune_env
+from rlhf.config import from_flat, parse_config_given
 from rlhf.rewards import RewardSpec
 from tests.test_pairs_job import tiny_bootstrap
 
@@ -20,8 +20,8 @@ def _env(bootstrap_run, tmp_path, *argv: str) -> dict:
     model = tmp_path / "human_reward_model.pth"
     model.write_bytes(b"plumbing: finetune_env never opens it")
     argv = ["--policy", str(bootstrap_run), "--human_reward_model", str(model), *argv]
-    cfg = parse_config(FinetuneConfig, argv, prog="photographer finetune")
-    return finetune_env(cfg, RewardSpec(kind="aesthetic"), given_flags(argv))
+    cfg, given = parse_config_given(FinetuneConfig, argv, prog="photographer finetune")
+    return finetune_env(cfg.stage3.policy, cfg.env, cfg.ppo.seed, given, RewardSpec(kind="aesthetic"))
 
 
 def test_env_comes_from_the_bootstrap_run(bootstrap_run, tmp_path):
@@ -46,14 +46,44 @@ def test_flags_that_change_the_observation_must_match(bootstrap_run, tmp_path, a
         _env(bootstrap_run, tmp_path, *argv)
 
 
+def _as_version_1(cfg: dict) -> dict:
+    """A config.json in the shape version 1 wrote (no config_version): the stage's settings flat, the
+    env settings among them, the env RLlib ran in under "env"."""
+    flat = {k: v for k, v in cfg.items() if k not in ("config_version", "env", "ppo", "checkpoints", "scoring")}
+    env_fields = ("grid", "max_steps", "min_area", "aspect", "obs_size", "augment_variants", "random_start",
+                  "saliency", "box_mask", "features", "colour_cues", "lookahead")
+    env = {k: v for k, v in cfg["env"].items() if k in (*env_fields, "images", "seed")}
+    return {**cfg["ppo"], **cfg["checkpoints"], "image": env["images"], **flat, **cfg["scoring"],
+            **{k: env[k] for k in env_fields}, "env": env}
+
+
+def test_an_old_run_config_is_upgraded(bootstrap_run, tmp_path):
+    import json
+
+    from rlhf.config import CONFIG_VERSION, load_run_config
+
+    now = json.loads((bootstrap_run / "config.json").read_text())
+    assert now["config_version"] == CONFIG_VERSION
+    old = _as_version_1(now)
+    assert "config_version" not in old and old["grid"] == 20 and old["timesteps"] == 256
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    upgraded = load_run_config(tmp_path)
+    assert upgraded["config_version"] == CONFIG_VERSION
+    parts = ("ppo", "checkpoints", "scoring", "reward")
+    assert {k: upgraded[k] for k in parts} == {k: now[k] for k in parts}
+    assert {k: v for k, v in upgraded["env"].items() if k in old["env"]} == old["env"]
+    assert not {"grid", "image", "timesteps", "scorer"} & set(upgraded)
+
+
 @pytest.mark.parametrize("key, before", [("box_mask", False), ("features", "none"), ("lookahead", False)])
 def test_a_run_from_before_an_observation_option_keeps_it_off(bootstrap_run, tmp_path, key, before):
+    """A version-1 run config whose env lacks a setting ran without it: stage 3 keeps it off."""
     import json
     import shutil
 
     old = tmp_path / "old_run"
     shutil.copytree(bootstrap_run, old)
-    cfg = json.loads((old / "config.json").read_text())
+    cfg = _as_version_1(json.loads((old / "config.json").read_text()))
     assert cfg["env"].pop(key) != before  # stage 1 turns it on now
     (old / "config.json").write_text(json.dumps(cfg))
     assert _env(old, tmp_path)[key] == before
@@ -138,7 +168,7 @@ def test_ref_kl_keeps_stage3_near_the_bootstrap(bootstrap_run, tmp_path):
         argv = ["--policy", str(bootstrap_run), "--human_reward_model", model_path, "--timesteps", "512",
                 "--train_batch_size", "128", "--minibatch_size", "32", "--num_epochs", "4", "--lr", "3e-3",
                 "--lr_warmup_steps", "0", "--num_env_runners", "0", "--no-service", "--ref_kl", str(ref_kl), "--out", str(tmp_path / f"kl{ref_kl}")]
-        finetune.run(parse_config(finetune.FinetuneConfig, argv), given=given_flags(argv))
+        finetune.run(*parse_config_given(finetune.FinetuneConfig, argv))
         runs[ref_kl] = CropPolicy.load(tmp_path / f"kl{ref_kl}")
     with (tmp_path / "kl5.0" / "progress.csv").open() as f:
         logged = [float(r["ref_kl"]) for r in csv.DictReader(f)]
@@ -166,9 +196,10 @@ def test_lr_warmup_schedule():
             PPOSettings(**bad).validate()
     # Stage 3 warms up by default (it starts a fresh Adam on a trained policy); stage 1 does not.
     from rayjobs.bootstrap import BootstrapConfig
+    from rayjobs.finetune import stage3_ppo
 
-    assert FinetuneConfig.__dataclass_fields__["lr_warmup_steps"].default > 0
-    assert BootstrapConfig().lr_warmup_steps == 0
+    assert stage3_ppo().lr_warmup_steps > 0 and FinetuneConfig.__dataclass_fields__["ppo"].default_factory is stage3_ppo
+    assert BootstrapConfig().ppo.lr_warmup_steps == 0
 
 
 def test_freeze_keeps_those_parts_of_the_bootstrap(bootstrap_run, tmp_path):
@@ -183,7 +214,7 @@ def test_freeze_keeps_those_parts_of_the_bootstrap(bootstrap_run, tmp_path):
         argv = ["--policy", str(bootstrap_run), "--human_reward_model", model_path, "--timesteps", "256",
                 "--train_batch_size", "128", "--minibatch_size", "64", "--lr", "3e-3", "--lr_warmup_steps", "0",
                 "--num_env_runners", "0", "--no-service", "--freeze", freeze, "--out", str(tmp_path / freeze)]
-        finetune.run(parse_config(finetune.FinetuneConfig, argv), given=given_flags(argv))
+        finetune.run(*parse_config_given(finetune.FinetuneConfig, argv))
         tuned = CropPolicy.load(tmp_path / freeze).module.state_dict()
         frozen = {k for k in boot if k.split(".")[0] in FROZEN_PARTS[freeze]}
         assert frozen and all(torch.equal(boot[k], tuned[k]) for k in frozen), freeze
@@ -191,15 +222,15 @@ def test_freeze_keeps_those_parts_of_the_bootstrap(bootstrap_run, tmp_path):
         if freeze == "features":
             assert not torch.equal(boot["trunk.0.weight"], tuned["trunk.0.weight"])
     with pytest.raises(ValueError, match="freeze"):
-        FinetuneConfig(policy=str(bootstrap_run), human_reward_model=model_path, freeze="everything")
+        from_flat(FinetuneConfig, policy=str(bootstrap_run), human_reward_model=model_path, freeze="everything")
 
 
 def test_env_runners_sample_with_the_restored_policy(bootstrap_run):
     """Stage 3's first batch must come from the bootstrap: after `restore`, a remote env runner holds the
-    learner's weights. RLlib's own restore_from_path pushes them fire-and-forget, and in most stage-3
-    runs its env runner sampled the first batch with the randomly initialised module: RLlib allows one
-    request in flight per env runner and drops the push while one is (here: a slow call, as a loaded
-    machine makes RLlib's own start-up calls)."""
+    learner's weights. RLlib's own restore_from_path pushes them fire-and-forget, so an env runner can
+    sample the first batch with the randomly initialised module: RLlib allows one request in flight per
+    env runner and drops the push while one is (here: a slow call, as a loaded machine makes RLlib's
+    own start-up calls)."""
     import json
     import time
 

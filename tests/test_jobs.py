@@ -132,7 +132,7 @@ def test_tiny_bootstrap_job_succeeds_and_writes_its_run(ray_head, tmp_path):
     assert int(rows[-1].split(",")[1]) >= 256
     cfg = json.loads((out / "config.json").read_text())
     # Rewards came from the shared scoring actor (the default), not from models in each env runner.
-    assert cfg["service"] is True and cfg["reward"]["service"].startswith("photographer-scoring-")
+    assert cfg["scoring"]["service"] is True and cfg["reward"]["service"].startswith("photographer-scoring-")
     policy = CropPolicy.load(out)  # what the job wrote is a policy this machine can use
     assert policy.env_config["max_steps"] == 8
     # What `--working-dir .` uploaded (unpacked by the head): the code, not .git, .venv or results/.
@@ -204,5 +204,18 @@ def test_list_flags_take_several_values_and_repeat():
     from rlhf.config import parse_config
 
     cfg = parse_config(BootstrapConfig, ["--image", "a.jpg", "b.jpg", "--image=c.jpg"])
-    assert cfg.image == ["a.jpg", "b.jpg", "c.jpg"]  # a repeated flag adds; one flag takes several values
-    assert parse_config(BootstrapConfig, []).image == BootstrapConfig().image  # the default when not given
+    assert cfg.env.images == ["a.jpg", "b.jpg", "c.jpg"]  # a repeated flag adds; one flag takes several values
+    assert parse_config(BootstrapConfig, []).env.images == BootstrapConfig().env.images  # the default when not given
+
+
+def test_every_help_is_readable(capsys):
+    """No command prints the bundled photos' paths as a default, and no flag says its default twice."""
+    from rlhf.cli import COMMANDS, main
+
+    for cmd in COMMANDS:
+        with pytest.raises(SystemExit):
+            main([cmd, "--help"])
+        text = capsys.readouterr().out
+        assert "rlhf/data" not in text, cmd
+        for option in re.split(r"\n(?=  -)", text):
+            assert " ".join(option.split()).count("(default") <= 1, (cmd, option)

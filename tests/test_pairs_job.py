@@ -32,9 +32,10 @@ def tiny_bootstrap(tmp_path_factory) -> Path:
 
         from rayjobs.bootstrap import BootstrapConfig
         from rayjobs.bootstrap import run as bootstrap
+        from rlhf.config import from_flat
 
         shutil.rmtree(out, ignore_errors=True)
-        bootstrap(BootstrapConfig(timesteps=256, train_batch_size=128, minibatch_size=64, num_epochs=1,
+        bootstrap(from_flat(BootstrapConfig, timesteps=256, train_batch_size=128, minibatch_size=64, num_epochs=1,
                                   checkpoint_every=1, num_env_runners=0, service=False, augment_variants=0,
                                   max_steps=8, grid=20, image=[str(p) for p in bundled_photos(["chelsea", "coffee"])],
                                   out=str(out)))

@@ -250,12 +250,13 @@ def test_stage1_ppo_survives_killing_the_scoring_actor(service, photos, local, t
     """A short real PPO run (stage 1 defaults: through the actor); the actor is killed mid-run."""
     from rayjobs import bootstrap
     from rayjobs.ppo import train
+    from rlhf.config import from_flat
 
-    cfg = bootstrap.BootstrapConfig(
+    cfg = from_flat(bootstrap.BootstrapConfig,
         image=[p.id for p in photos], augment_variants=0, timesteps=384, train_batch_size=128,
         minibatch_size=64, num_epochs=1, num_env_runners=1, checkpoint_every=100, sample_timeout_s=90,
         out=str(tmp_path))
-    spec = bootstrap.reward_spec(cfg, kind="aesthetic")
+    spec = bootstrap.reward_spec(cfg.scoring, kind="aesthetic")
     assert spec.service == service  # stage 1 scores through the shared actor by default
     env = bootstrap.env_config(cfg, spec)
     actor = ray.get_actor(service)
@@ -274,7 +275,7 @@ def test_stage1_ppo_survives_killing_the_scoring_actor(service, photos, local, t
     t0 = time.time()
     killer = threading.Thread(target=kill_mid_run, daemon=True)
     killer.start()
-    train(cfg, env, tmp_path)
+    train(cfg.ppo, env, tmp_path, checkpoints=cfg.checkpoints)
     done = time.time()
     killer.join()
     assert "at" in killed and killed["at"] < done, "the actor was not killed during the run"

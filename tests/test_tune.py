@@ -84,7 +84,9 @@ def _cfg(inputs, **kw):
     from rayjobs.tune_weights import TuneWeightsConfig
 
     policy, model_path, _ = inputs
-    return TuneWeightsConfig(policy=str(policy), human_reward_model=str(model_path), **kw)
+    from rlhf.config import from_flat
+
+    return from_flat(TuneWeightsConfig, policy=str(policy), human_reward_model=str(model_path), **kw)
 
 
 def test_search_space_seed_points_and_budget(inputs):
@@ -96,7 +98,7 @@ def test_search_space_seed_points_and_budget(inputs):
     space = param_space(cfg)
     assert set(space) == {"w_human"} and (space["w_human"].lower, space["w_human"].upper) == (0.0, 1.0)
     cfg = _cfg(inputs, w_human_min=0.25, w_human_max=0.5, search_lr=True, lr_min=1e-5, lr_max=1e-3)
-    assert seeded_points(cfg) == [{"w_human": 0.4, "lr": cfg.lr}, {"w_human": 0.3, "lr": cfg.lr}]
+    assert seeded_points(cfg) == [{"w_human": 0.4, "lr": cfg.ppo.lr}, {"w_human": 0.3, "lr": cfg.ppo.lr}]
     assert set(param_space(cfg)) == {"w_human", "lr"}
 
 
@@ -140,7 +142,7 @@ def test_trial_resources_follow_the_cluster(inputs):
     # A GPU asked for by a process that sees none (a job driver on a CPU head node): the learner
     # becomes one remote actor that Ray places on a GPU node, and the trial reserves that GPU.
     cfg = _cfg(inputs, num_env_runners=2, num_gpus_per_learner=1)
-    assert build_ppo_config(cfg, env).num_learners == 1
+    assert build_ppo_config(cfg.ppo, env).num_learners == 1
     bundles = trial_resources(cfg, env).bundles
     assert sum(b.get("GPU", 0) for b in bundles) == 1 and sum(b.get("CPU", 0) for b in bundles) == 3
 
