@@ -270,7 +270,7 @@ def param_space(cfg: TuneWeightsConfig) -> dict[str, Any]:
 def seeded_points(cfg: TuneWeightsConfig) -> list[dict[str, float]]:
     """The first trials: the --points inside the searched range (with the default lr)."""
     pts = [p for p in cfg.points if cfg.w_human_min <= p <= cfg.w_human_max][: cfg.num_samples]
-    return [{"w_human": p, **({"lr": cfg.lr} if cfg.search_lr else {})} for p in pts]
+    return [{"w_human": p, **({"lr": cfg.ppo.lr} if cfg.search_lr else {})} for p in pts]
 
 
 def trial_resources(cfg: TuneWeightsConfig, env: dict[str, Any]):
@@ -350,7 +350,7 @@ def make_tuner(cfg: TuneWeightsConfig, setup: TrialSetup, storage: str):
             print(f"restoring the sweep from {exp_path}", flush=True)
             return tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
         print(f"--resume: no sweep in {exp_path}; starting a new one", flush=True)
-    search = BasicVariantGenerator(points_to_evaluate=seeded_points(cfg), random_state=cfg.seed)
+    search = BasicVariantGenerator(points_to_evaluate=seeded_points(cfg), random_state=cfg.ppo.seed)
     return tune.Tuner(
         trainable,
         param_space=param_space(cfg),
