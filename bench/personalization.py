@@ -192,7 +192,7 @@ def run_taste(cfg: BenchConfig, out: Path, taste: str, policy: str, unseen_files
     from rlhf.evaluation import evaluate_policy, photo_key, reward_model_accuracy
     from rlhf.pairs import save_pairs
     from rlhf.policy import CropPolicy
-    from rlhf.reward_model import PreferenceRewardModel
+    from rlhf.preference import PreferenceRewardModel
     from rlhf.simulated import SimulatedAnnotator
     from rlhf.store import PreferenceStore
 

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from rlhf.evaluation import evaluate_policy, policy_boxes
     from rlhf.images import Photo
     from rlhf.policy import CropPolicy
-    from rlhf.reward_model import PreferenceRewardModel
+    from rlhf.preference import PreferenceRewardModel
     from rlhf.scorers import create_scorer
     from rlhf.simulated import SimulatedAnnotator
 

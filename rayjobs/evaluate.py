@@ -223,7 +223,7 @@ def run(cfg: EvalConfig) -> Path:
     scorer = create_scorer(cfg.scorer, weights=cfg.scorer_weights)
     reward_model = None
     if cfg.human_reward_model:
-        from rlhf.reward_model import PreferenceRewardModel
+        from rlhf.preference import PreferenceRewardModel
 
         reward_model = PreferenceRewardModel.load(cfg.human_reward_model)
     pairs = None

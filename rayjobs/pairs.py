@@ -326,7 +326,7 @@ def run(cfg: PairsConfig) -> Path:
 
     margins = None
     if cfg.select == "uncertain":
-        from rlhf.reward_model import PreferenceRewardModel
+        from rlhf.preference import PreferenceRewardModel
 
         model = PreferenceRewardModel.load(cfg.human_reward_model)
         rewards = [model.reward(photo, [c.box for c in cs]) if cs else np.zeros(0)

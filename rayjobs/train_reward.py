@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from rlhf.config import parse_config, run_dir, save_config
-from rlhf.reward_model import (
+from rlhf.preference import (
     CropFeaturizer,
     PreferenceDataError,
     RewardTrainConfig,

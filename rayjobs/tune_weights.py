@@ -201,7 +201,7 @@ class TrialSetup:
 
 
 def _load_models(setup: TrialSetup):
-    from rlhf.reward_model import PreferenceRewardModel
+    from rlhf.preference import PreferenceRewardModel
     from rlhf.scorers import create_scorer
 
     r = setup.reward
@@ -293,7 +293,7 @@ def _baseline(cfg: TuneWeightsConfig, out: Path, photos_paths: list[str], pairs:
     from rlhf.evaluation import evaluate_policy
     from rlhf.images import load_collection
     from rlhf.policy import CropPolicy
-    from rlhf.reward_model import PreferenceRewardModel
+    from rlhf.preference import PreferenceRewardModel
     from rlhf.scorers import create_scorer
 
     scorer = create_scorer(cfg.scoring.scorer, weights=cfg.scoring.scorer_weights)

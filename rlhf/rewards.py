@@ -83,7 +83,7 @@ class LocalReward:
             self.scorer = create_scorer(spec.scorer, weights=spec.scorer_weights, device=spec.device,
                                         **(training_scorer_kwargs(spec.scorer) if training else {}))
         if spec.kind in ("human", "combined"):
-            from rlhf.reward_model import PreferenceRewardModel
+            from rlhf.preference import PreferenceRewardModel
 
             self.human = PreferenceRewardModel.load(spec.human_reward_model, device=spec.device)
 

@@ -314,7 +314,7 @@ class ScoringService:
             self.scorer = create_scorer(self.spec.scorer, weights=self.spec.scorer_weights, device=device,
                                         **(scorer_kwargs or {}))
         if HUMAN in self.kinds:
-            from rlhf.reward_model import PreferenceRewardModel
+            from rlhf.preference import PreferenceRewardModel
 
             self.human = PreferenceRewardModel.load(self.spec.human_reward_model, device=device)
         if device.startswith("cuda"):

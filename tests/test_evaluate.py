@@ -81,7 +81,7 @@ def _random_box(rng, photo, lo=0.3):
 def setup(ray_local, tmp_path_factory):
     """Two real policies (checkpoints 1 and 2 of a tiny bootstrap), a reward model trained on a SIMULATED
     'wide' taste, and held-out answered pairs on the unseen photos."""
-    from rlhf.reward_model import RewardTrainConfig, examples_from_pairs, train_reward_model
+    from rlhf.preference import RewardTrainConfig, examples_from_pairs, train_reward_model
     from rlhf.simulated import SimulatedAnnotator
 
     run = tiny_bootstrap(tmp_path_factory)
@@ -110,7 +110,7 @@ def setup(ray_local, tmp_path_factory):
 def test_evaluate_two_policies_writes_report_and_plots(setup, tmp_path, capsys):
     from rayjobs.evaluate import EvalConfig, run, taste_verdict
     from rlhf.pairs import load_pairs
-    from rlhf.reward_model import PreferenceRewardModel
+    from rlhf.preference import PreferenceRewardModel
     from rlhf.simulated import SimulatedAnnotator
 
     _, ckpts, model_path, heldout, photos = setup

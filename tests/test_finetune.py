@@ -142,7 +142,7 @@ def _kl_to(policy, reference, observations) -> float:
 
 def _simulated_reward_model(folder, epochs: int) -> str:
     """A real reward model, trained on a SIMULATED annotator's answers on the training photos."""
-    from rlhf.reward_model import RewardTrainConfig, examples_from_pairs, train_reward_model
+    from rlhf.preference import RewardTrainConfig, examples_from_pairs, train_reward_model
     from tests.test_tune import TRAIN, simulated_pairs
 
     model, _ = train_reward_model(examples_from_pairs(simulated_pairs(TRAIN, 6, seed=0)), RewardTrainConfig(

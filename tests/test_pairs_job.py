@@ -142,7 +142,7 @@ def test_helpers():
 
 def test_uncertain_selection_with_a_real_reward_model(diverse, policy, tmp_path):
     """Train a reward model on the first round (SIMULATED 'wide' taste), then ask what it is unsure of."""
-    from rlhf.reward_model import RewardTrainConfig, examples_from_pairs, train_reward_model
+    from rlhf.preference import RewardTrainConfig, examples_from_pairs, train_reward_model
     from rlhf.simulated import SimulatedAnnotator
 
     photos = load_collection(PHOTOS)
@@ -175,7 +175,7 @@ def test_an_indifferent_reward_model_gets_diverse_pairs(diverse, policy, tmp_pat
     """A reward model that found no taste (here: its linear head zeroed, as the strongest --l1 leaves
     it) ties every pair at margin 0; uncertainty would then pick by candidate order, so it warns and
     asks diverse pairs instead."""
-    from rlhf.reward_model import RewardTrainConfig, examples_from_pairs, train_reward_model
+    from rlhf.preference import RewardTrainConfig, examples_from_pairs, train_reward_model
     from rlhf.simulated import SimulatedAnnotator
 
     photos = load_collection(PHOTOS)

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from rlhf.images import TRAIN_PHOTOS, Photo, bundled_photos, load_image, photo_id
-from rlhf.reward_model import (
+from rlhf.preference import (
     CropFeaturizer,
     PreferenceDataError,
     PreferenceExample,
@@ -198,7 +198,7 @@ def test_early_stopping_on_one_held_out_split(featurizer, photos):
 def test_cross_validation_folds_hold_out_whole_photos(photos):
     """A photo's pairs share its colours and subject, so a fold that saw some of them would flatter
     the model; with fewer photos than folds the split falls back to pairs."""
-    from rlhf.reward_model import _folds
+    from rlhf.preference.training import _folds
 
     examples = _pairs(photos, _area, 60, seed=TRAIN_SEED)
     folds = _folds(examples, RewardTrainConfig(cv_folds=5))
@@ -431,7 +431,7 @@ def test_featurizer_cache_is_bounded(featurizer, photos):
 def test_one_standard_error_rule_prefers_the_stronger_penalty_within_noise():
     """--l1_rule 1se: a loss within one standard error of the lowest is a tie, and the tie goes to the
     sparser head; 'min' takes the lowest loss. (Plumbing of the choice: candidates made by hand.)"""
-    from rlhf.reward_model import _Candidate, _choose_l1
+    from rlhf.preference.training import _Candidate, _choose_l1
 
     def cand(l1: float, mean: float) -> _Candidate:
         c = _Candidate(l1)
@@ -456,7 +456,7 @@ def test_when_no_loss_beats_an_indifferent_head_accuracy_above_chance_decides():
     """Ties and label noise can hold every held-out log-loss at log 2 while one penalty ranks the
     pairs well (g30's warm: 0.6936 at accuracy 0.786 on 84 pairs); the indifferent head must not win
     by a hair of loss. Accuracy at chance keeps the lowest loss. (Plumbing: candidates made by hand.)"""
-    from rlhf.reward_model import _Candidate, _choose_l1
+    from rlhf.preference.training import _Candidate, _choose_l1
 
     def cand(l1: float, loss: float, acc: float, n: int = 84) -> _Candidate:
         c = _Candidate(l1)
@@ -478,7 +478,8 @@ def test_when_no_loss_beats_an_indifferent_head_accuracy_above_chance_decides():
 
 
 def test_an_indifferent_head_scores_half_not_the_share_b_won():
-    from rlhf.reward_model import RewardHead, _evaluate
+    from rlhf.preference.head import RewardHead
+    from rlhf.preference.training import _evaluate
 
     x = torch.randn(8, 4)
     acc, n = _evaluate(RewardHead(4), x, x.flip(0), torch.tensor([0.0] * 6 + [1.0, 0.5]))[1:]

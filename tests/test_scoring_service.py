@@ -209,7 +209,7 @@ def test_client_retries_until_the_actor_is_back(service, photos, local):
 @pytest.fixture(scope="module")
 def human_model(tmp_path_factory, photos):
     """A real human reward model trained on a few synthetic preferences (centre crops over corners)."""
-    from rlhf.reward_model import PreferenceExample, RewardTrainConfig, train_reward_model
+    from rlhf.preference import PreferenceExample, RewardTrainConfig, train_reward_model
 
     examples = []
     for p in photos:

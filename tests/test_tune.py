@@ -55,7 +55,7 @@ def simulated_pairs(paths: list[str], per_photo: int, seed: int) -> list[Pair]:
 
 @pytest.fixture(scope="module")
 def inputs(ray_local, tmp_path_factory):
-    from rlhf.reward_model import RewardTrainConfig, examples_from_pairs, train_reward_model
+    from rlhf.preference import RewardTrainConfig, examples_from_pairs, train_reward_model
 
     policy = tiny_bootstrap(tmp_path_factory)
     folder = tmp_path_factory.mktemp("tune_inputs")

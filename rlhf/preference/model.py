@@ -1,0 +1,139 @@
+"""The trained reward model r(photo, box) and its file format."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rlhf.images import Box, Photo
+from rlhf.preference.config import CENTRINGS
+from rlhf.preference.features import CropFeaturizer
+from rlhf.preference.head import FeatureNormaliser, RewardHead
+
+# 2: the share hinge cues joined the features (a version-1 model's head reads fewer of them).
+FORMAT_VERSION = 2
+
+
+def reference_boxes(width: int, height: int) -> list[Box]:
+    """The crops a photo's rewards are centred on: the whole photo and a 3x3 grid of crops 0.6 of
+    its width and height (left/centre/right x top/middle/bottom), the range a crop policy explores."""
+    w, h = round(0.6 * width), round(0.6 * height)
+    boxes = [(0, 0, width, height)]
+    for fy in (0.0, 0.5, 1.0):
+        for fx in (0.0, 0.5, 1.0):
+            left, top = round(fx * (width - w)), round(fy * (height - h))
+            boxes.append((left, top, left + w, top + h))
+    return boxes
+
+
+class PreferenceRewardModel:
+    """r(photo, box): featurizer -> normaliser -> head, minus the centring offset.
+
+    Centring ``photo`` (default) subtracts the mean r of the photo's own reference crops
+    (`reference_boxes`); ``global`` subtracts one offset, the mean r of the training crops.
+    """
+
+    def __init__(self, featurizer: CropFeaturizer, normaliser: FeatureNormaliser, head: RewardHead,
+                 offset: float = 0.0, config: dict[str, Any] | None = None,
+                 metrics: dict[str, Any] | None = None, centring: str = "global"):
+        if centring not in CENTRINGS:
+            raise ValueError(f"centring must be one of {CENTRINGS}, got {centring!r}")
+        self.featurizer = featurizer
+        self.normaliser = normaliser
+        self.head = head.to(featurizer.device).eval()
+        self.offset = float(offset)
+        self.centring = centring
+        self.config = dict(config or {})
+        self.metrics = dict(metrics or {})
+        self._photo_offsets: dict[tuple[str, int, int], float] = {}
+
+    @property
+    def device(self) -> torch.device:
+        return self.featurizer.device
+
+    def to(self, device: str | torch.device) -> PreferenceRewardModel:
+        self.featurizer.to(device)
+        self.head.to(device)
+        return self
+
+    def raw_from_features(self, raw_features: np.ndarray) -> np.ndarray:
+        """Uncentred r for raw feature rows."""
+        x = torch.from_numpy(self.normaliser.transform(raw_features)).to(self.device)
+        with torch.no_grad():
+            return self.head(x).double().cpu().numpy()
+
+    def photo_offset(self, photo: Photo) -> float:
+        """What `reward` subtracts for this photo (see the class docstring)."""
+        if self.centring == "global":
+            return self.offset
+        key = (photo.id, photo.width, photo.height)
+        if key not in self._photo_offsets:
+            if len(self._photo_offsets) > 4 * self.featurizer.max_cached_photos:
+                self._photo_offsets.clear()
+            refs = self.featurizer.features(photo, reference_boxes(photo.width, photo.height))
+            self._photo_offsets[key] = float(self.raw_from_features(refs).mean())
+        return self._photo_offsets[key]
+
+    def reward(self, photo: Photo, boxes: Sequence[Sequence[float]]) -> np.ndarray:
+        """Centred r per box: 0 for a crop as good as the photo's reference crops on average
+        (centring "photo"), or as the average training crop ("global")."""
+        return self.raw_from_features(self.featurizer.features(photo, boxes)) - self.photo_offset(photo)
+
+    def human_score(self, photo: Photo, boxes: Sequence[Sequence[float]]) -> np.ndarray:
+        """sigmoid(r) per box in [0, 1]; 0.5 for an average crop (of this photo, with centring "photo")."""
+        return 1.0 / (1.0 + np.exp(-self.reward(photo, boxes)))
+
+    def prefer(self, photo: Photo, box_a: Sequence[float], box_b: Sequence[float]) -> float:
+        """P(A better than B) under Bradley-Terry."""
+        r = self.reward(photo, [box_a, box_b])
+        return float(1.0 / (1.0 + math.exp(-(r[0] - r[1]))))
+
+    def save(self, path: str | Path) -> Path:
+        """One .pth: head weights, normaliser, centring offset, backbone name + weights, config."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({
+            "format": "rlhf-photographer/human-reward-model", "version": FORMAT_VERSION,
+            "backbone": self.featurizer.backbone_name, "backbone_weights": self.featurizer.backbone_weights,
+            "input_size": self.featurizer.input_size, "feature_names": list(self.featurizer.feature_names),
+            "head": {k: v.detach().cpu() for k, v in self.head.state_dict().items()},
+            "head_in_dim": self.head.in_dim, "head_hidden": self.head.hidden,
+            "normaliser": self.normaliser.state_dict(), "offset": self.offset, "centring": self.centring,
+            "config": self.config, "metrics": self.metrics,
+        }, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu", backbone_weights: str | None = None,
+             featurizer: CropFeaturizer | None = None) -> PreferenceRewardModel:
+        """Load a saved model; `backbone_weights` overrides the stored path (a moved weights file)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such human reward model file")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:  # noqa: BLE001 - any unpickling failure means "not our file"
+            raise ValueError(f"{path}: not a readable human reward model ({e}); if an older version wrote it, "
+                             "retrain it with `photographer train-reward` on the same preference data") from e
+        if not isinstance(state, dict) or state.get("format") != "rlhf-photographer/human-reward-model":
+            raise ValueError(f"{path}: not a human reward model file (no 'format' marker)")
+        if state.get("version") != FORMAT_VERSION:
+            raise ValueError(f"{path}: human reward model format version {state.get('version')}, this version "
+                             f"reads {FORMAT_VERSION} (its features changed); retrain it with "
+                             "`photographer train-reward` on the same preference data")
+        weights = backbone_weights or state["backbone_weights"]
+        if featurizer is None:
+            featurizer = CropFeaturizer(state["backbone"], weights, state["input_size"], device=device)
+        elif (featurizer.backbone_name, featurizer.input_size) != (state["backbone"], state["input_size"]):
+            raise ValueError(f"{path}: saved for {state['backbone']}@{state['input_size']}, "
+                             f"featurizer is {featurizer.backbone_name}@{featurizer.input_size}")
+        head = RewardHead(state["head_in_dim"], state["head_hidden"])
+        head.load_state_dict(state["head"])
+        return cls(featurizer, FeatureNormaliser.from_state_dict(state["normaliser"]), head,
+                   state["offset"], state.get("config"), state.get("metrics"), state.get("centring", "global"))
+
