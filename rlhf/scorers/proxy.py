@@ -1,9 +1,5 @@
-"""Aesthetic scorers: one base class, one registry, one factory (`create_scorer`).
+"""The default scorer (``"default"``, alias ``"proxy"``): :class:`ProxyAestheticScorer`.
 
-Every scorer gives crops a score on NIMA's 1-10 scale (the RL reward is `(score - 1) / 9`).
-
-``"default"`` (alias ``"proxy"``): :class:`ProxyAestheticScorer`
------------------------------------------------------------------
 A PROXY, NOT NIMA. No learned aesthetic model ships offline, so it combines real signals that work with
 no download into
 
@@ -47,176 +43,40 @@ area ``min(1, area / 0.12) ** 1.5`` (tiny high-contrast patches score near 1), a
 ``min(1, short side / 32 px)``.
 
 Per photo, the feature map, top classes, faces, saliency and the BRISQUE/exposure tables are computed once
-(about 0.1-0.3 s) and kept in an LRU cache keyed by photo id (15-22 MB a photo; 96 photos by default, 512 in training: 20 training photos x 5 framings need 100); a
-box then costs only table look-ups (well under a millisecond on an idle core), and its score is cached by
-(photo id, box).
+and kept in an LRU cache keyed by photo id (about 20 MB a photo; 96 photos by default, 512 for a training
+job, which needs one per framing of each training photo); a box then costs only table look-ups, and its
+score is cached by (photo id, box).
 
 ``score(crops)`` has no photo, so it measures what a crop alone shows: content = the crop's own top-1
 class probability (network on the crop at 160 px), quality = OpenCV BRISQUE on the crop (shrunk to
 <= 384 px), exposure; the photo-only terms (kept, focus, border, thirds) count as 0.5, neutral, so both
 methods share one scale; P = the aspect and pixel factors. It cannot see composition: prefer
 ``score_boxes`` wherever the photo is known.
-
-``"nima"``: :class:`NimaScorer`
--------------------------------
-NIMA (Talebi & Milanfar 2018): a timm backbone, dropout, a 10-way linear layer and softmax over the vote
-bins 1..10; ``score = sum_i i * p_i``. It needs weights: its own checkpoints (``rayjobs/train_nima.py``) or
-a pyiqa NIMA state dict (``base_model.*``, ``classifier.*``); ``"nima:<timm name>"`` names the backbone.
 """
 
 from __future__ import annotations
 
 import functools
 import threading
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
-import timm
 import torch
-from torch import nn
 
-from rlhf.backbone import (
-    DEFAULT_BACKBONE,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    BackboneWeightsError,
-    input_stats,
-    load_backbone,
-    preprocess,
-    read_torch_file,
-)
+from rlhf.backbone import DEFAULT_BACKBONE, BackboneWeightsError, input_stats, load_backbone, preprocess
 from rlhf.boxstats import box_means, box_sums, framing_cues, moment_sat, spectral_residual, summed_area
 from rlhf.brisque import BrisqueRegions, brisque_score
 from rlhf.cache import LRUCache
 from rlhf.images import Photo, clip_box, resize
+from rlhf.scorers.registry import AestheticScorer, Crops, as_crop_list, register_scorer
 
-FACE_CASCADE = Path(__file__).resolve().parent / "data" / "faces" / "lbpcascade_frontalface_improved.xml"
-NIMA_BINS = 10
-NIMA_FORMAT = "rlhf-nima"
-
-Crops = np.ndarray | Sequence[np.ndarray]
+FACE_CASCADE = Path(__file__).resolve().parent.parent / "data" / "faces" / "lbpcascade_frontalface_improved.xml"
 
 
-# ----------------------------------------------------------------------------------------------------
-# Base class and registry
-# ----------------------------------------------------------------------------------------------------
-class AestheticScorer(ABC):
-    """Scores crops on the 1-10 scale. Subclasses implement `score`; photo-aware ones `score_boxes`."""
-
-    name: str = "base"
-    input_size: int = 224
-
-    @abstractmethod
-    def score(self, crops: Crops) -> np.ndarray:
-        """Scores (N,) in [1, 10] of uint8 RGB crops (an N×H×W×3 array, or a list of H×W×3)."""
-
-    def distribution(self, crops: Crops) -> np.ndarray | None:
-        """(N, 10) probabilities of the scores 1..10, for scorers that model one; else None."""
-        return None
-
-    def score_boxes(self, photo: Photo, boxes: Sequence[Sequence[float]]) -> np.ndarray:
-        """Scores of boxes of one photo: by default each box is cropped, resized to input_size, scored."""
-        if len(boxes) == 0:
-            return np.zeros(0, dtype=np.float64)
-        crops = np.stack([photo.crop_resized(b, self.input_size) for b in boxes])
-        return np.asarray(self.score(crops), dtype=np.float64)
-
-
-_REGISTRY: dict[str, Callable[..., AestheticScorer]] = {}
-_ALIASES: dict[str, str] = {}
-
-
-def register_scorer(name: str, *aliases: str) -> Callable[[Callable[..., AestheticScorer]],
-                                                          Callable[..., AestheticScorer]]:
-    """Decorator: make a scorer class (or factory) available to `create_scorer` by name and aliases."""
-    def deco(factory: Callable[..., AestheticScorer]) -> Callable[..., AestheticScorer]:
-        _REGISTRY[name] = factory
-        for a in aliases:
-            _ALIASES[a] = name
-        return factory
-    return deco
-
-
-def list_scorers() -> list[str]:
-    """Registered scorer names (aliases not included)."""
-    return sorted(_REGISTRY)
-
-
-@functools.cache
-def _subject_mapper() -> ProxyAestheticScorer:
-    # Smaller inputs than the scorer's (224 vs 320 px for the network, 320 vs 512 for faces): the map is
-    # shown at 64 px, and `photographer crop` pays for it on every new photo.
-    return ProxyAestheticScorer(feature_long_side=224, face_long_side=320, photo_cache_size=1, box_cache_size=1)
-
-
-def subject_map(pixels: np.ndarray) -> np.ndarray:
-    """`ProxyAestheticScorer.subject_map` from one frozen Lite0 per process (loaded on first use).
-
-    Offline like the rest: the backbone's ImageNet weights ship in a package."""
-    return _subject_mapper().subject_map(pixels)
-
-
-# A training job scores every framing of every photo over and over; the proxy's default cache of photo
-# contexts (96) is sized for one process scoring a few photos. With 16, random stage-1 steps ran 12x
-# slower (39 vs 488 steps/s), so jobs that train (the scoring actor, in-process rewards) keep up to 512.
-# A context is ~19 MB (measured RSS: 20 training photos x 5 framings = 100 contexts, 1.9 GB), which is
-# why a process keeps one scorer per spec (rlhf.rewards.build_reward), not one per env.
-TRAINING_PHOTO_CONTEXTS = 512
-
-
-def training_scorer_kwargs(name: str) -> dict[str, Any]:
-    """Constructor arguments for a scorer that serves a training job (see TRAINING_PHOTO_CONTEXTS)."""
-    base = name.partition(":")[0]
-    return {"photo_cache_size": TRAINING_PHOTO_CONTEXTS} if _ALIASES.get(base, base) == "default" else {}
-
-
-def create_scorer(name: str = "default", weights: str | None = None, device: str = "cpu",
-                  **kwargs: Any) -> AestheticScorer:
-    """Build a registered scorer: "default" (= "proxy") or "nima" (or "nima:<timm backbone>").
-
-    weights: for the proxy, an optional state dict for its EfficientNet-Lite0; for NIMA, the checkpoint
-    (required: no NIMA weights ship offline). Extra keyword arguments go to the scorer's constructor.
-    """
-    base, _, variant = name.partition(":")
-    key = _ALIASES.get(base, base)
-    if key not in _REGISTRY:
-        known = ", ".join(sorted([*_REGISTRY, *_ALIASES]))
-        raise ValueError(f"unknown scorer {name!r}; known: {known}")
-    if variant:
-        kwargs.setdefault("backbone", variant)
-    return _REGISTRY[key](weights=weights, device=device, **kwargs)
-
-
-def _as_crop_list(crops: Crops) -> list[np.ndarray]:
-    if isinstance(crops, np.ndarray):
-        if crops.ndim != 4 or crops.shape[-1] != 3:
-            raise ValueError(f"crops must be an N×H×W×3 uint8 array, got shape {crops.shape}")
-        items = list(crops)
-    else:
-        items = []
-        for i, c in enumerate(crops):
-            c = np.asarray(c)
-            if c.ndim != 3 or c.shape[-1] != 3:
-                raise ValueError(f"crop {i} must be H×W×3, got shape {c.shape}")
-            items.append(c)
-    out = []
-    for c in items:
-        if c.dtype != np.uint8:
-            if np.issubdtype(c.dtype, np.floating) and c.size and float(c.max()) <= 1.0:
-                c = c * 255.0  # float crops in [0, 1]
-            c = np.clip(c, 0, 255).astype(np.uint8)
-        out.append(c)
-    return out
-
-
-# ----------------------------------------------------------------------------------------------------
-# The default scorer: a documented proxy
-# ----------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ProxyWeights:
     """Weights of the proxy's terms (see the module docstring); normalised to sum to 1 when used."""
@@ -239,8 +99,8 @@ class ProxyWeights:
         return {n: v / total for n, v in vals.items()}
 
 
+
 PHOTO_TERMS = tuple(f.name for f in fields(ProxyWeights))
-CROP_TERMS = ("content", "quality", "exposure")
 NEUTRAL = 0.5  # value of a photo-only term when scoring a crop without its photo
 # Depth of the border term's edge strips, a fraction of the crop's shorter side (at least half a cell):
 # shallower than the framing cues' EDGE_STRIP, so the term reacts to what lies right at the cut.
@@ -328,7 +188,7 @@ class ProxyAestheticScorer(AestheticScorer):
         size = (max(32, round(w * s)), max(32, round(h * s)))
         with torch.inference_mode():
             f = self.model.forward_features(self._normalised_input(resize(pixels, size)))[0].float()
-            # The classifier at every cell, in float32 on the model's device (8x faster than numpy's float64).
+            # The classifier at every cell, in float32 on the model's device (much faster than numpy's float64).
             head = self.model.get_classifier()
             z = torch.einsum("kc,chw->khw", head.weight.float(), f) + head.bias.float()[:, None, None]
         return z.cpu().numpy().astype(np.float64)
@@ -502,7 +362,7 @@ class ProxyAestheticScorer(AestheticScorer):
         return out
 
     def score(self, crops: Crops) -> np.ndarray:
-        items = _as_crop_list(crops)
+        items = as_crop_list(crops)
         if not items:
             return np.zeros(0, dtype=np.float64)
         x = preprocess(items, self.crop_content_size, self.mean, self.std).to(self.device)
@@ -534,202 +394,16 @@ class ProxyAestheticScorer(AestheticScorer):
         self._boxes.clear()
 
 
-# ----------------------------------------------------------------------------------------------------
-# NIMA
-# ----------------------------------------------------------------------------------------------------
-# Backbones pyiqa's NIMA weights were trained with; a pyiqa file is matched against these by its keys.
-PYIQA_BACKBONES = ("vgg16", "inception_resnet_v2", "mobilenetv2_100")
-INCEPTION_MEAN = (0.5, 0.5, 0.5)
-INCEPTION_STD = (0.5, 0.5, 0.5)
+
+@functools.cache
+def _subject_mapper() -> ProxyAestheticScorer:
+    # Smaller inputs than the scorer's (224 vs 320 px for the network, 320 vs 512 for faces): the map is
+    # shown at 64 px, and `photographer crop` pays for it on every new photo.
+    return ProxyAestheticScorer(feature_long_side=224, face_long_side=320, photo_cache_size=1, box_cache_size=1)
 
 
-class NimaModel(nn.Module):
-    """NIMA: backbone → global average pool → dropout → linear(10) → softmax over the vote bins.
+def subject_map(pixels: np.ndarray) -> np.ndarray:
+    """`ProxyAestheticScorer.subject_map` from one frozen Lite0 per process (loaded on first use).
 
-    layout "rlhf": the whole timm backbone without its classifier (pooled pre-logit features; for
-    EfficientNet-Lite0, its 1280-channel head conv). layout "pyiqa": a timm `features_only` backbone and
-    its last feature map, as pyiqa builds it, so pyiqa's state dicts load unchanged. Either way the head is
-    `classifier = Sequential(Flatten, Dropout, Linear, Softmax)` (pyiqa's key names classifier.2.*).
-    """
-
-    def __init__(self, backbone: str = DEFAULT_BACKBONE, dropout: float = 0.75, layout: str = "rlhf",
-                 backbone_weights: str | None = None):
-        super().__init__()
-        if layout not in ("rlhf", "pyiqa"):
-            raise ValueError(f"layout must be 'rlhf' or 'pyiqa', got {layout!r}")
-        if not 0 <= dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        self.backbone_name = backbone
-        self.layout = layout
-        if layout == "rlhf":
-            self.base_model = load_backbone(backbone, weights=backbone_weights, num_classes=0)
-            in_ch = int(self.base_model.num_features)
-            mean, std = input_stats(self.base_model)
-        else:
-            self.base_model = timm.create_model(backbone, pretrained=False, features_only=True)
-            in_ch = int(self.base_model.feature_info.channels()[-1])
-            inception = "inception" in backbone
-            mean, std = (INCEPTION_MEAN, INCEPTION_STD) if inception else (IMAGENET_MEAN, IMAGENET_STD)
-        self.global_pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Dropout(p=dropout), nn.Linear(in_ch, NIMA_BINS),
-                                        nn.Softmax(dim=-1))
-        self.mean, self.std = tuple(mean), tuple(std)
-        self.dropout = float(dropout)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        if self.layout == "rlhf":
-            return self.base_model.forward_head(self.base_model.forward_features(x), pre_logits=True)
-        return self.global_pool(self.base_model(x)[-1])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised images (N, 3, H, W) → probabilities (N, 10) of the scores 1..10."""
-        return self.classifier(self.features(x))
-
-
-def nima_mean_score(probs: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
-    """Mean score sum_i i * p_i of (N, 10) bin probabilities."""
-    bins = np.arange(1, NIMA_BINS + 1, dtype=np.float64)
-    if isinstance(probs, torch.Tensor):
-        return probs @ torch.as_tensor(bins, dtype=probs.dtype, device=probs.device)
-    return np.asarray(probs, dtype=np.float64) @ bins
-
-
-def _meta_state_keys(backbone: str) -> dict[str, tuple[int, ...]]:
-    with torch.device("meta"):
-        m = timm.create_model(backbone, pretrained=False, features_only=True)
-    return {f"base_model.{k}": tuple(v.shape) for k, v in m.state_dict().items()}
-
-
-def _match_pyiqa_backbone(sd: dict[str, torch.Tensor], source: str, candidates: Sequence[str]) -> str:
-    want = {k: tuple(v.shape) for k, v in sd.items() if k.startswith("base_model.")}
-    for name in candidates:
-        try:
-            have = _meta_state_keys(name)
-        except RuntimeError:
-            continue
-        if have == want:
-            return name
-    raise BackboneWeightsError(
-        f"{source}: a pyiqa-style NIMA state dict whose base_model.* keys match none of "
-        f"{', '.join(candidates)}; name the backbone with create_scorer('nima:<timm name>', weights=...)")
-
-
-def load_nima_checkpoint(path: str | Path, backbone: str | None = None) -> tuple[NimaModel, dict[str, Any]]:
-    """A NimaModel from an rlhf-nima checkpoint or a pyiqa NIMA state dict, and the stored metadata.
-
-    Raises BackboneWeightsError (a ValueError) naming the file when it is missing, unreadable, or its
-    keys do not fit.
-    """
-    p = Path(path).expanduser()
-    obj = read_torch_file(p, "NIMA checkpoint")
-    if not isinstance(obj, dict):
-        raise BackboneWeightsError(f"{p}: holds a {type(obj).__name__}, not a checkpoint dict")
-    if obj.get("format") == NIMA_FORMAT:
-        cfg = obj.get("config") or {}
-        try:
-            model = NimaModel(cfg["backbone"], float(cfg.get("dropout", 0.0)), cfg.get("layout", "rlhf"),
-                              backbone_weights="random")
-        except KeyError as e:
-            raise BackboneWeightsError(f"{p}: checkpoint config lacks {e}") from e
-        sd = obj.get("state_dict")
-        meta = {k: v for k, v in obj.items() if k not in ("state_dict", "optimizer")}
-    else:
-        sd = obj.get("params", obj)  # pyiqa saves {"params": state_dict}
-        if not isinstance(sd, dict) or "classifier.2.weight" not in sd:
-            raise BackboneWeightsError(
-                f"{p}: neither an {NIMA_FORMAT} checkpoint nor a pyiqa NIMA state dict "
-                "(expected keys base_model.* and classifier.2.weight)")
-        sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
-        name = backbone or _match_pyiqa_backbone(sd, str(p), PYIQA_BACKBONES)
-        model = NimaModel(name, 0.0, "pyiqa")
-        meta = {"format": "pyiqa", "config": {"backbone": name, "layout": "pyiqa"}}
-    if not isinstance(sd, dict):
-        raise BackboneWeightsError(f"{p}: checkpoint has no state_dict")
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    wrong = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or wrong:
-        parts = [f"{len(v)} {what} (e.g. {', '.join(v[:3])})" for v, what in
-                 ((missing, "missing"), (unexpected, "unexpected"), (wrong, "of another shape")) if v]
-        raise BackboneWeightsError(
-            f"{p}: weights do not fit NIMA on {model.backbone_name} ({model.layout} layout): " + "; ".join(parts))
-    model.load_state_dict(sd, strict=True)
-    cfg = meta.get("config", {})
-    if "mean" in cfg and "std" in cfg:
-        model.mean, model.std = tuple(cfg["mean"]), tuple(cfg["std"])
-    return model.eval(), meta
-
-
-def save_nima_checkpoint(path: str | Path, model: NimaModel, input_size: int, **extra: Any) -> Path:
-    """Write an rlhf-nima checkpoint: the state dict with the config needed to rebuild the model."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    cfg = {"backbone": model.backbone_name, "dropout": model.dropout, "layout": model.layout,
-           "input_size": int(input_size), "mean": list(model.mean), "std": list(model.std)}
-    tmp = p.with_suffix(p.suffix + ".tmp")
-    torch.save({"format": NIMA_FORMAT, "version": 1, "config": cfg, "state_dict": model.state_dict(), **extra},
-               tmp)
-    tmp.replace(p)  # atomic: a crash mid-save never leaves a half-written checkpoint
-    return p
-
-
-@register_scorer("nima")
-class NimaScorer(AestheticScorer):
-    """NIMA (Talebi & Milanfar 2018) on a timm backbone; score = the mean of the predicted distribution.
-
-    weights: an rlhf-nima checkpoint or a pyiqa NIMA state dict. Without weights the head is untrained
-    (for training only: `create_scorer("nima")` refuses that).
-    """
-
-    name = "nima"
-
-    def __init__(self, weights: str | None = None, device: str = "cpu", *, backbone: str | None = None,
-                 dropout: float = 0.75, input_size: int | None = None, batch_size: int = 32,
-                 backbone_weights: str | None = None):
-        self.device = torch.device(device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("device='cuda' asked for, but torch sees no CUDA GPU")
-        if weights:
-            self.model, self.meta = load_nima_checkpoint(weights, backbone)
-            self.trained = True
-        else:
-            self.model = NimaModel(backbone or DEFAULT_BACKBONE, dropout, "rlhf", backbone_weights)
-            self.meta = {}
-            self.trained = False
-        cfg = self.meta.get("config", {})
-        default_size = 299 if "inception" in self.model.backbone_name else 224
-        self.input_size = int(input_size or cfg.get("input_size") or default_size)
-        self.batch_size = int(batch_size)
-        self.model.to(self.device).eval()
-        self.name = f"nima ({self.model.backbone_name})"
-
-    def _autocast(self) -> Any:
-        if self.device.type == "cuda":
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            return torch.autocast("cuda", dtype=dtype)
-        return torch.autocast("cpu", enabled=False)
-
-    def distribution(self, crops: Crops) -> np.ndarray:
-        items = _as_crop_list(crops)
-        out = []
-        with torch.inference_mode(), self._autocast():
-            for i in range(0, len(items), self.batch_size):
-                x = preprocess(items[i:i + self.batch_size], self.input_size, self.model.mean, self.model.std)
-                out.append(self.model(x.to(self.device)).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, NIMA_BINS))
-
-    def score(self, crops: Crops) -> np.ndarray:
-        return np.asarray(nima_mean_score(self.distribution(crops)), dtype=np.float64)
-
-
-def _nima_factory(weights: str | None = None, device: str = "cpu", **kwargs: Any) -> NimaScorer:
-    if not weights:
-        raise ValueError(
-            "the 'nima' scorer needs weights=CHECKPOINT: no NIMA weights ship offline. Train one with "
-            "`python -m rayjobs.train_nima --ava AVA.txt --images DIR` or pass a pyiqa NIMA .pth; "
-            "the offline default is create_scorer('default') (a proxy, not NIMA)")
-    return NimaScorer(weights=weights, device=device, **kwargs)
-
-
-_REGISTRY["nima"] = _nima_factory
+    Offline like the rest: the backbone's ImageNet weights ship in a package."""
+    return _subject_mapper().subject_map(pixels)
