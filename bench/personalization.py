@@ -361,9 +361,9 @@ def stage3_aim(taste, photos, boot, ft, w_nima: float, w_human: float) -> dict:
     does not prefer the crops that raised the objective) or a policy that misses its own objective on
     these photos (few moves raised it).
     """
-    from rlhf.rewards import rescale_aesthetic
+    from rlhf.reward import rescale_aesthetic
 
-    def objective(e, pid: str) -> float:  # stage 3's reward (rlhf.rewards.combine) of the photo's crop
+    def objective(e, pid: str) -> float:  # stage 3's reward (rlhf.reward.combine) of the photo's crop
         return w_nima * float(rescale_aesthetic(e.aesthetic[pid])) + w_human * e.human[pid]
 
     up, down = [], []

@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from rlhf.evaluation import TRAINING_ONLY_ENV_KEYS, policy_boxes
     from rlhf.images import Photo
     from rlhf.policy import CropPolicy
-    from rlhf.rewards import LocalReward, RewardSpec
+    from rlhf.reward import LocalReward, RewardSpec
     from rlhf.simulated import SimulatedAnnotator
 
     photos = [Photo(name, framing.pixels) for name, framing in heldout_framings(cfg.variants, cfg.seed)][::cfg.every]

@@ -43,8 +43,8 @@ import ray  # noqa: E402
 import torch  # noqa: E402
 
 from rlhf.images import TRAIN_PHOTOS, Photo, bundled_photos, load_collection  # noqa: E402
-from rlhf.rewards import RewardSpec  # noqa: E402
-from rlhf.scoring_service import ServiceReward, ensure_service  # noqa: E402
+from rlhf.reward import RewardSpec  # noqa: E402
+from rlhf.serving import ServiceReward, ensure_service  # noqa: E402
 
 BATCHES = (1, 16, 64)
 CLIENTS = (1, 2, 4, 8)

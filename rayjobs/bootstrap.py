@@ -16,7 +16,7 @@ from rayjobs.ppo import CheckpointSettings, PPOSettings, train
 from rlhf.config import parse_config, run_dir, save_config
 from rlhf.env import CropEnvConfig
 from rlhf.images import TRAIN_PHOTOS, bundled_photos, resolve_paths
-from rlhf.rewards import RewardSpec
+from rlhf.reward import RewardSpec
 
 
 def stage1_env() -> CropEnvConfig:
@@ -77,7 +77,7 @@ def reward_spec(scoring: ScorerSettings, **kw) -> RewardSpec:
     """The reward of these scorer settings; with --service, through the (started) scoring actor."""
     spec = RewardSpec(scorer=scoring.scorer, scorer_weights=scoring.scorer_weights, **kw)
     if scoring.service:
-        from rlhf.scoring_service import ensure_service
+        from rlhf.serving import ensure_service
 
         spec.service = ensure_service(spec)
     return spec
@@ -85,7 +85,7 @@ def reward_spec(scoring: ScorerSettings, **kw) -> RewardSpec:
 
 def release(service: str | None) -> None:
     if service:
-        from rlhf.scoring_service import release_service
+        from rlhf.serving import release_service
 
         release_service(service)
 

@@ -24,7 +24,7 @@ from rlhf.config import load_run_config, parse_config_given, run_dir
 from rlhf.env import CropEnvConfig
 from rlhf.images import resolve_paths
 from rlhf.policy import FROZEN_PARTS, latest_checkpoint, run_folder_of
-from rlhf.rewards import RewardSpec
+from rlhf.reward import RewardSpec
 
 # The env flags of a stage-3 run print this as their default: unless given, the policy's run decides.
 FROM_POLICY = "the policy's run config"

@@ -59,7 +59,7 @@ from rlhf.config import CONFIG_VERSION, parse_config_given, run_dir
 from rlhf.env import CropEnvConfig
 from rlhf.evaluation import _finite
 from rlhf.images import HELDOUT_PHOTOS, bundled_photos, resolve_paths
-from rlhf.rewards import RewardSpec
+from rlhf.reward import RewardSpec
 
 SEED_POINTS = [0.4, 0.3, 0.2]  # the seed's 60/40, 70/30 and 80/20 (w_nima/w_human) mixes
 

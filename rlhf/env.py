@@ -81,7 +81,7 @@ _LOCKED_DELTAS = {
 }
 
 RewardFn = Callable[[Photo, Sequence[Box]], np.ndarray]
-"""Scores boxes of one photo; higher is better, about [0, 1]. See rlhf.rewards."""
+"""Scores boxes of one photo; higher is better, about [0, 1]. See rlhf.reward."""
 
 
 @dataclass
@@ -357,7 +357,7 @@ class CropEnv(gym.Env):
         known = {k: v for k, v in config.items() if k in CropEnvConfig.__dataclass_fields__}
         self.cfg = CropEnvConfig(**known)
         if reward_fn is None:
-            from rlhf.rewards import build_reward  # lazy: keeps env importable without torch models
+            from rlhf.reward import build_reward  # lazy: keeps env importable without torch models
 
             reward_fn = build_reward(reward_spec or {"kind": "aesthetic"})
         self.reward_fn = reward_fn

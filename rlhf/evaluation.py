@@ -130,7 +130,7 @@ def policy_env(policy: Any, photos: Sequence[Photo]):
 
 def policy_reward(policy: Any):
     """The reward a policy was trained on, scored in this process (not through a scoring actor)."""
-    from rlhf.rewards import build_reward
+    from rlhf.reward import build_reward
 
     spec = getattr(policy, "reward", None)
     if not spec:

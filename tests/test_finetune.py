@@ -7,7 +7,7 @@ import pytest
 
 from rayjobs.finetune import FinetuneConfig, finetune_env
 from rlhf.config import from_flat, parse_config_given
-from rlhf.rewards import RewardSpec
+from rlhf.reward import RewardSpec
 from tests.test_pairs_job import tiny_bootstrap
 
 

@@ -14,8 +14,8 @@ import ray
 
 from rlhf.cache import LRUCache
 from rlhf.images import bundled_photos, clip_box, load_collection
-from rlhf.rewards import LocalReward, RewardSpec, build_reward
-from rlhf.scoring_service import (
+from rlhf.reward import LocalReward, RewardSpec, build_reward
+from rlhf.serving import (
     ScoringServiceError,
     ServiceReward,
     clip_boxes,

@@ -62,7 +62,7 @@ def list_scorers() -> list[str]:
 # A training job scores every framing of every photo over and over, while the proxy's default cache of
 # photo contexts (96) is sized for one process scoring a few photos; a job whose contexts do not fit
 # recomputes them on every step. A context takes about 20 MB, which is why a process keeps one scorer
-# per spec (rlhf.rewards.build_reward), not one per env.
+# per spec (rlhf.reward.build_reward), not one per env.
 TRAINING_PHOTO_CONTEXTS = 512
 
 

@@ -1,0 +1,24 @@
+"""Rewards: what the crop environment is paid, behind one seam, `reward(photo, boxes) -> np.ndarray`.
+
+spec (kinds, RewardSpec, combine) <- local (models in this process) | rlhf.serving.client (the shared
+scoring actor) <- factory (`build_reward` picks one from the spec). The env never knows which sits
+behind it.
+"""
+
+from rlhf.reward.factory import build_reward
+from rlhf.reward.local import LocalReward
+from rlhf.reward.spec import (
+    AESTHETIC,
+    COMBINED,
+    HUMAN,
+    KINDS,
+    RewardSpec,
+    combine,
+    rescale_aesthetic,
+    terms_of,
+)
+
+__all__ = [
+    "AESTHETIC", "COMBINED", "HUMAN", "KINDS", "LocalReward", "RewardSpec", "build_reward", "combine",
+    "rescale_aesthetic", "terms_of",
+]

@@ -1,0 +1,47 @@
+"""The reward scored in this process: the models are loaded here (unit tests, `photographer crop`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from rlhf.images import Box, Photo
+from rlhf.reward.spec import AESTHETIC, HUMAN, RewardSpec, combine, terms_of
+
+
+class LocalReward:
+    """`__call__(photo, boxes) -> rewards` with the spec's models loaded in this process.
+
+    training: keep photo contexts for a training job's whole collection (see
+    rlhf.scorers.TRAINING_PHOTO_CONTEXTS); False keeps the scorer's default, smaller cache (inference
+    goes through photos one at a time). Default True.
+    """
+
+    def __init__(self, spec: RewardSpec, training: bool = True):
+        self.spec = spec
+        self.scorer = None
+        self.human = None
+        terms = terms_of(spec.kind)
+        if AESTHETIC in terms:
+            from rlhf.scorers import create_scorer, training_scorer_kwargs  # lazy: no torch at import
+
+            self.scorer = create_scorer(spec.scorer, weights=spec.scorer_weights, device=spec.device,
+                                        **(training_scorer_kwargs(spec.scorer) if training else {}))
+        if HUMAN in terms:
+            from rlhf.preference import PreferenceRewardModel
+
+            self.human = PreferenceRewardModel.load(spec.human_reward_model, device=spec.device)
+
+    def terms(self, photo: Photo, boxes: Sequence[Box]) -> dict[str, np.ndarray]:
+        """{term: scores} for the boxes: aesthetic on 1-10, human in [0, 1]."""
+        out = {}
+        if self.scorer is not None:
+            out[AESTHETIC] = self.scorer.score_boxes(photo, boxes)
+        if self.human is not None:
+            out[HUMAN] = self.human.human_score(photo, boxes)
+        return out
+
+    def __call__(self, photo: Photo, boxes: Sequence[Box]) -> np.ndarray:
+        t = self.terms(photo, boxes)
+        return combine(t.get(AESTHETIC), t.get(HUMAN), self.spec)
