@@ -29,8 +29,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rayjobs.crop import crop_photos  # noqa: E402
-from rlhf.env import augmented_variants  # noqa: E402
-from rlhf.images import HELDOUT_PHOTOS, Photo, bundled_photos, clip_box, load_collection  # noqa: E402
+from rlhf.images import (  # noqa: E402
+    HELDOUT_PHOTOS,
+    Photo,
+    augmented_variants,
+    bundled_photos,
+    clip_box,
+    load_collection,
+)
 from rlhf.policy import CropPolicy  # noqa: E402
 from rlhf.scorers import create_scorer  # noqa: E402
 

@@ -37,8 +37,9 @@ both means it did not learn the reward.
     python bench/personalization.py --bootstrap results/boot --tastes tight   # reuse a stage-1 policy
     python bench/personalization.py --out DIR               # an existing DIR resumes: finished steps are kept
 
-Each taste's folder holds its pairs, store, reward model, stage-3 run and eval/ (report.md,
-comparison.png: bootstrap vs stage 3 per photo). personalization.json has every number.
+Each taste's folder holds its pairs, store, reward model, stage-3 run and eval/ (report.md and
+comparison.png, bootstrap vs stage 3 per photo; a long sheet is split into pages comparison_001.png,
+comparison_002.png, ...). personalization.json has every number.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rlhf.config import parse_config, parse_config_given, run_dir  # noqa: E402
 from rlhf.images import HELDOUT_PHOTOS, TRAIN_PHOTOS, Photo, bundled_photos  # noqa: E402
+from rlhf.simulated import preferred_rate, vote  # noqa: E402
 
 TARGETS = {"accuracy": 0.80, "preferred": 0.70, "score_kept": 0.95}
 RESULT = "result.json"  # a taste's numbers, in its folder once evaluated
@@ -124,8 +126,7 @@ def _step(title: str) -> float:
 def heldout_framings(variants: int, seed: int) -> Iterator[tuple[str, Photo]]:
     """(name, framing) for each held-out photo and `variants` fixed framings of it, named
     `<photo>_<i>` (i = 0: the photo itself), the names `_framing` reads back."""
-    from rlhf.env import augmented_variants
-    from rlhf.images import load_collection
+    from rlhf.images import augmented_variants, load_collection
 
     rng = np.random.default_rng(seed)
     for photo in load_collection(bundled_photos(HELDOUT_PHOTOS)):
@@ -318,11 +319,6 @@ def stage3(cfg: BenchConfig, policy: str, model_path: Path, ft_dir: Path, timest
     (ft_dir / "DONE").write_text("")
 
 
-def preferred_rate(taste, photos, before: dict, after: dict) -> float:
-    """How often the taste (noiseless) prefers the `after` crop of a photo; ties count half."""
-    return float(np.mean([_vote(taste, p, after[p.id], before[p.id]) for p in photos]))
-
-
 def _framing(photo_id: str) -> tuple[str, int]:
     """(held-out photo, framing index) of an unseen file `<photo>_<i>.png` (see unseen_photos)."""
     stem, _, i = Path(photo_id).stem.rpartition("_")
@@ -333,13 +329,8 @@ def preferred_by_photo(taste, photos, before: dict, after: dict) -> dict[str, fl
     """`preferred_rate` over each held-out photo's framings: whether a few scenes carry the mean."""
     votes: dict[str, list[float]] = {}
     for p in photos:
-        votes.setdefault(_framing(p.id)[0], []).append(_vote(taste, p, after[p.id], before[p.id]))
+        votes.setdefault(_framing(p.id)[0], []).append(vote(taste, p, after[p.id], before[p.id]))
     return {k: float(np.mean(v)) for k, v in votes.items()}
-
-
-def _vote(taste, photo, new, old) -> float:
-    """1 if the taste (noiseless) prefers the new crop, 0 if the old one, 0.5 for no preference."""
-    return {1: 1.0, 2: 0.0}.get(taste.true_choice(photo, new, old), 0.5)
 
 
 AIM_KEYS = ("moved", "objective_up", "preferred_where_up", "preferred_where_down")
@@ -370,8 +361,8 @@ def stage3_aim(taste, photos, boot, ft, w_nima: float, w_human: float) -> dict:
     for p in photos:
         if ft.boxes[p.id] == boot.boxes[p.id]:
             continue
-        vote = _vote(taste, p, ft.boxes[p.id], boot.boxes[p.id])
-        (up if objective(ft, p.id) > objective(boot, p.id) else down).append(vote)
+        verdict = vote(taste, p, ft.boxes[p.id], boot.boxes[p.id])
+        (up if objective(ft, p.id) > objective(boot, p.id) else down).append(verdict)
     nan = float("nan")
     return {"moved": len(up) + len(down), "objective_up": len(up),
             "preferred_where_up": float(np.mean(up)) if up else nan,
@@ -418,8 +409,8 @@ def run(cfg: BenchConfig) -> list[dict]:
               "train_photos": load_collection(bundled_photos(TRAIN_PHOTOS)),
               "boot_policy": CropPolicy.load(policy), "scorer": create_scorer("default")}
     # The training photos with the framings stage 3 trains on (as rlhf.env builds them, seeded).
-    from rlhf.env import augmented_variants
     from rlhf.evaluation import policy_boxes
+    from rlhf.images import augmented_variants
 
     rng = np.random.default_rng(cfg.seed)
     n_var = int(shared["boot_policy"].env_config.get("augment_variants", 0))

@@ -90,14 +90,14 @@ def one_step_agreement(env, index: int, start, taste, model) -> list[bool]:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     cfg = parse_config(CeilingConfig, argv, prog="bench/personalization_ceiling.py")
-    from personalization import heldout_framings, preferred_by_photo, preferred_rate
+    from personalization import heldout_framings, preferred_by_photo
 
     from rlhf.env import CropEnv
     from rlhf.evaluation import TRAINING_ONLY_ENV_KEYS, policy_boxes
     from rlhf.images import Photo
     from rlhf.policy import CropPolicy
     from rlhf.reward import LocalReward, RewardSpec
-    from rlhf.simulated import SimulatedAnnotator
+    from rlhf.simulated import SimulatedAnnotator, preferred_rate
 
     photos = [Photo(name, framing.pixels) for name, framing in heldout_framings(cfg.variants, cfg.seed)][::cfg.every]
     boot = CropPolicy.load(cfg.bootstrap)

@@ -4,10 +4,11 @@ and, with --taste, a SIMULATED taste's verdict (how often it prefers each policy
     photographer evaluate --policies results/bootstrap-... results/finetune-... --names bootstrap final \\
         --image unseen/ --preference_data heldout.sqlite --human_reward_model .../human_reward_model.pth
 
-Writes report.md, comparison.png (per photo, each policy's crop with its scores), scores.png (bar
-plots) and eval.json into --out, or by default into <run of the last policy>/eval/ (the run folder
-holding its config.json; results/evaluate-<time>/eval/ when it has none). The metrics are defined
-in rlhf/evaluation.py and restated in the report.
+Writes report.md, comparison.png (per photo, each policy's crop with its scores; split into
+comparison_001.png, ... when long), scores.png (bar plots) and eval.json into --out, or by default
+into <run of the last policy>/eval/ (the run folder holding its config.json;
+results/evaluate-<time>/eval/ when it has none). The metrics are defined in rlhf/evaluation.py and
+restated in the report.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,18 +77,6 @@ def _default_out(policy: str) -> Path:
     run = run_folder_of(latest_checkpoint(policy))
     base = run if run is not None else RESULTS_DIR / f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}"
     return base / "eval"
-
-
-def taste_verdict(annotator, photos, before: Mapping[str, Sequence[int]],
-                  after: Mapping[str, Sequence[int]]) -> float:
-    """The share of `photos` where the annotator's noiseless taste prefers the `after` crop to the
-    `before` crop (boxes by photo id); no preference (within the taste's margin) counts half; nan for
-    no photos."""
-    from rlhf.pairs import A_BETTER, B_BETTER
-
-    votes = [{A_BETTER: 1.0, B_BETTER: 0.0}.get(annotator.true_choice(p, after[p.id], before[p.id]), 0.5)
-             for p in photos]
-    return sum(votes) / len(votes) if votes else math.nan
 
 
 def _fmt(v: float | None, digits: int = 3) -> str:
@@ -244,11 +233,11 @@ def run(cfg: EvalConfig) -> Path:
             line += f", agreement {_fmt(e.agreement)} on {e.agreement_pairs} pairs"
         print(line, flush=True)
     if cfg.taste is not None:
-        from rlhf.simulated import SimulatedAnnotator
+        from rlhf.simulated import SimulatedAnnotator, preferred_rate
 
         annotator = SimulatedAnnotator(cfg.taste, noise=0.0)
         for e in evals[1:]:
-            share = taste_verdict(annotator, photos, evals[0].boxes, e.boxes)
+            share = preferred_rate(annotator, photos, evals[0].boxes, e.boxes)
             e.extra[f"preferred_by_{annotator.name}"] = share
             print(f"{annotator.name} (SIMULATED person, noiseless) prefers {e.name}'s crop to {evals[0].name}'s "
                   f"on {_fmt(share)} of {len(photos)} unseen photos (ties half; 0.5: no difference to it); "

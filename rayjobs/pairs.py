@@ -35,9 +35,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from rlhf.boxstats import box_iou
 from rlhf.config import parse_config, run_dir, save_config
 from rlhf.contact_sheet import contact_sheet, crop_row
-from rlhf.evaluation import box_iou, policy_env
+from rlhf.evaluation import policy_env
 from rlhf.images import TRAIN_PHOTOS, Box, Photo, bundled_photos, clip_box, load_collection
 from rlhf.pairs import Pair, pair_id, save_pairs
 

@@ -1,4 +1,4 @@
-"""Box statistics of a photo's maps: saliency, summed-area tables, box sums, framing cues, IoU.
+"""Box statistics of a photo's maps: saliency, summed-area tables, box sums, framing cues, colour cues, IoU.
 
 Coordinates are in cells of the map (a map of shape (h, w) spans x in [0, w], y in [0, h]); a box
 is (left, top, right, bottom). Callers scale photo pixels to cells themselves, since each decides
@@ -126,6 +126,45 @@ def framing_cues(msat: np.ndarray, x0: ArrayLike, y0: ArrayLike, x1: ArrayLike, 
     cy = np.where(has, (my / safe - fy0) / np.maximum(fy1 - fy0, 1e-12), 0.5)
     edges = box_means(msat[0], *edge_strips(x0, y0, x1, y1, strip, min_strip)) / (total / (h * w))
     return FramingCues(mass=mass, kept=mass / total, cx=cx, cy=cy, edges=edges)
+
+
+def colour_sat(rgb: np.ndarray) -> np.ndarray:
+    """Summed-area tables of brightness, warmth (R - B) and green-magenta (G - (R + B) / 2), in [-1, 1]."""
+    x = rgb[..., :3].astype(np.float64) / 255.0
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    return summed_area(np.stack([(r + g + b) / 3, r - b, g - (r + b) / 2]))
+
+
+def colour_cues(sat: np.ndarray, box: Sequence[int], grid: int) -> np.ndarray:
+    """The crop's colour, and how the strips one grid step outside and inside each edge differ from it.
+
+    sat is colour_sat of the photo, box (left, top, right, bottom) in whole cells, grid the number of
+    steps per side (a strip is a grid step deep). Why: saliency cues say what an edge cuts through,
+    not what colour lies beyond it, and a taste in colour (warm tones, no bright edges) read from a
+    small thumbnail did not carry to new photos. Order: crop (brightness, warmth, green-magenta),
+    then outside left, top, right, bottom, then inside left, top, right, bottom, each as three
+    differences mapped to [0, 1] by 0.5 + d / 2 (0.5: the same as the crop, or no strip at the photo's
+    border).
+    """
+    l, t, r, b = box
+    h, w = sat.shape[1] - 1, sat.shape[2] - 1
+    kx, ky = max(1, round(w / grid)), max(1, round(h / grid))
+
+    def mean(x0: int, y0: int, x1: int, y1: int) -> np.ndarray | None:
+        x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
+        if x1 <= x0 or y1 <= y0:
+            return None
+        return box_sums(sat, x0, y0, x1, y1) / ((x1 - x0) * (y1 - y0))
+
+    crop = mean(l, t, r, b)
+    strips = [(l - kx, t, l, b), (l, t - ky, r, t), (r, t, r + kx, b), (l, b, r, b + ky),
+              (l, t, l + kx, b), (l, t, r, t + ky), (r - kx, t, r, b), (l, b - ky, r, b)]
+    diffs = []
+    for s in strips:
+        m = mean(*s)
+        diffs.append(np.zeros(3) if m is None else m - crop)
+    own = np.array([crop[0], 0.5 + crop[1] / 2, 0.5 + crop[2] / 2])
+    return np.concatenate([own, 0.5 + np.concatenate(diffs) / 2])
 
 
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:

@@ -188,3 +188,22 @@ def bundled_photos(names: Sequence[str] | None = None) -> list[Path]:
 def fingerprint(pixels: np.ndarray) -> str:
     """A short content hash, to key caches by what a photo is rather than where it lies."""
     return hashlib.blake2b(np.ascontiguousarray(pixels).tobytes(), digest_size=8).hexdigest()
+
+
+def augmented_variants(photo: Photo, n: int, rng: np.random.Generator) -> list[Photo]:
+    """n fixed framings of the photo: sub-photos of 70-100 % of each side, every second one mirrored.
+
+    New framings of the same scene, as extra training photos; each id names its window and mirror.
+    """
+    out = []
+    for i in range(n):
+        fw, fh = rng.uniform(0.7, 1.0, size=2)
+        w, h = int(photo.width * fw), int(photo.height * fh)
+        x0 = int(rng.integers(0, photo.width - w + 1))
+        y0 = int(rng.integers(0, photo.height - h + 1))
+        px = photo.pixels[y0:y0 + h, x0:x0 + w]
+        mirror = bool(i % 2)
+        if mirror:
+            px = px[:, ::-1]
+        out.append(Photo(f"{photo.id}#aug{x0},{y0},{w},{h},{int(mirror)}", np.ascontiguousarray(px)))
+    return out

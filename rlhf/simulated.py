@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -200,6 +201,20 @@ class SimulatedAnnotator:
             store.answer_many([(p.id, self.name, self.choose(lookup(p.image), p.crop_a, p.crop_b), None)
                                for p in todo[i:i + batch]])
         return len(todo)
+
+
+def vote(annotator: SimulatedAnnotator, photo: Photo, new: Sequence[float], old: Sequence[float]) -> float:
+    """The annotator's noiseless verdict on a new crop of a photo against an old one: 1 if it prefers
+    the new, 0 if the old, 0.5 for no preference (within its taste's margin)."""
+    return {A_BETTER: 1.0, B_BETTER: 0.0}.get(annotator.true_choice(photo, new, old), 0.5)
+
+
+def preferred_rate(annotator: SimulatedAnnotator, photos: Sequence[Photo], before: Mapping[str, Sequence[float]],
+                   after: Mapping[str, Sequence[float]]) -> float:
+    """The share of `photos` where the annotator's noiseless taste prefers the `after` crop to the
+    `before` crop (boxes by photo id), no preference counting half (see `vote`); nan for no photos."""
+    votes = [vote(annotator, p, after[p.id], before[p.id]) for p in photos]
+    return sum(votes) / len(votes) if votes else math.nan
 
 
 class _PhotoLookup:

@@ -1,4 +1,4 @@
-"""rlhf.boxstats (box sums, framing cues, IoU, saliency) and rlhf.cache (the bounded LRU)."""
+"""rlhf.boxstats (box sums, framing cues, colour cues, IoU, saliency) and rlhf.cache (the bounded LRU)."""
 
 import threading
 
@@ -9,6 +9,8 @@ from rlhf.boxstats import (
     box_iou,
     box_means,
     box_sums,
+    colour_cues,
+    colour_sat,
     edge_strips,
     framing_cues,
     moment_sat,
@@ -144,3 +146,20 @@ def test_lru_is_thread_safe():
     for t in threads:
         t.join()
     assert len(c) == 50
+
+
+def test_colour_cues_on_a_warm_left_and_cool_right_photo():
+    """Red left half, blue right half: the crop's mean colour, and the strips beyond and inside each edge
+    against it; a strip past the photo's border reads 0.5 (no difference)."""
+    px = np.zeros((20, 40, 3), np.uint8)
+    px[:, :20, 0] = 255
+    px[:, 20:, 2] = 255
+    sat = colour_sat(px)
+    cues = colour_cues(sat, (10, 0, 30, 20), grid=4)  # the middle half: strips 10 cells wide
+    assert cues.shape == (27,)
+    np.testing.assert_allclose(cues[:3], [1 / 3, 0.5, 0.25])  # brightness 1/3, warmth 0, G - (R + B) / 2 = -1/2
+    outside = cues[3:15].reshape(4, 3)  # left, top, right, bottom
+    inside = cues[15:].reshape(4, 3)
+    assert outside[0, 1] == pytest.approx(1.0) and outside[2, 1] == pytest.approx(0.0)  # warmth +1 / -1 vs the crop
+    np.testing.assert_allclose(outside[[1, 3]], 0.5)  # top and bottom lie past the photo's border
+    assert inside[0, 1] == pytest.approx(1.0) and inside[2, 1] == pytest.approx(0.0)

@@ -186,7 +186,7 @@ def test_lite0_features_pool_the_photo_feature_map(photos):
     """features="lite0": the frozen Lite0's feature map of the photo (real ImageNet weights), pooled over the box."""
     import torch
 
-    from rlhf.env import FEATURE_DIM, _lite0, feature_sat, pooled_features
+    from rlhf.feature_map import FEATURE_DIM, feature_sat, frozen_lite0, pooled_features
 
     env = make(photos, features="lite0", grid=10)
     check_env(env, skip_render_check=True)
@@ -202,7 +202,7 @@ def test_lite0_features_pool_the_photo_feature_map(photos):
     assert not np.allclose(obs["feat"][:FEATURE_DIM], whole)
     np.testing.assert_allclose(obs["feat"][:FEATURE_DIM], pooled_features(sat, env.box), rtol=1e-5, atol=1e-6)
     # The features say what is in the photo: the pooled map through Lite0's own classifier names the cat.
-    head = _lite0().get_classifier()
+    head = frozen_lite0().get_classifier()
     logits = head(torch.from_numpy(whole)[None])[0]
     assert int(logits.argmax()) in range(281, 286)  # ImageNet's domestic cats (chelsea is a tabby)
 

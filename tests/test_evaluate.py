@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from rlhf.boxstats import box_iou
 from rlhf.evaluation import (
     agreement_counts,
-    box_iou,
     evaluate_policy,
     preference_agreement,
     reward_model_accuracy,
@@ -108,10 +108,10 @@ def setup(ray_local, tmp_path_factory):
 
 
 def test_evaluate_two_policies_writes_report_and_plots(setup, tmp_path, capsys):
-    from rayjobs.evaluate import EvalConfig, run, taste_verdict
+    from rayjobs.evaluate import EvalConfig, run
     from rlhf.pairs import load_pairs
     from rlhf.preference import PreferenceRewardModel
-    from rlhf.simulated import SimulatedAnnotator
+    from rlhf.simulated import SimulatedAnnotator, preferred_rate
 
     _, ckpts, model_path, heldout, photos = setup
     out = run(EvalConfig(policies=[str(c) for c in ckpts], names=["early", "late"], image=UNSEEN,
@@ -154,7 +154,7 @@ def test_evaluate_two_policies_writes_report_and_plots(setup, tmp_path, capsys):
     assert "![side by side](comparison.png)" in report
     # The SIMULATED taste's verdict on the later policy's crops, beside the reward model's score.
     early, late = data["policies"]
-    verdict = taste_verdict(SimulatedAnnotator("wide", noise=0.0), photos, early["boxes"], late["boxes"])
+    verdict = preferred_rate(SimulatedAnnotator("wide", noise=0.0), photos, early["boxes"], late["boxes"])
     assert late["extra"] == {"preferred_by_simulated:wide": pytest.approx(verdict)} and early["extra"] == {}
     printed = capsys.readouterr().out
     assert (f"simulated:wide (SIMULATED person, noiseless) prefers late's crop to early's on {verdict:.3f} "
@@ -245,20 +245,8 @@ def test_a_lookahead_policy_crops_with_its_own_reward():
     assert plain.reset(options={"photo_index": 0})[1]["score"] == 0.0  # others still pay nothing
 
 
-def test_taste_verdict_counts_preferred_crops_and_ties_half():
-    """The demo's verdict: the share of photos where a SIMULATED taste prefers the new crop (no training)."""
-    from rayjobs.evaluate import EvalConfig, taste_verdict
-    from rlhf.simulated import SimulatedAnnotator
+def test_an_unknown_taste_fails_fast():
+    from rayjobs.evaluate import EvalConfig
 
-    photos = load_collection(UNSEEN)
-    wide = SimulatedAnnotator("wide", noise=0.0)
-    small = {p.id: (0, 0, p.width // 3, p.height // 3) for p in photos}
-    whole = {p.id: p.full_box for p in photos}
-    assert taste_verdict(wide, photos, small, whole) == 1.0
-    assert taste_verdict(wide, photos, whole, small) == 0.0
-    assert taste_verdict(wide, photos, whole, whole) == 0.5  # no preference counts half
-    mixed = {photos[0].id: whole[photos[0].id], photos[1].id: small[photos[1].id]}
-    assert taste_verdict(wide, photos, small, mixed) == pytest.approx(0.75)
-    assert math.isnan(taste_verdict(wide, [], small, whole))
     with pytest.raises(ValueError, match="--taste"):
         EvalConfig(policies=["x"], taste="sour")

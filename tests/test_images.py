@@ -10,6 +10,8 @@ from rlhf.images import (
     HELDOUT_PHOTOS,
     TRAIN_PHOTOS,
     ImageLoadError,
+    Photo,
+    augmented_variants,
     bundled_photos,
     load_collection,
     load_image,
@@ -95,3 +97,18 @@ def test_resolve_file_folder_glob(tmp_path):
     assert [p.stem for p in resolve_paths(str(folder / "ch*.jpg"))] == ["cheetah", "cheetah2", "chelsea", "china"]
     with pytest.raises(FileNotFoundError):
         resolve_paths(str(tmp_path / "nope*.jpg"))
+
+
+def test_augmented_variants_are_fixed_framings():
+    """Sub-photos of 70-100 % of each side, every second mirrored; the same rng seed, the same framings."""
+    px = np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    photo = Photo("p.png", px)
+    out = augmented_variants(photo, 4, np.random.default_rng(1))
+    assert [v.id for v in out] == [v.id for v in augmented_variants(photo, 4, np.random.default_rng(1))]
+    assert len({v.id for v in out}) == 4 and all(v.id.startswith("p.png#aug") for v in out)
+    for i, v in enumerate(out):
+        x0, y0, w, h, mirror = (int(n) for n in v.id.split("#aug")[1].split(","))
+        assert 0.69 * 80 <= w <= 80 and 0.69 * 60 <= h <= 60 and v.pixels.shape == (h, w, 3)
+        window = px[y0:y0 + h, x0:x0 + w]
+        assert mirror == i % 2
+        np.testing.assert_array_equal(v.pixels, window[:, ::-1] if mirror else window)

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from rayjobs.pairs import PairsConfig, candidate_pairs, fair_shares, run, select_uncertain
-from rlhf.evaluation import box_iou
+from rlhf.boxstats import box_iou
 from rlhf.images import bundled_photos, load_collection
 from rlhf.pairs import load_pairs
 from rlhf.store import PreferenceStore, StoreError

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from rlhf.images import HELDOUT_PHOTOS, TRAIN_PHOTOS, Photo, bundled_photos, load_collection, photo_id
 from rlhf.pairs import Pair, pair_id
-from rlhf.simulated import TASTES, SimulatedAnnotator, main
+from rlhf.simulated import TASTES, SimulatedAnnotator, main, preferred_rate, vote
 from rlhf.store import PreferenceStore
 
 
@@ -233,3 +234,20 @@ def test_cli(tmp_path, capsys):
     assert not (tmp_path / "none.sqlite").exists()
     with pytest.raises(ValueError, match="--noise"):
         main(["--store", str(store.path), "--noise", "2"])
+
+
+def test_preferred_rate_counts_preferred_crops_and_ties_half(photos):
+    """The verdict evaluate and the benches report: the share of photos where the noiseless taste
+    prefers the new crop, no preference counting half."""
+    unseen = [photos["flower"], photos["grace_hopper"]]
+    wide = SimulatedAnnotator("wide", noise=0.0)
+    small = {p.id: (0, 0, p.width // 3, p.height // 3) for p in unseen}
+    whole = {p.id: p.full_box for p in unseen}
+    assert vote(wide, unseen[0], whole[unseen[0].id], small[unseen[0].id]) == 1.0
+    assert vote(wide, unseen[0], small[unseen[0].id], whole[unseen[0].id]) == 0.0
+    assert preferred_rate(wide, unseen, small, whole) == 1.0
+    assert preferred_rate(wide, unseen, whole, small) == 0.0
+    assert preferred_rate(wide, unseen, whole, whole) == 0.5  # no preference counts half
+    mixed = {unseen[0].id: whole[unseen[0].id], unseen[1].id: small[unseen[1].id]}
+    assert preferred_rate(wide, unseen, small, mixed) == pytest.approx(0.75)
+    assert math.isnan(preferred_rate(wide, [], small, whole))
