@@ -16,7 +16,7 @@ from rayjobs.ppo import CheckpointSettings, PPOSettings, train
 from rlhf.config import parse_config, run_dir, save_config
 from rlhf.env import CropEnvConfig
 from rlhf.images import TRAIN_PHOTOS, bundled_photos, resolve_paths
-from rlhf.reward import RewardSpec
+from rlhf.reward import AESTHETIC, RewardSpec
 
 
 def stage1_env() -> CropEnvConfig:
@@ -101,7 +101,7 @@ def run(cfg: BootstrapConfig) -> Path:
 
     out = run_dir(cfg.out, "bootstrap")
     init_ray()
-    env = env_config(cfg, reward_spec(cfg.scoring, kind="aesthetic"))
+    env = env_config(cfg, reward_spec(cfg.scoring, kind=AESTHETIC))
     save_run_config(cfg, env, out)
     print(f"stage 1 (bootstrap): {len(env['images'])} photos, scorer={cfg.scoring.scorer}, out={out}", flush=True)
     try:

@@ -24,7 +24,7 @@ from rlhf.config import load_run_config, parse_config_given, run_dir
 from rlhf.env import CropEnvConfig
 from rlhf.images import resolve_paths
 from rlhf.policy import FROZEN_PARTS, latest_checkpoint, run_folder_of
-from rlhf.reward import RewardSpec
+from rlhf.reward import COMBINED, RewardSpec
 
 # The env flags of a stage-3 run print this as their default: unless given, the policy's run decides.
 FROM_POLICY = "the policy's run config"
@@ -90,7 +90,7 @@ class FinetuneConfig:
         if self.resume and not self.out:
             raise ValueError("--resume needs --out: the run folder to continue")
         self.stage3.validate()
-        RewardSpec(kind="combined", human_reward_model=self.stage3.human_reward_model,
+        RewardSpec(kind=COMBINED, human_reward_model=self.stage3.human_reward_model,
                    w_nima=self.w_nima, w_human=self.w_human)
 
 
@@ -120,7 +120,7 @@ def finetune_env(policy: str, env: CropEnvConfig, seed: int, given: Set[str], re
 def combined_reward(scoring: ScorerSettings, human_reward_model: str, w_nima: float = 0.7,
                     w_human: float = 0.3) -> RewardSpec:
     """Stage 3's reward spec, its scoring actor started with --service."""
-    return reward_spec(scoring, kind="combined", human_reward_model=str(Path(human_reward_model).resolve()),
+    return reward_spec(scoring, kind=COMBINED, human_reward_model=str(Path(human_reward_model).resolve()),
                        w_nima=w_nima, w_human=w_human)
 
 
