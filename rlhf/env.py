@@ -256,9 +256,9 @@ class CropEnv(gym.Env):
         known = {k: v for k, v in config.items() if k in CropEnvConfig.__dataclass_fields__}
         self.cfg = CropEnvConfig(**known)
         if reward_fn is None:
-            from rlhf.reward import build_reward  # lazy: keeps env importable without torch models
+            from rlhf.reward import AESTHETIC, build_reward  # lazy: keeps env importable without torch models
 
-            reward_fn = build_reward(reward_spec or {"kind": "aesthetic"})
+            reward_fn = build_reward(reward_spec or {"kind": AESTHETIC})
         self.reward_fn = reward_fn
         if photos is None:
             if not self.cfg.images:
