@@ -1,20 +1,15 @@
-"""Who may reach the annotator, and which files it may hand out.
+"""Who may reach the annotator: loopback unless the operator sets passwords; the credentials.
 
-Two rules: the app listens on loopback unless the operator also sets a password, and Gradio's file
-route (``/gradio_api/file=PATH``) serves nothing but the images this app itself rendered into its
-private cache folder. Gradio alone would also serve its shared temp folder (uploads and other apps'
-files), its example cache under the working directory, and proxy http(s) URLs; the middleware below
-closes all of those for this app.
+The app listens on loopback unless the operator also gives logins (``--auth`` / ``--auth-file``);
+each login is its own annotator. Which requests and files the running server answers is decided in
+one place, annotator/guard.py.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-from urllib.parse import unquote
 
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
 
@@ -92,52 +87,3 @@ def check_exposure(host: str, auth: Sequence[tuple[str, str]] | None, share: boo
         raise UnsafeLaunchError(
             f"--host {host} accepts connections from other machines; give --auth user:password or "
             "--auth-file FILE, or keep the default --host 127.0.0.1")
-
-
-def _inside(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
-
-
-class FileGuard:
-    """ASGI middleware: Gradio's file route may serve only files inside `allowed_dir`; no uploads.
-
-    Paths are compared after resolving symlinks and '..', so neither traversal nor a link planted
-    in the cache can reach another file. The app has no upload widgets, so the upload route is
-    closed as well (it would otherwise let anyone with the link fill the disk).
-    """
-
-    def __init__(self, app: Any, allowed_dir: str | Path):
-        self.app = app
-        self.allowed_dir = os.path.realpath(allowed_dir)
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope.get("type") == "http":
-            reason = self._refusal(scope.get("path", ""), scope.get("raw_path"))
-            if reason is not None:
-                await _send_text(send, 403, reason)
-                return
-        await self.app(scope, receive, send)
-
-    def _refusal(self, path: str, raw_path: bytes | None) -> str | None:
-        raw = unquote(raw_path.decode("latin-1")) if raw_path else path
-        for candidate in {path, raw}:
-            if candidate.rstrip("/").endswith("/upload"):
-                return "uploads are disabled in the annotator"
-            marker = candidate.find("/file=")
-            if marker < 0:
-                continue
-            target = candidate[marker + len("/file="):]
-            if "://" in target or target.startswith("//"):
-                return "File not allowed: remote URLs are not served"
-            real = os.path.realpath(target)
-            if not _inside(real, self.allowed_dir) or not os.path.isfile(real):
-                return "File not allowed: only the pair images this app rendered are served"
-        return None
-
-
-async def _send_text(send: Any, status: int, text: str) -> None:
-    body = text.encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"text/plain; charset=utf-8"),
-                            (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})

@@ -3,6 +3,11 @@
 The state holds only the session's own facts (who is annotating, which pair is on screen, since
 when); pairs and answers live in the store, which is safe to share between threads. Every answer
 goes to the store before the screen moves on, so an answer the screen confirmed is on disk.
+
+Each screen has a number, sent back with every answer together with the pair's id: an answer is
+taken only for the screen that is still current, so keys typed ahead of the page (before the next
+pair appeared) are ignored and counted, never applied to a pair the person did not see. With
+logins, the annotator is the login and cannot be renamed.
 """
 
 from __future__ import annotations
@@ -42,7 +47,8 @@ def clean_name(text: Any) -> str:
 
 def new_state() -> dict[str, Any]:
     """A fresh session: nobody named yet, nothing on screen."""
-    return {"annotator": None, "pair_id": None, "shown_at": None}
+    return {"annotator": None, "login": None, "pair_id": None, "shown_pair": None, "shown_at": None,
+            "screen": 0, "ignored": 0}
 
 
 @dataclass
@@ -59,6 +65,8 @@ class Screen:
     view: PairView | None = None
     message: str = ""
     name_error: str = ""
+    screen: int = 0  # the screen's number: answers name it, so a stale key is recognised
+    ignored: int = 0  # keys this session ignored because they named a screen no longer current
 
 
 class Controller:
@@ -72,12 +80,23 @@ class Controller:
         self.fixed_annotator = clean_name(fixed_annotator) if fixed_annotator is not None else None
 
     # -- who -------------------------------------------------------------------------------
+    @staticmethod
+    def bind_login(state: dict[str, Any], username: str | None) -> None:
+        """With logins, every event of a session annotates as its login, whatever it asks."""
+        if username:
+            state["login"] = username
+            state["annotator"] = clean_name(username)
+
+    def _login_refusal(self, state: dict[str, Any]) -> Screen:
+        return self.show(state, f"Refused: you are logged in as {state['annotator']}, and your answers "
+                                "are saved under your login; the name cannot be changed here. Log in "
+                                "as the other person to annotate as them.")
+
     def start(self, state: dict[str, Any], username: str | None = None,
               remembered: str | None = None) -> Screen:
-        """A page (re)load: pick the annotator and show their first unanswered pair."""
+        """A page (re)load: pick the annotator (the login, if any) and show their first unanswered pair."""
+        self.bind_login(state, username)
         who = state.get("annotator") or self.fixed_annotator
-        if who is None and username:
-            who = self._try_name(username)
         if who is None and remembered:
             who = self._try_name(remembered)
         if who is None:
@@ -86,7 +105,9 @@ class Controller:
         return self._resume(state, "")
 
     def set_name(self, state: dict[str, Any], name: Any) -> Screen:
-        """The name typed on the first visit (or after 'change name')."""
+        """The name typed on the first visit (or after 'change name'); refused with a login."""
+        if state.get("login"):
+            return self._login_refusal(state)
         if self.fixed_annotator is not None:
             state["annotator"] = self.fixed_annotator
             return self._resume(state, f"This app annotates as {self.fixed_annotator}.")
@@ -100,9 +121,12 @@ class Controller:
         return self._resume(state, hello)
 
     def change_name(self, state: dict[str, Any]) -> Screen:
+        if state.get("login"):
+            return self._login_refusal(state)
         if self.fixed_annotator is not None:
             return self.show(state, f"This app annotates as {self.fixed_annotator}.")
-        state.update(new_state())
+        # The screen count goes on, so a key from before the change cannot match a later screen.
+        state.update(new_state(), ignored=state.get("ignored", 0), screen=state.get("screen", 0))
         return Screen(annotator=None, ask_name=True)
 
     @staticmethod
@@ -149,12 +173,15 @@ class Controller:
         return self.show(state, "")
 
     # -- answering -------------------------------------------------------------------------
-    def choose(self, state: dict[str, Any], choice: int, shown_id: str | None = None) -> Screen:
+    def choose(self, state: dict[str, Any], choice: int, shown_id: str | None = None,
+               shown_screen: int | None = None) -> Screen:
         """Store `choice` for the pair on screen, then show the next pair.
 
-        `shown_id` is the pair the browser displayed when the key was pressed. It wins over the
-        session's idea of the current pair: a key pressed twice before the screen changed answers
-        the pair the person saw twice, rather than answering an unseen next pair.
+        `shown_id` and `shown_screen` are the pair and screen number the browser displayed when
+        the key was pressed. If either is no longer current (the key was typed before the answer
+        to an earlier key came back), the key is ignored and counted: it never re-answers the
+        pair it named, nor answers a pair the person has not seen. Without them (API callers),
+        the session's current pair is answered.
         """
         who = state.get("annotator")
         if who is None:
@@ -167,6 +194,13 @@ class Controller:
         target = shown_id or state.get("pair_id")
         if target not in ids:
             return self.show(state, "There is no pair on screen to answer.")
+        stale = target != state.get("pair_id") or (
+            shown_screen is not None and int(shown_screen) != state.get("screen"))
+        if stale:
+            state["ignored"] = state.get("ignored", 0) + 1
+            return self.show(state, f"Ignored a key ({CHOICE_NAMES[choice]}) pressed for pair "
+                                    f"{ids.index(target) + 1} before this screen appeared; nothing was "
+                                    "changed. Look at this pair, then press again.")
         pair = self.store.get(target)
         view = self._render(pair)
         if view.error is not None:
@@ -193,6 +227,7 @@ class Controller:
                 msg += f" Back to pair {ids.index(nxt.id) + 1}, the first you have not answered."
             else:
                 state["pair_id"] = target
+                state["shown_pair"] = None  # the same pair, newly answered: a new screen
         done, total = self.store.progress(who)
         if done == total:
             msg += f" All {total} pairs answered — thank you!"
@@ -221,7 +256,7 @@ class Controller:
         return render_pair(self.cache, pair.image, pair.crop_a, pair.crop_b)
 
     def show(self, state: dict[str, Any], message: str, view: PairView | None = None) -> Screen:
-        """The screen for the session's current pair (and restart its answer timer)."""
+        """The screen for the session's current pair; a new pair gets a new number and timer."""
         who = state.get("annotator")
         if who is None:
             return Screen(annotator=None, ask_name=True)
@@ -240,6 +275,10 @@ class Controller:
         view = view or self._render(pair)
         if view.error is not None:
             message = (message + " " if message else "") + view.error
-        state["shown_at"] = time.monotonic()
+        if state.get("shown_pair") != pid:
+            state["shown_pair"] = pid
+            state["screen"] = state.get("screen", 0) + 1
+            state["shown_at"] = time.monotonic()
         return Screen(annotator=who, pair=pair, position=ids.index(pid) + 1, total=total, done=done,
-                      answer=self.store.answer_of(pid, who), view=view, message=message.strip())
+                      answer=self.store.answer_of(pid, who), view=view, message=message.strip(),
+                      screen=state["screen"], ignored=state.get("ignored", 0))

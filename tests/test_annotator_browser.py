@@ -1,17 +1,21 @@
 """The annotator in a real headless Chromium (found through $CHROMIUM or the PATH, driven by Playwright).
 
 Keys pressed on the page must end up in the store; two browser sessions as two annotators must not
-see each other's state; an answer the screen confirmed must survive the server being killed.
+see each other's state; an answer the screen confirmed must survive the server being killed; keys
+typed faster than the page answer only the pair that was on screen; at 1280x900 both crops and the
+whole photo are in view.
 Without a Chromium these tests are skipped, unless REQUIRE_BROWSER=1 (set by .ci/run), where they fail.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -150,8 +154,6 @@ def test_keys_end_up_in_the_store(browser, served):
 
 
 def _has(cls: str):
-    import re
-
     return re.compile(rf"(^|\s){cls}(\s|$)")
 
 
@@ -165,7 +167,7 @@ def test_two_browser_sessions_as_two_annotators(browser, served):
         _sign_in(ben, "ben")
         ann.keyboard.press("1")
         expect(ann.locator("#status")).to_contain_text("Saved: pair 1")
-        # The next key only after the screen moved on: a key pressed while it updates is not taken.
+        # The next key only after the screen moved on: a key pressed while it updates is ignored.
         expect(ann.locator("#progress")).to_contain_text("ann · answered 1 / 5 · showing pair 2 of 5")
         ann.keyboard.press("1")
         expect(ann.locator("#progress")).to_contain_text("ann · answered 2 / 5 · showing pair 3 of 5")
@@ -232,3 +234,100 @@ def test_answer_survives_a_killed_server(browser, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=20)
+
+
+# Records, for every key, the pair and screen number the page showed when it was pressed, and the
+# moment each pair first appeared; installed on window (capture) so it runs before the app's keys.
+_RECORDER = """() => {
+  const val = (sel) => { const el = document.querySelector(sel); return el ? el.value : null; };
+  window.__keys = []; window.__firstShown = {};
+  const look = () => {
+    const pid = val('#shown-pair textarea, #shown-pair input');
+    if (pid && !(pid in window.__firstShown)) window.__firstShown[pid] = Date.now();
+    requestAnimationFrame(look);
+  };
+  look();
+  window.addEventListener('keydown', (e) => window.__keys.push({key: e.key, t: Date.now(),
+    pair: val('#shown-pair textarea, #shown-pair input'),
+    screen: val('#shown-screen input')}), true);
+}"""
+
+
+def _ignored_on_page(page) -> int:
+    m = re.search(r"(\d+) keys? ignored", page.locator("#ignored-note").inner_text())
+    return int(m.group(1)) if m else 0
+
+
+def test_keys_typed_ahead_answer_only_the_pair_on_screen(browser, tmp_path):
+    store, pairs = make_store(tmp_path, n=12)
+    demo = build_app(store)
+    url = launch(demo, port=free_port(), prevent_thread_lock=True, quiet=True)
+    expect = _expect()
+    ctx, page = _open(browser, url)
+    try:
+        _sign_in(page, "tia")
+        page.keyboard.press("2")  # one answer given at a person's pace, before the burst
+        expect(page.locator("#progress")).to_contain_text("tia · answered 1 / 12 · showing pair 2 of 12")
+        page.evaluate(_RECORDER)
+        page.wait_for_timeout(100)
+        keys = "1201201201"
+        for k in keys:
+            page.keyboard.press(k)
+            page.wait_for_timeout(40)
+        # Every key gets an answer from the server: stored, or ignored and counted on the page.
+        end = time.monotonic() + TIMEOUT_MS / 1000
+        while time.monotonic() < end:
+            if len(store.answers(annotator="tia")) - 1 + _ignored_on_page(page) == len(keys):
+                break
+            page.wait_for_timeout(100)
+        page.wait_for_timeout(500)  # nothing late may still arrive
+        pressed = page.evaluate("() => window.__keys")
+        first_shown = page.evaluate("() => window.__firstShown")
+        ignored = _ignored_on_page(page)
+        page.screenshot(path=str(results_dir("annotator-typing-ahead") / "after-burst.png"))
+    finally:
+        ctx.close()
+        demo.close()
+        shutil.rmtree(demo._annotator_parts.cache_dir, ignore_errors=True)
+    choice_of = {"1": A_BETTER, "2": B_BETTER, "0": NO_PREFERENCE}
+    assert [k["key"] for k in pressed] == list(keys)
+    # The pair on screen at each key; the first key seen on a pair is the one that answers it.
+    expected: dict[str, int] = {}
+    for k in pressed:
+        expected.setdefault(k["pair"], choice_of[k["key"]])
+    got = {a.pair_id: a.choice for a in store.answers(annotator="tia") if a.pair_id != pairs[0].id}
+    assert got == expected, (pressed, got)
+    assert len(got) + ignored == len(keys), (len(got), ignored)
+    # No earlier answer changed: every pair was answered exactly once, the slow one included.
+    history = store.answers(annotator="tia", history=True)
+    assert sorted(a.pair_id for a in history) == sorted([pairs[0].id, *got])
+    assert store.answer_of(pairs[0].id, "tia") == B_BETTER
+    # No pair answered before the page showed it; answered pairs are the ones shown, in order.
+    for a in history[1:]:
+        assert a.timestamp * 1000 >= first_shown[a.pair_id] - 1, a
+    assert list(got) == [p.id for p in pairs[1:1 + len(got)]]
+    print(f"typing ahead: {len(keys)} keys 40 ms apart -> {len(got)} answered, {ignored} ignored")
+
+
+def test_crops_and_overview_fit_1280x900_without_scrolling(browser, served):
+    url, _, _ = served
+    expect = _expect()
+    ctx, page = _open(browser, url)
+    try:
+        _sign_in(page, "vic")
+        for sel in ["#crop-a img", "#crop-b img", "#overview img"]:
+            expect(page.locator(sel)).to_be_visible()
+            page.wait_for_function(f"() => document.querySelector('{sel}').naturalWidth > 0")
+        assert page.evaluate("() => window.scrollY") == 0
+        vw, vh = page.viewport_size["width"], page.viewport_size["height"]
+        for sel in ["#crop-a", "#crop-b", "#overview", "#crop-a img", "#crop-b img", "#overview img",
+                    "#btn-a", "#btn-b", "#btn-none", "#progress"]:
+            box = page.locator(sel).bounding_box()
+            assert box is not None and box["width"] > 0 and box["height"] > 0, sel
+            assert box["x"] >= 0 and box["y"] >= 0, (sel, box)
+            assert box["x"] + box["width"] <= vw and box["y"] + box["height"] <= vh, (sel, box)
+        crop = page.locator("#crop-a img").bounding_box()
+        assert crop["height"] >= 0.4 * vh or crop["width"] >= 0.3 * vw, crop  # large, not thumbnails
+        page.screenshot(path=str(results_dir("annotator-layout") / "1280x900.png"))
+    finally:
+        ctx.close()
