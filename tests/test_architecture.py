@@ -195,3 +195,17 @@ def test_the_graph_reader_on_known_edges():
     assert names == ["typing", "b", "c"]
     assert import_cycles({"a": {"b": 1}, "b": {"c": 1}, "c": {"a": 1}, "d": {"a": 1}}) == [["a", "b", "c", "a"]]
     assert import_cycles({"a": {"b": 1}, "b": {}}) == []
+
+
+def test_the_public_api_resolves_and_stays_lazy():
+    """Every name `rlhf` exports resolves, and importing a light module does not load torch or Ray."""
+    import subprocess
+    import sys
+
+    import rlhf
+
+    for name in rlhf.__all__:
+        assert getattr(rlhf, name) is not None, name
+    code = "import sys, rlhf.pairs, rlhf.store; print(sorted({'torch', 'ray', 'timm'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
