@@ -10,9 +10,12 @@ import os
 import shutil
 import stat
 import tempfile
+import time
 from pathlib import Path
 
 PREFIX = "annotator-cache-"
+# Folders named without a process id (an older layout) count as stale once untouched this long.
+UNNAMED_STALE_S = 24 * 3600
 
 
 def _alive(pid: int) -> bool:
@@ -28,8 +31,9 @@ def _alive(pid: int) -> bool:
 def remove_stale_caches(parent: str | Path | None = None) -> list[Path]:
     """Remove this user's cache folders in `parent` (default: the temp folder) whose server is gone.
 
-    Only real folders named ``annotator-cache-<pid>-...`` and owned by this user are touched; a
-    symlink or someone else's folder is left alone. Returns the folders removed.
+    Only real folders named ``annotator-cache-<pid>-...`` and owned by this user are touched (and
+    ones without a pid, untouched for UNNAMED_STALE_S); a symlink or someone else's folder is left
+    alone. Returns the folders removed.
     """
     parent = Path(parent or tempfile.gettempdir())
     removed = []
@@ -39,10 +43,12 @@ def remove_stale_caches(parent: str | Path | None = None) -> list[Path]:
             info = entry.lstat()
         except OSError:
             continue
-        if not pid_text.isdigit() or not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
             continue
-        pid = int(pid_text)
-        if pid == os.getpid() or _alive(pid):
+        if not pid_text.isdigit():
+            if time.time() - info.st_mtime < UNNAMED_STALE_S:
+                continue
+        elif int(pid_text) == os.getpid() or _alive(int(pid_text)):
             continue  # this process's own folders are removed when its apps stop
         shutil.rmtree(entry, ignore_errors=True)
         removed.append(entry)

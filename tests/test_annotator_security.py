@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -220,10 +221,15 @@ def test_killed_servers_cache_is_removed_at_the_next_start(tmp_path):
     # Someone else's link named like a cache, and this process's own folder, are left alone.
     decoy = Path(tempfile.gettempdir()) / f"{PREFIX}{proc.pid}-decoy"
     decoy.symlink_to(tmp_path)
+    # Folders without a pid: removed once untouched for a day, kept while recent.
+    old, recent = (Path(tempfile.mkdtemp(prefix=f"{PREFIX}x")) for _ in range(2))
+    os.utime(old, (time.time() - 2 * 86400,) * 2)
     try:
         mine = new_cache_dir()
         assert not left[0].exists() and decoy.is_symlink() and mine.is_dir()
+        assert not old.exists() and recent.is_dir()
         assert mine.name.startswith(f"{PREFIX}{os.getpid()}-") and mine not in remove_stale_caches()
     finally:
         decoy.unlink()
-        shutil.rmtree(mine, ignore_errors=True)
+        for folder in (mine, old, recent):
+            shutil.rmtree(folder, ignore_errors=True)
