@@ -331,3 +331,27 @@ def test_crops_and_overview_fit_1280x900_without_scrolling(browser, served):
         page.screenshot(path=str(results_dir("annotator-layout") / "1280x900.png"))
     finally:
         ctx.close()
+
+
+def test_login_in_the_browser_is_the_annotator(browser, tmp_path):
+    store, pairs = make_store(tmp_path, n=3)
+    demo = build_app(store)
+    url = launch(demo, port=free_port(), auth=[("alice", "pw-a"), ("bob", "pw-b")],
+                 prevent_thread_lock=True, quiet=True)
+    expect = _expect()
+    ctx, page = _open(browser, url)
+    try:
+        inputs = page.locator("input")
+        expect(inputs.nth(1)).to_be_visible()
+        inputs.nth(0).fill("alice")
+        inputs.nth(1).fill("pw-a")
+        inputs.nth(1).press("Enter")
+        expect(page.locator("#progress")).to_contain_text("alice · answered 0 / 3 · showing pair 1 of 3")
+        expect(page.locator("#btn-who")).to_be_hidden()  # a login is not renamed
+        page.keyboard.press("1")
+        expect(page.locator("#progress")).to_contain_text("alice · answered 1 / 3 · showing pair 2 of 3")
+    finally:
+        ctx.close()
+        demo.close()
+        shutil.rmtree(demo._annotator_parts.cache_dir, ignore_errors=True)
+    assert [(a.pair_id, a.annotator, a.choice) for a in store.answers()] == [(pairs[0].id, "alice", A_BETTER)]
