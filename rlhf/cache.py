@@ -17,6 +17,10 @@ K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 
+def _one(_value: object) -> float:
+    return 1
+
+
 class LRUCache(Generic[K, V]):
     """A thread-safe mapping that forgets its least recently used entries beyond its bounds.
 
@@ -31,7 +35,7 @@ class LRUCache(Generic[K, V]):
                  weight: Callable[[V], float] | None = None):
         self.size = None if size is None else max(0, int(size))
         self.max_weight = max_weight
-        self._weight = weight or (lambda _v: 1)
+        self._weight = weight or _one
         self._d: OrderedDict[K, V] = OrderedDict()
         self._lock = threading.Lock()
         self.weight = 0.0  # total weight held
@@ -73,6 +77,21 @@ class LRUCache(Generic[K, V]):
                                and len(self._d) > 1)):
             _, gone = self._d.popitem(last=False)
             self.weight -= self._weight(gone)
+
+    def items(self) -> list[tuple[K, V]]:
+        """The entries, least recently used first (a copy; marks nothing as used)."""
+        with self._lock:
+            return list(self._d.items())
+
+    def __getstate__(self) -> dict:
+        # A lock cannot be pickled; objects holding a cache (the env, a featurizer) travel to Ray workers.
+        state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def __contains__(self, key: object) -> bool:
         return key in self._d

@@ -30,6 +30,7 @@ import gymnasium as gym
 import numpy as np
 
 from rlhf.boxstats import colour_cues, colour_sat, framing_cues, moment_sat, spectral_residual
+from rlhf.cache import LRUCache
 from rlhf.feature_map import FEATURE_DIM, photo_feature_sat, pooled_features
 from rlhf.images import Box, Photo, augmented_variants, clip_box, load_collection, resize
 
@@ -273,7 +274,7 @@ class CropEnv(gym.Env):
         self.observation_space = observation_space(self.cfg.obs_size, self.cfg.box_mask, self.cfg.features,
                                                    self.cfg.colour_cues, self.cfg.lookahead)
         self.action_space = gym.spaces.Discrete(len(Action))
-        self._photo_obs: dict[str, np.ndarray] = {}
+        self._photo_obs: LRUCache[str, tuple] = LRUCache(256)
         self.photo: Photo = self.photos[0]
         self.box = np.array([0.0, 0.0, 1.0, 1.0])
         self.steps = 0
@@ -357,9 +358,8 @@ class CropEnv(gym.Env):
         resize ~20x cheaper; a crop is at least half the photo's side, so it keeps >= 2x the
         pixels the thumbnail needs.
         """
-        if self.photo.id not in self._photo_obs:
-            if len(self._photo_obs) > 256:
-                self._photo_obs.clear()
+        thumbs = self._photo_obs.get(self.photo.id)
+        if thumbs is None:
             s = self.cfg.obs_size
             big = self.photo.pixels
             scale = 4 * s / max(big.shape[:2])
@@ -368,8 +368,9 @@ class CropEnv(gym.Env):
             sal = saliency_channel(big) if self.cfg.saliency == "spectral" else subject_channel(self.photo.pixels, big)
             big = np.concatenate([big, sal[..., None]], axis=2)
             colour = colour_sat(big) if self.cfg.colour_cues else None
-            self._photo_obs[self.photo.id] = (resize(big, s), big, moment_sat(sal), colour)
-        return self._photo_obs[self.photo.id]
+            thumbs = (resize(big, s), big, moment_sat(sal), colour)
+            self._photo_obs.put(self.photo.id, thumbs)
+        return thumbs
 
     def _obs(self) -> dict[str, np.ndarray]:
         s = self.cfg.obs_size
