@@ -13,7 +13,7 @@ import sys
 # command -> (module, function, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "bootstrap": ("rayjobs.bootstrap", "main", "stage 1: PPO crop policy on the aesthetic reward"),
-    "crop": ("rayjobs.crop", "main", "crop photos with a trained policy; crops.json + contact sheet"),
+    "crop": ("rayjobs.crop", "main", "crop a photo library with a policy, streaming and resumable (--ray: Ray Data)"),
     "pairs": ("rayjobs.pairs", "main", "stage 2: crop pairs from the policy for annotation"),
     "annotate": ("annotator.app", "main", "stage 2: the Gradio annotation app"),
     "agreement": ("rlhf.agreement", "main", "agreement (percent, Cohen's kappa) between annotators"),

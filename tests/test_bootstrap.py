@@ -143,10 +143,10 @@ def test_crop_writes_json_crops_and_contact_sheet(killed_and_resumed, tmp_path):
 
     photos = bundled_photos(["flower", "grace_hopper"])
     crop_out = run(CropConfig(policy=str(out), image=[str(p) for p in photos], out=str(tmp_path / "crops")))
-    records = json.loads((crop_out / "crops.json").read_text())
+    records = [json.loads(line) for line in (crop_out / "crops.jsonl").read_text().splitlines()]
     assert [Path(r["image"]).name for r in records] == ["flower.jpg", "grace_hopper.jpg"]
     for r in records:
         l, t, r_, b = r["box"]
         assert 0 <= l < r_ and 0 <= t < b and 1.0 <= r["score"] <= 10.0
-        assert (crop_out / (Path(r["image"]).stem + "_crop.jpg")).exists()
-    assert (crop_out / "contact_sheet.png").stat().st_size > 10_000
+        assert (crop_out / r["crop"]).exists()
+    assert (crop_out / "contact_sheet_001.png").stat().st_size > 10_000

@@ -1,0 +1,137 @@
+"""Cropping one photo for `photographer crop`: the policy and its models in a Cropper, the result as bytes.
+
+The same Cropper runs in the crop's own process and in each Ray Data actor (rayjobs/crop_ray.py);
+its results are plain bytes and a JSON-able record, so they travel between processes as they are.
+"""
+
+from __future__ import annotations
+
+import io
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from rlhf.contact_sheet import COLORS, MAX_WIDTH, PAD, draw_box
+from rlhf.images import Box, ImageLoadError, Photo, load_image, photo_id, resize
+
+SHEET_HEIGHT = 200  # px: height of each picture on a contact sheet
+
+
+@dataclass
+class CropResult:
+    """A photo's journal record, its crop as JPEG and its two contact-sheet pictures as JPEG (not for errors)."""
+
+    record: dict[str, Any]
+    crop_jpeg: bytes = b""
+    photo_thumb: bytes = b""
+    crop_thumb: bytes = b""
+
+
+def jpeg(pixels: np.ndarray, quality: int = 92) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def unjpeg(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def sheet_pictures(pixels: np.ndarray, box: Box) -> tuple[np.ndarray, np.ndarray]:
+    """The photo with its box drawn and the crop, each SHEET_HEIGHT px tall (narrower than a page)."""
+    room = MAX_WIDTH - 2 * PAD
+
+    def fit(px: np.ndarray) -> tuple[np.ndarray, float]:
+        h, w = px.shape[:2]
+        s = min(SHEET_HEIGHT / h, room / w)
+        return resize(px, (max(1, round(w * s)), max(1, round(h * s)))), s
+
+    small, s = fit(pixels)
+    drawn = draw_box(small, [round(v * s) for v in box], COLORS[0])
+    return drawn, fit(pixels[box[1]:box[3], box[0]:box[2]])[0]
+
+
+def forget_photos(*objects: Any) -> None:
+    """Empty the per-photo caches held by these objects and their rlhf parts (scorer, reward model...).
+
+    They are sized for training, which revisits every photo; a crop visits each photo once, so a
+    cache only grows memory with the library. Emptied between photos, memory stays flat.
+    """
+    from rlhf.cache import LRUCache
+    from rlhf.feature_map import photo_feature_sat
+
+    photo_feature_sat.cache_clear()
+    seen: set[int] = set()
+
+    def walk(obj: Any, depth: int) -> None:
+        if depth < 0 or id(obj) in seen or not type(obj).__module__.startswith("rlhf"):
+            return
+        seen.add(id(obj))
+        if isinstance(obj, LRUCache):
+            obj.clear()
+            return
+        for value in vars(obj).values() if hasattr(obj, "__dict__") else ():
+            walk(value, depth - 1)
+
+    for obj in objects:
+        walk(obj, 3)
+
+
+class Cropper:
+    """The policy and its models, cropping one photo at a time (in this process, or in each Ray Data actor)."""
+
+    def __init__(self, policy: str, scorer: str = "default", scorer_weights: str | None = None,
+                 score: bool = True, deterministic: bool = True, seed: int = 0, device: str = "cpu"):
+        from rlhf.policy import CropPolicy
+
+        self.policy = CropPolicy.load(policy)
+        if self.policy.reward and device != "cpu":
+            self.policy.reward = {**self.policy.reward, "device": device}  # the lookahead's models on the GPU
+        self.scorer_name, self.scorer_weights, self.device = scorer, scorer_weights, device
+        self.score, self.deterministic, self.seed = score, deterministic, seed
+        self.env: Any = None
+        self.scorer: Any = None
+
+    def _setup(self, photo: Photo) -> None:
+        from rlhf.evaluation import policy_env
+        from rlhf.scorers import create_scorer
+
+        self.env = policy_env(self.policy, [photo])
+        if self.score:
+            # The lookahead's own scorer when it is the one asked for: one set of models, one context per photo.
+            same = getattr(getattr(self.env.reward_fn, "spec", None), "scorer", None) == self.scorer_name and \
+                self.env.reward_fn.spec.scorer_weights == self.scorer_weights
+            self.scorer = self.env.reward_fn.scorer if same and getattr(self.env.reward_fn, "scorer", None) \
+                else create_scorer(self.scorer_name, weights=self.scorer_weights, device=self.device)
+
+    def box(self, photo: Photo, path: str) -> Box:
+        """The policy's final box on the photo."""
+        if self.env is None:
+            self._setup(photo)
+        self.env.photos = [photo]
+        rng = np.random.default_rng([self.seed, zlib.crc32(path.encode())])
+        return tuple(int(v) for v in self.policy.rollout(self.env, 0, self.deterministic, rng)[-1])
+
+    def crop(self, path: str, name: str) -> CropResult:
+        """Crop the photo at path (its crop file to be `<name>_crop.jpg`); a record of the error if unusable."""
+        try:
+            pixels = load_image(path)
+        except ImageLoadError as e:
+            return CropResult({"image": path, "error": e.reason})
+        photo = Photo(photo_id(path), pixels)
+        box = self.box(photo, path)
+        record: dict[str, Any] = {"image": path, "box": list(box), "size": [photo.width, photo.height]}
+        if self.score:
+            record["score"] = round(float(self.scorer.score_boxes(photo, [box])[0]), 4)
+            record["whole_photo_score"] = round(float(self.scorer.score_boxes(photo, [photo.full_box])[0]), 4)
+        record["crop"] = f"{name}_crop.jpg"
+        drawn, crop = sheet_pictures(pixels, box)
+        result = CropResult(record, jpeg(photo.crop(box)), jpeg(drawn, 90), jpeg(crop, 90))
+        forget_photos(self.env, self.scorer)
+        return result
+
+

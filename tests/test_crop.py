@@ -1,0 +1,151 @@
+"""`photographer crop` over a folder: streamed results, paged sheets, resume after kill -9, bad files, Ray Data."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rayjobs.crop import JOURNAL, CropConfig, read_journal, run
+from rlhf.images import bundled_photos, load_image
+from tests.test_pairs_job import tiny_bootstrap
+
+REPO = Path(__file__).resolve().parents[1]
+N_PHOTOS = 8
+
+
+@pytest.fixture(scope="module")
+def policy(ray_local, tmp_path_factory) -> Path:
+    return tiny_bootstrap(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """8 small photos: sub-framings of bundled photos, 96-160 px on their long side."""
+    out = tmp_path_factory.mktemp("library")
+    rng = np.random.default_rng(0)
+    sources = bundled_photos(["coffee", "flower", "chelsea", "rocket"])
+    for i in range(N_PHOTOS):
+        px = load_image(sources[i % len(sources)])
+        h, w = px.shape[:2]
+        fw, fh = rng.uniform(0.6, 1.0, size=2)
+        x0, y0 = int(rng.integers(0, w - int(w * fw) + 1)), int(rng.integers(0, h - int(h * fh) + 1))
+        sub = Image.fromarray(px[y0:y0 + int(h * fh), x0:x0 + int(w * fw)])
+        sub.thumbnail((96 + 8 * i, 96 + 8 * i))
+        sub.save(out / f"p{i:02d}.jpg", quality=90)
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(policy, folder, tmp_path_factory) -> Path:
+    """An uninterrupted single-process crop of the folder, 3 photos a contact-sheet page."""
+    return run(CropConfig(policy=str(policy), image=[str(folder)], out=str(tmp_path_factory.mktemp("ref")),
+                          sheet_rows=3, ray=False))
+
+
+def _boxes(out: Path) -> dict[str, tuple]:
+    return {r["image"]: (tuple(r["box"]), r["size"]) for r in read_journal(out / JOURNAL) if "error" not in r}
+
+
+def _without_scores(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if "score" not in k} for r in records]
+
+
+def test_streams_one_line_per_photo_and_paged_sheets(reference, folder):
+    lines = (reference / JOURNAL).read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [Path(r["image"]).name for r in records] == [f"p{i:02d}.jpg" for i in range(N_PHOTOS)]
+    for r in records:
+        l, t, r_, b = r["box"]
+        w, h = r["size"]
+        assert 0 <= l < r_ <= w and 0 <= t < b <= h and 1.0 <= r["score"] <= 10.0
+        assert Image.open(reference / r["crop"]).size == (r_ - l, b - t)
+    # 8 photos at 3 a page: pages 1, 2 full, page 3 the last two
+    assert [r["sheet"] for r in records] == [1, 1, 1, 2, 2, 2, 3, 3]
+    assert sorted(p.name for p in reference.glob("contact_sheet_*.png")) == \
+        ["contact_sheet_001.png", "contact_sheet_002.png", "contact_sheet_003.png"]
+    assert json.loads((reference / "config.json").read_text())["sheet_rows"] == 3
+
+
+def test_resume_after_kill_9_crops_every_photo_once(policy, folder, reference, tmp_path):
+    """A run killed with SIGKILL right after its third crop file is written (before that photo's line),
+    then a torn line as a kill mid-write leaves; --resume finishes with each photo once, same boxes."""
+    out = tmp_path / "killed"
+    hook = ("import os, signal, sys; from pathlib import Path; import rayjobs.crop as c; "
+            "orig = Path.write_bytes; n = [0]\n"
+            "def write_bytes(self, data):\n"
+            "    orig(self, data); n[0] += 1\n"
+            "    if n[0] == 3: os.kill(os.getpid(), signal.SIGKILL)\n"
+            "Path.write_bytes = write_bytes\n"
+            "c.main(sys.argv[1:])")
+    proc = subprocess.run([sys.executable, "-c", hook, "--policy", str(policy), "--image", str(folder), "--out",
+                           str(out), "--sheet_rows", "3", "--no-ray"], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert len((out / JOURNAL).read_text().splitlines()) == 2
+    assert (out / "p02_crop.jpg").exists()  # written, but no line: it is not done
+    with open(out / JOURNAL, "a") as f:
+        f.write('{"image": "' + str(folder / "p02.jpg")[:12])  # a torn last line
+    run(CropConfig(resume=str(out), ray=False))
+    records = [json.loads(line) for line in (out / JOURNAL).read_text().splitlines()]
+    assert sorted(r["image"] for r in records) == sorted(str(p) for p in folder.glob("*.jpg"))
+    assert _boxes(out) == _boxes(reference)
+    assert [r["score"] for r in records] == [r["score"] for r in read_journal(reference / JOURNAL)]
+    assert [r["sheet"] for r in records] == [1, 1, 1, 2, 2, 2, 3, 3]
+    assert len(list(out.glob("contact_sheet_*.png"))) == 3
+    # resuming a finished run does nothing
+    run(CropConfig(resume=str(out), ray=False))
+    assert len((out / JOURNAL).read_text().splitlines()) == N_PHOTOS
+
+
+def test_a_corrupt_file_is_recorded_and_skipped(policy, folder, tmp_path, capsys):
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for name in ("p00.jpg", "p01.jpg"):
+        (lib / name).write_bytes((folder / name).read_bytes())
+    good = (folder / "p02.jpg").read_bytes()
+    (lib / "p01b_truncated.jpg").write_bytes(good[: len(good) // 3])
+    (lib / "p01c_text.jpg").write_text("not a photo")
+    out = run(CropConfig(policy=str(policy), image=[str(lib)], out=str(tmp_path / "out"), ray=False, score=False))
+    records = {Path(r["image"]).name: r for r in read_journal(out / JOURNAL)}
+    assert set(records) == {"p00.jpg", "p01.jpg", "p01b_truncated.jpg", "p01c_text.jpg"}
+    assert "corrupt or truncated" in records["p01b_truncated.jpg"]["error"]
+    assert "not an image" in records["p01c_text.jpg"]["error"]
+    assert "box" in records["p00.jpg"] and "score" not in records["p00.jpg"]
+    err = capsys.readouterr().err
+    assert err.count("skipped ") == 2 and "Traceback" not in err
+
+
+def test_ray_data_with_two_actors_equals_one_process(policy, folder, reference, tmp_path, ray_local):
+    out = run(CropConfig(policy=str(policy), image=[str(folder)], out=str(tmp_path / "ray"), sheet_rows=3,
+                         ray=True, actors=2, batch_size=2))
+    assert ray_local.is_initialized()  # it joined the Ray it found and left it running
+    assert _boxes(out) == _boxes(reference)
+    ref = [json.loads(line) for line in (reference / JOURNAL).read_text().splitlines()]
+    got = [json.loads(line) for line in (out / JOURNAL).read_text().splitlines()]
+    assert _without_scores(got) == _without_scores(ref)  # same order, boxes and pages
+    # Scores agree to float noise: an actor's torch runs on its own number of threads.
+    for key in ("score", "whole_photo_score"):
+        assert [r[key] for r in got] == pytest.approx([r[key] for r in ref], abs=2e-3)
+    for r in got:
+        assert (out / r["crop"]).read_bytes() == (reference / r["crop"]).read_bytes()
+
+
+def test_resume_takes_the_runs_settings_and_help_shows_defaults(tmp_path):
+    with pytest.raises(ValueError, match="--policy is required"):
+        CropConfig(ray=False)
+    with pytest.raises(FileNotFoundError, match="not a crop run folder"):
+        run(CropConfig(resume=str(tmp_path), ray=False))
+    proc = subprocess.run([sys.executable, "-m", "rayjobs.crop", "--help"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "RAY_ADDRESS": ""})
+    assert proc.returncode == 0
+    text = " ".join(proc.stdout.split())
+    assert "--resume" in text and "(default: on when RAY_ADDRESS is set)" in text
+    assert "photos per contact-sheet page (default: 16)" in text
