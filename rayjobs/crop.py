@@ -1,7 +1,8 @@
 """Crop a photo library with a trained policy, streaming: one photo at a time, results as they come.
 
     photographer crop --policy results/boot --image photos/ --out results/crops
-    photographer crop --resume results/crops      # after a stop or a kill: only the photos not yet done
+    photographer crop --policy results/boot --image photos/ --out results/crops --resume
+                                                  # after a stop or a kill: only the photos not yet done
 
 Photos are listed by path and loaded one at a time, so memory does not grow with the library. The
 run folder holds each crop (`<name>_crop.jpg`), `crops.jsonl` and contact sheets
@@ -24,7 +25,7 @@ import sys
 import time
 import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +35,8 @@ from rlhf.contact_sheet import SheetCell, contact_sheet
 from rlhf.images import HELDOUT_PHOTOS, Box, ImageLoadError, Photo, bundled_photos, load_image, resolve_paths
 
 JOURNAL = "crops.jsonl"
-# What decides a run's results: --resume takes these from the run's config.json, the rest (how it
-# runs: --ray, --actors, ...) from its own command line.
-RESULT_FIELDS = ("policy", "image", "scorer", "scorer_weights", "score", "deterministic", "seed", "sheet_rows")
+# What decides a run's boxes and scores: a resumed run must keep them.
+RESULT_FIELDS = ("policy", "scorer", "scorer_weights", "score", "deterministic", "seed")
 
 
 def _heldout() -> list[str]:
@@ -52,13 +52,13 @@ class CropConfig:
     """Crop photos with a trained policy and score the crops."""
 
     policy: str = field(default="", metadata={"help": "policy checkpoint or run folder (newest checkpoint); "
-                                                      "required unless --resume"})
+                                                      "required"})
     image: list[str] = field(default_factory=_heldout, metadata={"help": "photos: files, folders or globs",
                                                                          "help_default": "the bundled held-out photos"})
     out: str | None = field(default=None, metadata={"help": "output folder (default results/crop-<time>)"})
-    resume: str | None = field(default=None, metadata={
-        "help": "an earlier crop run's folder: continue it, cropping only the photos its crops.jsonl lacks, with "
-                f"its own {', '.join(RESULT_FIELDS)} (default: a new run)"})
+    resume: bool = field(default=False, metadata={
+        "help": "continue the crop run in --out (the same command again): crop only the photos its crops.jsonl "
+                "lacks"})
     scorer: str = field(default="default", metadata={"help": "aesthetic scorer for the reported score"})
     scorer_weights: str | None = field(default=None, metadata={"help": "local weights for the scorer"})
     score: bool = field(default=True, metadata={"help": "score each crop and the whole photo with the scorer "
@@ -77,22 +77,29 @@ class CropConfig:
         "help": "with --ray: GPUs per actor; -1 = 1 when the cluster has GPUs, else 0"})
 
     def __post_init__(self) -> None:
-        if not self.policy and not self.resume:
-            raise ValueError("--policy is required: a checkpoint or a run folder (or --resume a crop run)")
+        if not self.policy:
+            raise ValueError("--policy is required: a checkpoint or a run folder")
         if self.sheet_rows < 1 or self.actors < 1 or self.batch_size < 1:
             raise ValueError("--sheet_rows, --actors and --batch_size must be at least 1")
 
 
-def resumed(cfg: CropConfig) -> CropConfig:
-    """cfg with the result-deciding settings of the run it resumes (and --out its folder)."""
+def check_resumable(cfg: CropConfig, out: Path) -> None:
+    """Refuse to mix two runs in one folder: a new run where one was, or a resume with other settings."""
+    if not (out / JOURNAL).exists():
+        return
     if not cfg.resume:
-        return cfg
-    folder = Path(cfg.resume).expanduser()
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{cfg.resume}: not a crop run folder (no config.json)")
-    saved = load_run_config(folder)
-    known = {f.name for f in fields(CropConfig)}
-    return replace(cfg, out=str(folder), **{k: saved[k] for k in RESULT_FIELDS if k in saved and k in known})
+        raise ValueError(f"{out} holds a crop run: add --resume to continue it, or give a new --out")
+    saved = load_run_config(out) if (out / "config.json").is_file() else {}
+    now = {**asdict(cfg), "policy": _resolved(cfg.policy)}
+    before = {**saved, "policy": _resolved(saved.get("policy", ""))}
+    changed = [k for k in RESULT_FIELDS if k in before and before[k] != now[k]]
+    if changed:
+        raise ValueError(f"--resume: {out} was cropped with {', '.join(f'--{k} {before[k]}' for k in changed)}; "
+                         "resume with the same settings, or give a new --out")
+
+
+def _resolved(path: str) -> str:
+    return str(Path(path).expanduser().resolve()) if path else ""
 
 
 def crop_photos(policy: Any, photos: list[Photo], deterministic: bool = True,
@@ -234,9 +241,9 @@ def run(cfg: CropConfig) -> Path:
 
     from rlhf.policy import latest_checkpoint
 
-    cfg = resumed(cfg)
     source = latest_checkpoint(cfg.policy)  # fails now, not in an actor, when there is no policy
     out = run_dir(cfg.out, "crop")
+    check_resumable(cfg, out)
     save_config(cfg, out)
     paths = resolve_paths(cfg.image)
     names = crop_names(paths)
@@ -247,7 +254,7 @@ def run(cfg: CropConfig) -> Path:
     if cfg.ray:
         from rayjobs.crop_ray import results_with_ray
 
-        settings = {"policy": str(Path(cfg.policy).expanduser().resolve()), "scorer": cfg.scorer,
+        settings = {"policy": _resolved(cfg.policy), "scorer": cfg.scorer,
                     "scorer_weights": cfg.scorer_weights, "score": cfg.score, "deterministic": cfg.deterministic,
                     "seed": cfg.seed}
         results = results_with_ray(settings, todo, cfg.actors, cfg.batch_size, cfg.num_gpus_per_actor)

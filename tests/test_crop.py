@@ -93,7 +93,8 @@ def test_resume_after_kill_9_crops_every_photo_once(policy, folder, reference, t
     assert (out / "p02_crop.jpg").exists()  # written, but no line: it is not done
     with open(out / JOURNAL, "a") as f:
         f.write('{"image": "' + str(folder / "p02.jpg")[:12])  # a torn last line
-    run(CropConfig(resume=str(out), ray=False))
+    resume = CropConfig(policy=str(policy), image=[str(folder)], out=str(out), sheet_rows=3, ray=False, resume=True)
+    run(resume)
     records = [json.loads(line) for line in (out / JOURNAL).read_text().splitlines()]
     assert sorted(r["image"] for r in records) == sorted(str(p) for p in folder.glob("*.jpg"))
     assert _boxes(out) == _boxes(reference)
@@ -101,7 +102,7 @@ def test_resume_after_kill_9_crops_every_photo_once(policy, folder, reference, t
     assert [r["sheet"] for r in records] == [1, 1, 1, 2, 2, 2, 3, 3]
     assert len(list(out.glob("contact_sheet_*.png"))) == 3
     # resuming a finished run does nothing
-    run(CropConfig(resume=str(out), ray=False))
+    run(resume)
     assert len((out / JOURNAL).read_text().splitlines()) == N_PHOTOS
 
 
@@ -138,11 +139,18 @@ def test_ray_data_with_two_actors_equals_one_process(policy, folder, reference, 
         assert (out / r["crop"]).read_bytes() == (reference / r["crop"]).read_bytes()
 
 
-def test_resume_takes_the_runs_settings_and_help_shows_defaults(tmp_path):
+def test_one_folder_never_mixes_two_runs(policy, folder, reference, tmp_path):
     with pytest.raises(ValueError, match="--policy is required"):
         CropConfig(ray=False)
-    with pytest.raises(FileNotFoundError, match="not a crop run folder"):
-        run(CropConfig(resume=str(tmp_path), ray=False))
+    with pytest.raises(ValueError, match="add --resume to continue it"):
+        run(CropConfig(policy=str(policy), image=[str(folder)], out=str(reference), ray=False))
+    with pytest.raises(ValueError, match="was cropped with --deterministic True, --seed 0"):
+        run(CropConfig(policy=str(policy), image=[str(folder)], out=str(reference), ray=False, resume=True,
+                       deterministic=False, seed=3))
+    assert len((reference / JOURNAL).read_text().splitlines()) == N_PHOTOS
+
+
+def test_help_shows_each_default():
     proc = subprocess.run([sys.executable, "-m", "rayjobs.crop", "--help"], cwd=REPO, capture_output=True,
                           text=True, timeout=120, env={**os.environ, "RAY_ADDRESS": ""})
     assert proc.returncode == 0
