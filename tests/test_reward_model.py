@@ -420,8 +420,9 @@ def test_featurizer_cache_is_bounded(featurizer, photos):
     try:
         boxes = [(0, 0, 100 + i, 100) for i in range(4)]
         featurizer.features(photos[0], boxes)
-        featurizer.features(photos[0], [(5, 5, 50, 50)])  # over the bound: the cache starts afresh
-        assert len(featurizer._emb) == 1
+        featurizer.features(photos[0], [(5, 5, 50, 50)])  # over the bound: the oldest crops go
+        assert len(featurizer._emb) == len(featurizer._cache) == 3
+        assert (photos[0].id, (5, 5, 50, 50), False) in featurizer._emb
         featurizer.clear_caches()
         assert not featurizer._emb and not featurizer._cache and not featurizer._maps
     finally:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from rlhf.boxstats import box_sums, framing_cues, moment_sat, spectral_residual
+from rlhf.cache import LRUCache
 from rlhf.images import Box, Photo, clip_box, resize
 
 GEOMETRY_FEATURES = ("cx", "cy", "w", "h", "area", "log_aspect")
@@ -101,13 +102,23 @@ class CropFeaturizer:
         self.embed_dim = int(getattr(self.model, "num_features", 0)) or int(
             _embed(self.model, np.zeros((1, 32, 32, 3), np.uint8), self.input_size).shape[1])
         self.feature_names = tuple(f"emb{i}" for i in range(self.embed_dim)) + HAND_FEATURES
-        self._cache: dict[tuple[str, Box, bool], np.ndarray] = {}
-        self._emb: dict[tuple[str, Box, bool], np.ndarray] = {}
-        self._maps: dict[tuple[str, bool, str], Saliency] = {}
         # Bounds for long-lived users (the RL scoring actor): about 5 KB per crop, 0.5 MB per photo.
-        self.max_cached_crops, self.max_cached_photos = max_cached_crops, max_cached_photos
+        self._cache: LRUCache[tuple[str, Box, bool], np.ndarray] = LRUCache(max_cached_crops)
+        self._emb: LRUCache[tuple[str, Box, bool], np.ndarray] = LRUCache(max_cached_crops)
+        self._maps: LRUCache[tuple[str, bool, str], Saliency] = LRUCache(2 * max_cached_photos)
+        self.max_cached_photos = max_cached_photos
         self.crops_embedded = 0
         self.seconds_embedding = 0.0
+
+    @property
+    def max_cached_crops(self) -> int:
+        """Most crops whose embedding and features are kept (least recently used forgotten first)."""
+        return self._emb.size
+
+    @max_cached_crops.setter
+    def max_cached_crops(self, n: int) -> None:
+        self._emb.resize(n)
+        self._cache.resize(n)
 
     @property
     def dim(self) -> int:
@@ -126,42 +137,46 @@ class CropFeaturizer:
 
     def features(self, photo: Photo, boxes: Sequence[Sequence[float]], mirrored: bool = False) -> np.ndarray:
         """(N, dim) float32 raw (unstandardised) features of the boxes in the photo."""
-        if len(self._emb) > self.max_cached_crops:
-            self._cache.clear()
-            self._emb.clear()
-        if len(self._maps) > 2 * self.max_cached_photos:
-            self._maps.clear()
         w, h = photo.width, photo.height
         keys = [(photo.id, clip_box(b, w, h), bool(mirrored)) for b in boxes]
-        missing = [k for k in dict.fromkeys(keys) if k not in self._cache]
+        # Held here as well: one call may ask for more crops than the cache keeps.
+        got = {k: v for k in dict.fromkeys(keys) if (v := self._cache.get(k)) is not None}
+        missing = [k for k in dict.fromkeys(keys) if k not in got]
         for i in range(0, len(missing), self.batch_size):
-            self._compute(photo, missing[i:i + self.batch_size], mirrored)
+            got.update(self._compute(photo, missing[i:i + self.batch_size], mirrored))
         if not keys:
             return np.zeros((0, self.dim), np.float32)
-        return np.stack([self._cache[k] for k in keys])
+        return np.stack([got[k] for k in keys])
 
-    def _compute(self, photo: Photo, keys: list[tuple[str, Box, bool]], mirrored: bool) -> None:
+    def _compute(self, photo: Photo, keys: list[tuple[str, Box, bool]],
+                 mirrored: bool) -> dict[tuple[str, Box, bool], np.ndarray]:
         w, h = photo.width, photo.height
         pixels = photo.pixels[:, ::-1] if mirrored else photo.pixels
         boxes = [mirror_box(k[1], w) if mirrored else k[1] for k in keys]
         crops = np.stack([resize(pixels[t:b, l:r], self.input_size) for (l, t, r, b) in boxes])
-        todo = [i for i, k in enumerate(keys) if k not in self._emb]
+        embs = {k: e for k in keys if (e := self._emb.get(k)) is not None}
+        todo = [i for i, k in enumerate(keys) if k not in embs]
         if todo:
             t0 = time.perf_counter()
             emb = _embed(self.model, crops[todo], self.input_size).astype(np.float32)
             self.seconds_embedding += time.perf_counter() - t0
             self.crops_embedded += len(todo)
             for i, e in zip(todo, emb, strict=True):
-                self._emb[keys[i]] = e
+                embs[keys[i]] = e
+                self._emb.put(keys[i], e)
         maps = [self._saliency(photo, mirrored, kind) for kind in SALIENCY_MAPS]
+        out = {}
         for k, box, crop in zip(keys, boxes, crops, strict=True):
             hand = [geometry_features(box, w, h), colour_features(crop)] + [m.features(box) for m in maps]
-            self._cache[k] = np.concatenate([self._emb[k], *hand]).astype(np.float32)
+            out[k] = np.concatenate([embs[k], *hand]).astype(np.float32)
+            self._cache.put(k, out[k])
+        return out
 
     def _saliency(self, photo: Photo, mirrored: bool, kind: str) -> Saliency:
         """A saliency map of the whole photo: "net" (backbone activation energy) or "sr"."""
         key = (photo.id, bool(mirrored), kind)
-        if key not in self._maps:
+        sal = self._maps.get(key)
+        if sal is None:
             other = self._maps.get((photo.id, not mirrored, kind))
             if other is not None:
                 grid = other.grid[:, ::-1]
@@ -173,8 +188,9 @@ class CropFeaturizer:
                     raw = _sr_map(photo.pixels)
                 grid = Saliency.grid_from_map(raw, photo.width, photo.height)
                 grid = grid[:, ::-1] if mirrored else grid
-            self._maps[key] = Saliency(np.ascontiguousarray(grid), photo.width, photo.height)
-        return self._maps[key]
+            sal = Saliency(np.ascontiguousarray(grid), photo.width, photo.height)
+            self._maps.put(key, sal)
+        return sal
 
     def cache_state(self) -> dict[str, Any]:
         """The expensive part of the cache (embeddings, saliency grids) as plain data.
@@ -182,7 +198,7 @@ class CropFeaturizer:
         The cheap hand-made features are recomputed from it, so a saved cache stays valid when
         they change."""
         return {"backbone": self.backbone_name, "backbone_weights": self.backbone_weights,
-                "input_size": self.input_size, "embeddings": dict(self._emb),
+                "input_size": self.input_size, "embeddings": dict(self._emb.items()),
                 "grids": {k: (m.grid, m.width, m.height) for k, m in self._maps.items()}}
 
     def load_cache_state(self, state: dict[str, Any]) -> int:
@@ -191,10 +207,11 @@ class CropFeaturizer:
             self.backbone_name, self.backbone_weights, self.input_size)
         if not same:
             return 0
-        self._emb.update(state["embeddings"])
+        for k, e in state["embeddings"].items():
+            self._emb.put(k, e)
         for k, (grid, w, h) in state["grids"].items():
-            if len(k) == 3:  # (photo id, mirrored, kind)
-                self._maps.setdefault(k, Saliency(grid, w, h))
+            if len(k) == 3 and k not in self._maps:  # (photo id, mirrored, kind)
+                self._maps.put(k, Saliency(grid, w, h))
         return len(state["embeddings"])
 
     def save_cache(self, path: str | Path) -> Path:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rlhf.cache import LRUCache
 from rlhf.images import Box, Photo
 from rlhf.preference.config import CENTRINGS
 from rlhf.preference.features import CropFeaturizer
@@ -50,7 +51,7 @@ class PreferenceRewardModel:
         self.centring = centring
         self.config = dict(config or {})
         self.metrics = dict(metrics or {})
-        self._photo_offsets: dict[tuple[str, int, int], float] = {}
+        self._photo_offsets: LRUCache[tuple[str, int, int], float] = LRUCache(4 * featurizer.max_cached_photos)
 
     @property
     def device(self) -> torch.device:
@@ -72,12 +73,12 @@ class PreferenceRewardModel:
         if self.centring == "global":
             return self.offset
         key = (photo.id, photo.width, photo.height)
-        if key not in self._photo_offsets:
-            if len(self._photo_offsets) > 4 * self.featurizer.max_cached_photos:
-                self._photo_offsets.clear()
+        offset = self._photo_offsets.get(key)
+        if offset is None:
             refs = self.featurizer.features(photo, reference_boxes(photo.width, photo.height))
-            self._photo_offsets[key] = float(self.raw_from_features(refs).mean())
-        return self._photo_offsets[key]
+            offset = float(self.raw_from_features(refs).mean())
+            self._photo_offsets.put(key, offset)
+        return offset
 
     def reward(self, photo: Photo, boxes: Sequence[Sequence[float]]) -> np.ndarray:
         """Centred r per box: 0 for a crop as good as the photo's reference crops on average

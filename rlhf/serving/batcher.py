@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rlhf.cache import LRUCache
 from rlhf.images import Box, Photo
 
 
@@ -68,7 +69,8 @@ class Batcher:
         self._cond = threading.Condition()
         self._queue: list[_Slot] = []
         self._leading = False
-        self._seen: dict[str, float] = {}
+        # When each client last asked; the least recently seen are forgotten first.
+        self._seen: LRUCache[str, float] = LRUCache(4096)
         self.batches = 0
         self.items = 0
         self.largest = 0
@@ -78,7 +80,7 @@ class Batcher:
         slot = _Slot(req, client)
         with self._cond:
             if client is not None:
-                self._seen[client] = time.monotonic()
+                self._seen.put(client, time.monotonic())
             self._queue.append(slot)
             self._cond.notify_all()
         while True:
@@ -100,8 +102,6 @@ class Batcher:
         return slot.value
 
     def _active(self, now: float) -> set[str]:
-        if len(self._seen) > 4096:  # forget long-gone clients
-            self._seen = {c: t for c, t in self._seen.items() if now - t < self.ACTIVE_S}
         return {c for c, t in self._seen.items() if now - t < self.ACTIVE_S}
 
     def _collect(self) -> list[_Slot]:
