@@ -7,6 +7,7 @@ its results are plain bytes and a JSON-able record, so they travel between proce
 from __future__ import annotations
 
 import io
+import os
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -86,6 +87,10 @@ class Cropper:
 
     def __init__(self, policy: str, scorer: str = "default", scorer_weights: str | None = None,
                  score: bool = True, deterministic: bool = True, seed: int = 0, device: str = "cpu"):
+        # oneDNN keeps compiled kernels per input shape (1024 by default); every photo's aspect is a new
+        # shape for the backbone, so the default lets a long crop grow by a few hundred MB. Read lazily,
+        # at the first convolution, so setting it here still counts.
+        os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
         from rlhf.policy import CropPolicy
 
         self.policy = CropPolicy.load(policy)
