@@ -49,7 +49,7 @@ def _ray_default() -> bool:
 
 @dataclass
 class CropConfig:
-    """Crop photos with a trained policy and score the crops."""
+    """Crop a photo library with a trained policy, streaming and resumable, and score the crops."""
 
     policy: str = field(default="", metadata={"help": "policy checkpoint or run folder (newest checkpoint); "
                                                       "required"})
