@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import ray
 
-from rlhf.cache import LRUCache
 from rlhf.images import bundled_photos, clip_box, load_collection
 from rlhf.reward import LocalReward, RewardSpec, build_reward
 from rlhf.serving import (
@@ -70,19 +69,6 @@ def wait_for_stats(name, ok, timeout=10.0):
 
 def spec_for(name, **kw):
     return RewardSpec(service=name, **kw)
-
-
-def test_lru_cache_is_bounded():
-    c = LRUCache(3)
-    for i in range(10):
-        c.put(i, i)
-    assert len(c) == 3 and c.get(0) is None and c.get(9) == 9
-    c.get(7)
-    c.put(10, 10)  # evicts 8, the least recently used, not 7
-    assert c.get(7) == 7 and c.get(8) is None
-    off = LRUCache(0)
-    off.put(1, 1)
-    assert len(off) == 0 and off.get(1) is None
 
 
 def test_clip_boxes_is_clip_box_for_many():
