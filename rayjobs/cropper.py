@@ -16,7 +16,8 @@ import numpy as np
 from PIL import Image
 
 from rlhf.contact_sheet import COLORS, MAX_WIDTH, PAD, draw_box
-from rlhf.images import Box, ImageLoadError, Photo, load_image, photo_id, resize
+from rlhf.context import context_of, store
+from rlhf.images import Box, ImageLoadError, Photo, clip_box, resize
 
 SHEET_HEIGHT = 200  # px: height of each picture on a contact sheet
 
@@ -43,7 +44,8 @@ def unjpeg(data: bytes) -> np.ndarray:
 
 
 def sheet_pictures(pixels: np.ndarray, box: Box) -> tuple[np.ndarray, np.ndarray]:
-    """The photo with its box drawn and the crop, each SHEET_HEIGHT px tall (narrower than a page)."""
+    """The photo with its box drawn and the crop, each SHEET_HEIGHT px tall (narrower than a page);
+    pixels at any resolution, the box in the pixels' own coordinates."""
     room = MAX_WIDTH - 2 * PAD
 
     def fit(px: np.ndarray) -> tuple[np.ndarray, float]:
@@ -54,32 +56,6 @@ def sheet_pictures(pixels: np.ndarray, box: Box) -> tuple[np.ndarray, np.ndarray
     small, s = fit(pixels)
     drawn = draw_box(small, [round(v * s) for v in box], COLORS[0])
     return drawn, fit(pixels[box[1]:box[3], box[0]:box[2]])[0]
-
-
-def forget_photos(*objects: Any) -> None:
-    """Empty the per-photo caches held by these objects and their rlhf parts (scorer, reward model...).
-
-    They are sized for training, which revisits every photo; a crop visits each photo once, so a
-    cache only grows memory with the library. Emptied between photos, memory stays flat.
-    """
-    from rlhf.cache import LRUCache
-    from rlhf.feature_map import photo_feature_sat
-
-    photo_feature_sat.cache_clear()
-    seen: set[int] = set()
-
-    def walk(obj: Any, depth: int) -> None:
-        if depth < 0 or id(obj) in seen or not type(obj).__module__.startswith("rlhf"):
-            return
-        seen.add(id(obj))
-        if isinstance(obj, LRUCache):
-            obj.clear()
-            return
-        for value in vars(obj).values() if hasattr(obj, "__dict__") else ():
-            walk(value, depth - 1)
-
-    for obj in objects:
-        walk(obj, 3)
 
 
 class Cropper:
@@ -124,19 +100,22 @@ class Cropper:
     def crop(self, path: str, name: str) -> CropResult:
         """Crop the photo at path (its crop file to be `<name>_crop.jpg`); a record of the error if unusable."""
         try:
-            pixels = load_image(path)
+            photo = Photo.from_path(path)
+            box = self.box(photo, path)
+            pixels = photo.pixels  # full resolution only now, for the crop file
         except ImageLoadError as e:
             return CropResult({"image": path, "error": e.reason})
-        photo = Photo(photo_id(path), pixels)
-        box = self.box(photo, path)
         record: dict[str, Any] = {"image": path, "box": list(box), "size": [photo.width, photo.height]}
         if self.score:
             record["score"] = round(float(self.scorer.score_boxes(photo, [box])[0]), 4)
             record["whole_photo_score"] = round(float(self.scorer.score_boxes(photo, [photo.full_box])[0]), 4)
         record["crop"] = f"{name}_crop.jpg"
-        drawn, crop = sheet_pictures(pixels, box)
-        result = CropResult(record, jpeg(photo.crop(box)), jpeg(drawn, 90), jpeg(crop, 90))
-        forget_photos(self.env, self.scorer)
+        ctx = context_of(photo)  # the sheet's pictures from the working pixels: a page shows them small
+        drawn, crop = sheet_pictures(ctx.work, clip_box([v * ctx.scale for v in box], *ctx.work.shape[1::-1]))
+        l, t, r, b = box
+        result = CropResult(record, jpeg(pixels[t:b, l:r]), jpeg(drawn, 90), jpeg(crop, 90))
+        # A crop visits each photo once: contexts kept after it only grow memory with the library.
+        store().forget()
         return result
 
 

@@ -14,13 +14,15 @@ crop is 2-4 decisions away instead of 5-8, so PPO's credit assignment is easier.
 finer crops from longer training.
 
 The photo's framings (rlhf.images.augmented_variants), colour cues (rlhf.boxstats) and pooled
-Lite0 features (rlhf.feature_map) are computed by their own modules; this one composes them into
-the observation.
+Lite0 features (rlhf.feature_map) are computed by their own modules from the photo's context
+(rlhf.context: computed once per photo, kept on disk); this one composes them into the observation.
+Photos are listed lazily: an env holds paths, never the collection's pixels.
 """
 
 from __future__ import annotations
 
 import enum
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -30,9 +32,20 @@ import gymnasium as gym
 import numpy as np
 
 from rlhf.boxstats import colour_cues, colour_sat, framing_cues, moment_sat, spectral_residual
-from rlhf.cache import LRUCache
-from rlhf.feature_map import FEATURE_DIM, photo_feature_sat, pooled_features
-from rlhf.images import Box, Photo, augmented_variants, clip_box, load_collection, resize
+from rlhf.context import PhotoContext, context_of
+from rlhf.feature_map import FEATURE_DIM, feature_sat, pooled_features
+from rlhf.images import (
+    Box,
+    ImageLoadError,
+    Photo,
+    augmented_variants,
+    clip_box,
+    fit_long_side,
+    load_collection,
+    resize,
+)
+
+log = logging.getLogger(__name__)
 
 ASPECTS = {"free": None, "1:1": 1.0, "4:3": 4 / 3, "3:2": 3 / 2, "16:9": 16 / 9}
 SALIENCY_MAPS = ("spectral", "subject")  # what the saliency channel shows: see CropEnv
@@ -209,11 +222,11 @@ def saliency_channel(rgb: np.ndarray) -> np.ndarray:
     return np.clip(m / max(float(m.max()), 1e-6) * 255.0, 0, 255).astype(np.uint8)
 
 
-def subject_channel(pixels: np.ndarray, like: np.ndarray) -> np.ndarray:
+def subject_channel(photo: Photo, like: np.ndarray) -> np.ndarray:
     """The proxy scorer's subject map of the photo (rlhf.scorers.subject_map) as uint8 at `like`'s size."""
     from rlhf.scorers import subject_map  # lazy: the env stays importable without loading a network
 
-    m = subject_map(pixels).astype(np.float32)
+    m = subject_map(photo).astype(np.float32)
     m = cv2.resize(m, (like.shape[1], like.shape[0]), interpolation=cv2.INTER_LINEAR)
     return np.clip(m / max(float(m.max()), 1e-6) * 255.0, 0, 255).astype(np.uint8)
 
@@ -264,7 +277,8 @@ class CropEnv(gym.Env):
         if photos is None:
             if not self.cfg.images:
                 raise ValueError("CropEnv needs photos: set config['images'] or pass photos=")
-            photos = load_collection(self.cfg.images)
+            # Headers only: the driver listed the photos; one that fails to decode is skipped at reset.
+            photos = load_collection(self.cfg.images, check=False)
         rng = np.random.default_rng(self.cfg.seed)
         self.photos: list[Photo] = list(photos)
         if self.cfg.augment_variants:
@@ -274,7 +288,6 @@ class CropEnv(gym.Env):
         self.observation_space = observation_space(self.cfg.obs_size, self.cfg.box_mask, self.cfg.features,
                                                    self.cfg.colour_cues, self.cfg.lookahead)
         self.action_space = gym.spaces.Discrete(len(Action))
-        self._photo_obs: LRUCache[str, tuple] = LRUCache(256)
         self.photo: Photo = self.photos[0]
         self.box = np.array([0.0, 0.0, 1.0, 1.0])
         self.steps = 0
@@ -283,6 +296,8 @@ class CropEnv(gym.Env):
         self._ahead: dict[Action, float] = {}  # lookahead: each move's score from the current box
         self._order = np.arange(len(self.photos))
         self._cursor = len(self.photos)
+        self._unusable: set[int] = set()
+        self._context: PhotoContext | None = None
 
     # -- geometry ------------------------------------------------------------------------------
     def pixel_box(self, box: np.ndarray | None = None) -> Box:
@@ -351,26 +366,23 @@ class CropEnv(gym.Env):
         return np.round(new, 9)
 
     # -- gym API ---------------------------------------------------------------------------------
-    def _thumbs(self) -> tuple[np.ndarray, np.ndarray]:
-        """The photo at obs size, and a 4x larger copy to cut crop thumbnails from.
+    def _thumbs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """The photo at obs size, a 4x larger copy to cut crop thumbnails from, and its tables.
 
         Cutting the crop from the small copy instead of the full photo makes each step's
         resize ~20x cheaper; a crop is at least half the photo's side, so it keeps >= 2x the
-        pixels the thumbnail needs.
+        pixels the thumbnail needs. Kept with the photo's context.
         """
-        thumbs = self._photo_obs.get(self.photo.id)
-        if thumbs is None:
-            s = self.cfg.obs_size
-            big = self.photo.pixels
-            scale = 4 * s / max(big.shape[:2])
-            if scale < 1:
-                big = resize(big, (max(1, round(big.shape[1] * scale)), max(1, round(big.shape[0] * scale))))
-            sal = saliency_channel(big) if self.cfg.saliency == "spectral" else subject_channel(self.photo.pixels, big)
-            big = np.concatenate([big, sal[..., None]], axis=2)
-            colour = colour_sat(big) if self.cfg.colour_cues else None
-            thumbs = (resize(big, s), big, moment_sat(sal), colour)
-            self._photo_obs.put(self.photo.id, thumbs)
-        return thumbs
+        key = ("env", self.cfg.obs_size, self.cfg.saliency, self.cfg.colour_cues)
+        return self._context.derived(key, self._build_thumbs)
+
+    def _build_thumbs(self, ctx: PhotoContext) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        s = self.cfg.obs_size
+        big = fit_long_side(ctx.work, 4 * s)
+        sal = saliency_channel(big) if self.cfg.saliency == "spectral" else subject_channel(self.photo, big)
+        big = np.concatenate([big, sal[..., None]], axis=2)
+        colour = colour_sat(big) if self.cfg.colour_cues else None
+        return (resize(big, s), big, moment_sat(sal), colour)
 
     def _obs(self) -> dict[str, np.ndarray]:
         s = self.cfg.obs_size
@@ -394,7 +406,7 @@ class CropEnv(gym.Env):
             crop = np.concatenate([crop, np.full((s, s, 1), 255, np.uint8)], axis=2)
         obs = {"photo": small, "crop": crop, "box": np.clip(vec, 0.0, 1.0).astype(np.float32)}
         if self.cfg.features != "none":
-            sat = photo_feature_sat(self.photo)
+            sat = self._context.derived("feature_sat", lambda c: feature_sat(c.fmap))
             feat = np.concatenate([pooled_features(sat, self.box), pooled_features(sat, (0.0, 0.0, 1.0, 1.0))])
             obs["feat"] = np.clip(feat, 0.0, 6.0).astype(np.float32)
         return obs
@@ -428,13 +440,9 @@ class CropEnv(gym.Env):
         options = options or {}
         if "photo_index" in options:
             self.photo = self.photos[int(options["photo_index"])]
+            self._context = context_of(self.photo)
         else:
-            # Shuffled passes over the collection: every photo is seen equally often.
-            if self._cursor >= len(self._order):
-                self._order = self.np_random.permutation(len(self.photos))
-                self._cursor = 0
-            self.photo = self.photos[int(self._order[self._cursor])]
-            self._cursor += 1
+            self._next_photo()
         explore = options.get("random_start", self.cfg.random_start)
         self.explored_start = bool(explore and self.np_random.random() < explore)
         self.box = self._random_box() if self.explored_start else self._initial_box()
@@ -443,6 +451,27 @@ class CropEnv(gym.Env):
         self.score = self._score(self.box)
         self.start_score = self.score
         return self._obs(), self._info()
+
+    def _next_photo(self) -> None:
+        """The next usable photo of a shuffled pass (every photo is seen equally often); a photo that
+        cannot be decoded is logged once and left out from then on."""
+        while len(self._unusable) < len(self.photos):
+            if self._cursor >= len(self._order):
+                self._order = self.np_random.permutation(len(self.photos))
+                self._cursor = 0
+            i = int(self._order[self._cursor])
+            self._cursor += 1
+            if i in self._unusable:
+                continue
+            try:
+                self._context = context_of(self.photos[i])
+            except ImageLoadError as e:
+                log.warning("skipped %s: %s", e.path, e.reason)
+                self._unusable.add(i)
+                continue
+            self.photo = self.photos[i]
+            return
+        raise ImageLoadError(str(self.cfg.images), f"none of the {len(self.photos)} photos can be decoded")
 
     def step(self, action: int):
         action = Action(int(action))

@@ -137,7 +137,7 @@ def policy_reward(policy: Any):
         raise ValueError(f"{policy.source}: a lookahead policy needs the reward it was trained on, but its run "
                          "folder's config.json names none")
     # Inference's photo cache, not training's: a bench holds 300+ photos, at ~20 MB of context each.
-    return build_reward({**spec, "service": None}, training=False)
+    return build_reward({**spec, "service": None})
 
 
 def policy_boxes(policy: Any, photos: Sequence[Photo], deterministic: bool = True,

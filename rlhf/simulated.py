@@ -39,8 +39,8 @@ import cv2
 import numpy as np
 
 from rlhf.boxstats import box_sums, moment_sat, spectral_residual, summed_area
-from rlhf.cache import LRUCache
-from rlhf.images import Box, Photo, clip_box, fingerprint, load_image, photo_id
+from rlhf.context import PhotoContext, context_of
+from rlhf.images import Box, Photo, clip_box, fingerprint, photo_id
 from rlhf.pairs import A_BETTER, B_BETTER, NO_PREFERENCE, Pair
 from rlhf.store import PreferenceStore
 
@@ -56,16 +56,17 @@ TIGHT_CUT_COST = 4.0
 class PhotoFeatures:
     """Summed-area tables of a photo's saliency (with its moments) and of R - B, at <= 256 px."""
 
-    def __init__(self, photo: Photo):
-        self.width, self.height = photo.width, photo.height
-        self.fingerprint = fingerprint(photo.pixels)
+    def __init__(self, ctx: PhotoContext):
+        self.width, self.height = ctx.width, ctx.height
+        # By the pixels, not the file: the same photo in memory or on disk gets the same answers.
+        self.fingerprint = fingerprint(ctx.work)
         s = min(1.0, FEATURE_SIDE / max(self.width, self.height))
         w, h = max(8, round(self.width * s)), max(8, round(self.height * s))
-        small = cv2.resize(photo.pixels, (w, h), interpolation=cv2.INTER_AREA)
+        small = cv2.resize(ctx.work, (w, h), interpolation=cv2.INTER_AREA)
         self.sx, self.sy = w / self.width, h / self.height
         m = spectral_residual(small, blur_sigma=2.0)
         if m is None:
-            raise RuntimeError(f"{photo.id}: OpenCV saliency failed")
+            raise RuntimeError(f"photo {ctx.digest}: OpenCV saliency failed")
         sal = m.astype(np.float64)
         sal = np.maximum(sal - np.percentile(sal, SALIENCY_PERCENTILE), 0.0)
         if sal.sum() <= 0:  # a flat photo: every pixel equally (un)interesting
@@ -137,8 +138,7 @@ def _flip(answer: int, rng: np.random.Generator) -> int:
 class SimulatedAnnotator:
     """A SIMULATED annotator with one taste; deterministic per (seed, photo, A, B)."""
 
-    def __init__(self, taste: str, noise: float = 0.1, seed: int = 0, name: str | None = None,
-                 cache_size: int = 64):
+    def __init__(self, taste: str, noise: float = 0.1, seed: int = 0, name: str | None = None):
         if taste not in TASTES:
             raise ValueError(f"unknown taste {taste!r}; choose from {sorted(TASTES)}")
         if not 0.0 <= noise <= 1.0:
@@ -150,18 +150,13 @@ class SimulatedAnnotator:
         if not self.name.startswith(SIMULATED_PREFIX):
             raise ValueError(f"a simulated annotator's name must start with {SIMULATED_PREFIX!r} so "
                              f"its answers are never mistaken for a person's, got {self.name!r}")
-        self._cache: LRUCache[tuple[str, tuple[int, ...]], PhotoFeatures] = LRUCache(cache_size)
 
     def __repr__(self) -> str:
         return f"SimulatedAnnotator(SIMULATED {self.name!r}, noise={self.noise}, seed={self.seed})"
 
     def features(self, photo: Photo) -> PhotoFeatures:
-        key = (photo.id, photo.pixels.shape)
-        f = self._cache.get(key)
-        if f is None:
-            f = PhotoFeatures(photo)
-            self._cache.put(key, f)
-        return f
+        """The photo's tables, kept with its context (rlhf.context)."""
+        return context_of(photo).derived("simulated", PhotoFeatures)
 
     def utility(self, photo: Photo, box: Sequence[float]) -> float:
         return float(self.taste.utility(self.features(photo), clip_box(box, photo.width, photo.height)))
@@ -234,7 +229,7 @@ class _PhotoLookup:
             pid = photo_id(path)
             photo = self._by.get(pid)
             if photo is None:
-                photo = self._by[pid] = Photo(pid, load_image(path))
+                photo = self._by[pid] = Photo.from_path(path)
             self._by[path] = photo
         return photo
 

@@ -7,6 +7,12 @@ import pytest
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# Photo contexts (rlhf.context) go to a folder of this test session, never to the user's cache;
+# set here, before Ray starts, so its workers inherit it.
+if "PHOTOGRAPHER_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["PHOTOGRAPHER_CACHE"] = tempfile.mkdtemp(prefix="photographer-test-contexts-")
 
 
 @pytest.fixture(scope="session")

@@ -186,14 +186,14 @@ def test_lite0_features_pool_the_photo_feature_map(photos):
     """features="lite0": the frozen Lite0's feature map of the photo (real ImageNet weights), pooled over the box."""
     import torch
 
-    from rlhf.feature_map import FEATURE_DIM, feature_sat, frozen_lite0, pooled_features
+    from rlhf.feature_map import FEATURE_DIM, feature_map, feature_sat, frozen_lite0, pooled_features
 
     env = make(photos, features="lite0", grid=10)
     check_env(env, skip_render_check=True)
     obs, _ = env.reset(seed=0, options={"photo_index": 0})
     crop, whole = obs["feat"][:FEATURE_DIM], obs["feat"][FEATURE_DIM:]
     np.testing.assert_array_equal(crop, whole)  # the episode starts from the whole photo
-    sat = feature_sat(photos[0].pixels)
+    sat = feature_sat(feature_map(photos[0].pixels))
     fh, fw = sat.shape[1] - 1, sat.shape[2] - 1
     assert 6 <= max(fh, fw) <= 12  # ~320 px at stride 32
     direct = sat[:, fh, fw] / (fh * fw)  # the map's mean, from the table's corner

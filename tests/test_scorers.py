@@ -125,17 +125,18 @@ def test_score_of_crops_without_photo(scorer, photos):
 
 
 def test_box_scores_are_cached_and_bounded(photos):
-    s = ProxyAestheticScorer(box_cache_size=8, photo_cache_size=2)
+    from rlhf.context import context_of
+
+    s = ProxyAestheticScorer(box_cache_size=8)
     p = photos["coffee"]
     boxes = [(i * 10, 0, 300 + i * 10, 300) for i in range(12)]
     first = s.score_boxes(p, boxes)
-    assert len(s._boxes) == 8 and len(s._photos) == 1
+    assert len(s._boxes) == 8
+    # The per-photo tables are derived once and kept with the photo's context (bounded there).
+    assert s._key in context_of(p)._derived
     np.testing.assert_array_equal(s.score_boxes(p, boxes), first)
     # one at a time gives the same numbers as a batch
     np.testing.assert_allclose([s.score_boxes(p, [b])[0] for b in boxes[:3]], first[:3])
-    for name in ("chelsea", "rocket", "flower"):
-        s.score_boxes(photos[name], [photos[name].full_box])
-    assert len(s._photos) == 2
 
 
 def test_speed_per_box(scorer, photos):
@@ -158,7 +159,7 @@ def test_factory_and_registry(scorer):
     assert {"default", "nima"} <= set(list_scorers())
     assert "not NIMA" in scorer.name and "proxy" in scorer.name.lower()
     assert "NOT NIMA" in (ProxyAestheticScorer.__doc__ or "")
-    assert isinstance(create_scorer("proxy", photo_cache_size=1), ProxyAestheticScorer)
+    assert isinstance(create_scorer("proxy", box_cache_size=1), ProxyAestheticScorer)
     with pytest.raises(ValueError, match="unknown scorer"):
         create_scorer("nope")
     with pytest.raises(ValueError, match="needs weights"):

@@ -11,23 +11,17 @@ from rlhf.reward.spec import AESTHETIC, HUMAN, RewardSpec, combine, terms_of
 
 
 class LocalReward:
-    """`__call__(photo, boxes) -> rewards` with the spec's models loaded in this process.
+    """`__call__(photo, boxes) -> rewards` with the spec's models loaded in this process."""
 
-    training: keep photo contexts for a training job's whole collection (see
-    rlhf.scorers.TRAINING_PHOTO_CONTEXTS); False keeps the scorer's default, smaller cache (inference
-    goes through photos one at a time). Default True.
-    """
-
-    def __init__(self, spec: RewardSpec, training: bool = True):
+    def __init__(self, spec: RewardSpec):
         self.spec = spec
         self.scorer = None
         self.human = None
         terms = terms_of(spec.kind)
         if AESTHETIC in terms:
-            from rlhf.scorers import create_scorer, training_scorer_kwargs  # lazy: no torch at import
+            from rlhf.scorers import create_scorer  # lazy: no torch at import
 
-            self.scorer = create_scorer(spec.scorer, weights=spec.scorer_weights, device=spec.device,
-                                        **(training_scorer_kwargs(spec.scorer) if training else {}))
+            self.scorer = create_scorer(spec.scorer, weights=spec.scorer_weights, device=spec.device)
         if HUMAN in terms:
             from rlhf.preference import PreferenceRewardModel
 

@@ -23,19 +23,16 @@ from rlhf.scorers.nima import (
 )
 from rlhf.scorers.proxy import ProxyAestheticScorer, ProxyWeights, subject_map
 from rlhf.scorers.registry import (
-    TRAINING_PHOTO_CONTEXTS,
     AestheticScorer,
     Crops,
     create_scorer,
     list_scorers,
     register_scorer,
-    training_scorer_kwargs,
 )
 
 __all__ = [
     "NIMA_BINS",
     "NIMA_FORMAT",
-    "TRAINING_PHOTO_CONTEXTS",
     "AestheticScorer",
     "Crops",
     "NimaModel",
@@ -49,5 +46,4 @@ __all__ = [
     "register_scorer",
     "save_nima_checkpoint",
     "subject_map",
-    "training_scorer_kwargs",
 ]

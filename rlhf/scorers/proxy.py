@@ -42,10 +42,10 @@ area ``min(1, area / 0.12) ** 1.5`` (tiny high-contrast patches score near 1), a
 ``clip((4 - r) / 1.5, 0, 1)`` once ``r = long side / short side > 2.5`` (slivers score 1), and pixels
 ``min(1, short side / 32 px)``.
 
-Per photo, the feature map, top classes, faces, saliency and the BRISQUE/exposure tables are computed once
-and kept in an LRU cache keyed by photo id (about 20 MB a photo; 96 photos by default, 512 for a training
-job, which needs one per framing of each training photo); a box then costs only table look-ups, and its
-score is cached by (photo id, box).
+Per photo, the scorer reads the photo context (rlhf.context: working pixels, the Lite0 feature map, heads)
+and derives the class-logit table, top classes, saliency and BRISQUE/exposure tables once, kept with the
+context (about 20 MB a photo, bounded by the context store's memory); a box then costs only table
+look-ups, and its score is cached by (photo id, box).
 
 ``score(crops)`` has no photo, so it measures what a crop alone shows: content = the crop's own top-1
 class probability (network on the crop at 160 px), quality = OpenCV BRISQUE on the crop (shrunk to
@@ -60,7 +60,6 @@ import functools
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any
 
 import cv2
@@ -71,10 +70,9 @@ from rlhf.backbone import DEFAULT_BACKBONE, BackboneWeightsError, input_stats, l
 from rlhf.boxstats import box_means, box_sums, framing_cues, moment_sat, spectral_residual, summed_area
 from rlhf.brisque import BrisqueRegions, brisque_score
 from rlhf.cache import LRUCache
-from rlhf.images import Photo, clip_box, resize
+from rlhf.context import PhotoContext, context_of
+from rlhf.images import Photo, clip_box, fit_long_side, resize
 from rlhf.scorers.registry import AestheticScorer, Crops, as_crop_list, register_scorer
-
-FACE_CASCADE = Path(__file__).resolve().parent.parent / "data" / "faces" / "lbpcascade_frontalface_improved.xml"
 
 
 @dataclass(frozen=True)
@@ -108,7 +106,7 @@ BORDER_STRIP = 0.04
 
 
 @dataclass
-class _PhotoContext:
+class _Tables:
     """Per-photo work shared by all of its boxes."""
 
     width: int
@@ -116,6 +114,7 @@ class _PhotoContext:
     logit_sat: np.ndarray      # (classes, fh + 1, fw + 1): summed class logits of the feature map
     top_classes: np.ndarray    # the photo's top-k ImageNet classes
     sal_sat: np.ndarray        # (3, sh + 1, sw + 1): boxstats.moment_sat of the saliency map
+    saliency: np.ndarray       # (sh, sw): the saliency map itself (subject_map)
     faces: np.ndarray          # (n, 4) heads (l, t, r, b) in photo pixels
     brisque: BrisqueRegions    # on the analysis copy of the photo
     expo_sat: np.ndarray       # (2, ah + 1, aw + 1): luma in [0, 1], clipped-pixel indicator
@@ -134,12 +133,10 @@ class ProxyAestheticScorer(AestheticScorer):
     input_size = 224
 
     def __init__(self, weights: str | None = None, device: str = "cpu", *,
-                 term_weights: ProxyWeights | None = None, top_k: int = 5,
-                 feature_long_side: int = 320, crop_content_size: int = 160,
+                 term_weights: ProxyWeights | None = None, top_k: int = 5, crop_content_size: int = 160,
                  analysis_long_side: int = 384, saliency_long_side: int = 128,
                  min_area: float = 0.12, max_aspect: float = 2.5, min_side_px: int = 32,
-                 detect_faces: bool = True, face_long_side: int = 512,
-                 photo_cache_size: int = 96, box_cache_size: int = 100_000,
+                 detect_faces: bool = True, box_cache_size: int = 100_000,
                  torch_threads: int | None = None, backbone: str = DEFAULT_BACKBONE):
         if not 0 < min_area < 1:
             raise ValueError(f"min_area must be in (0, 1), got {min_area}")
@@ -157,22 +154,19 @@ class ProxyAestheticScorer(AestheticScorer):
         self.term_weights = term_weights or ProxyWeights()
         self._w_photo = self.term_weights.normalised(PHOTO_TERMS)
         self.top_k = int(top_k)
-        self.feature_long_side = int(feature_long_side)
         self.crop_content_size = int(crop_content_size)
         self.analysis_long_side = int(analysis_long_side)
         self.saliency_long_side = int(saliency_long_side)
         self.min_area = float(min_area)
         self.max_aspect = float(max_aspect)
         self.min_side_px = int(min_side_px)
-        self.face_long_side = int(face_long_side)
-        self._photos: LRUCache[tuple[str, int, int], _PhotoContext] = LRUCache(photo_cache_size)
+        self.detect_faces = bool(detect_faces)
+        # The context's feature map is the shipped Lite0's: another backbone or weights needs its own pass.
+        self._own_map = backbone != DEFAULT_BACKBONE or weights is not None
+        self._key = ("proxy", backbone, weights, self.top_k, self.analysis_long_side, self.saliency_long_side,
+                     self.detect_faces)
         self._boxes: LRUCache[Any, Any] = LRUCache(box_cache_size)
         self._cv_lock = threading.Lock()
-        self._face_detector = None
-        if detect_faces:
-            self._face_detector = cv2.CascadeClassifier(str(FACE_CASCADE))
-            if self._face_detector.empty():
-                raise FileNotFoundError(f"{FACE_CASCADE}: face cascade missing or unreadable")
 
     # -- per-photo context -------------------------------------------------------------------------
     def _normalised_input(self, pixels: np.ndarray) -> torch.Tensor:
@@ -181,37 +175,20 @@ class ProxyAestheticScorer(AestheticScorer):
         std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
         return ((x - mean) / std).to(self.device)
 
-    def _logit_map(self, pixels: np.ndarray) -> np.ndarray:
-        """Class logits at every cell of the feature map (classes, fh, fw), at feature_long_side px."""
-        h, w = pixels.shape[:2]
-        s = self.feature_long_side / max(h, w)
-        size = (max(32, round(w * s)), max(32, round(h * s)))
+    def _logit_map(self, ctx: PhotoContext) -> np.ndarray:
+        """Class logits at every cell of the photo's feature map (classes, fh, fw)."""
+        from rlhf.feature_map import feature_map
+
+        fmap = feature_map(ctx.work, self.model) if self._own_map else ctx.fmap
         with torch.inference_mode():
-            f = self.model.forward_features(self._normalised_input(resize(pixels, size)))[0].float()
+            f = torch.from_numpy(np.ascontiguousarray(fmap)).to(self.device).float()
             # The classifier at every cell, in float32 on the model's device (much faster than numpy's float64).
             head = self.model.get_classifier()
             z = torch.einsum("kc,chw->khw", head.weight.float(), f) + head.bias.float()[:, None, None]
         return z.cpu().numpy().astype(np.float64)
 
-    def _faces(self, pixels: np.ndarray) -> np.ndarray:
-        """Frontal faces as (l, t, r, b), each widened by a quarter of its size to hold the head."""
-        if self._face_detector is None:
-            return np.zeros((0, 4))
-        h, w = pixels.shape[:2]
-        s = min(1.0, self.face_long_side / max(h, w))
-        small = resize(pixels, (max(1, round(w * s)), max(1, round(h * s)))) if s < 1 else pixels
-        grey = cv2.equalizeHist(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY))
-        min_side = max(20, min(grey.shape) // 16)
-        with self._cv_lock:
-            found = self._face_detector.detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5,
-                                                         minSize=(min_side, min_side))
-        out = []
-        for x, y, fw, fh in np.asarray(found, dtype=np.float64).reshape(-1, 4) / s:
-            m = 0.25 * max(fw, fh)
-            out.append((max(0.0, x - m), max(0.0, y - m), min(float(w), x + fw + m), min(float(h), y + fh + m)))
-        return np.asarray(out, dtype=np.float64).reshape(-1, 4)
-
-    def _saliency(self, pixels: np.ndarray, subject: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    def _saliency(self, pixels: np.ndarray, subject: np.ndarray, faces: np.ndarray, width: int) -> np.ndarray:
+        """faces in photo pixels of a photo `width` wide; pixels at any resolution of it."""
         h, w = pixels.shape[:2]
         s = self.saliency_long_side / max(h, w)
         sw, sh = max(8, round(w * s)), max(8, round(h * s))
@@ -228,7 +205,7 @@ class ProxyAestheticScorer(AestheticScorer):
         if len(faces):
             yy, xx = np.mgrid[0:sh, 0:sw].astype(np.float64) + 0.5
             fm = np.zeros((sh, sw))
-            for l, t, r, b in faces * (sw / w):
+            for l, t, r, b in faces * (sw / width):
                 sig = max(0.5, 0.5 * max(r - l, b - t))
                 fm += np.exp(-((xx - (l + r) / 2) ** 2 + (yy - (t + b) / 2) ** 2) / (2 * sig ** 2))
             maps.append(fm)
@@ -239,43 +216,41 @@ class ProxyAestheticScorer(AestheticScorer):
             out += m / mean if mean > 1e-12 else 1.0
         return out / len(maps)
 
-    def _subject(self, px: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Class-logit map, top classes, faces and the saliency map (see the module docstring)."""
-        logits = self._logit_map(px)
+    def _subject(self, ctx: PhotoContext) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Class-logit map, top classes, heads and the saliency map (see the module docstring)."""
+        logits = self._logit_map(ctx)
         top = np.argsort(logits.mean((1, 2)))[::-1][: self.top_k]
         # Class-activation map of the top classes: where the photo's subject is.
         p = np.exp(logits - logits.max(0, keepdims=True))
         subject = p[top].sum(0) / p.sum(0)
-        faces = self._faces(px)
-        return logits, top, faces, self._saliency(px, subject, faces)
+        faces = ctx.heads if self.detect_faces else np.zeros((0, 4))
+        return logits, top, faces, self._saliency(ctx.work, subject, faces, ctx.width)
 
-    def subject_map(self, pixels: np.ndarray) -> np.ndarray:
+    def subject_map(self, ctx: PhotoContext) -> np.ndarray:
         """The photo's saliency map as this scorer sees it (float, mean about 1, saliency_long_side px):
         spectral-residual and fine-grained saliency, the ImageNet class-activation map of the photo's
         top classes, and heads. CropEnv shows it to the policy: where the subject is."""
-        return self._subject(pixels)[3]
+        return self._tables(ctx).saliency
 
-    def _context(self, photo: Photo) -> _PhotoContext:
-        key = (photo.id, photo.width, photo.height)
-        ctx = self._photos.get(key)
-        if ctx is not None:
-            return ctx
-        px = photo.pixels
-        logits, top, faces, sal = self._subject(px)
-        a = min(1.0, self.analysis_long_side / max(photo.width, photo.height))
-        small = px if a >= 1 else resize(px, (max(8, round(photo.width * a)), max(8, round(photo.height * a))))
-        a = small.shape[1] / photo.width
+    def _tables(self, ctx: PhotoContext) -> _Tables:
+        return ctx.derived(self._key, self._build_tables)
+
+    def _build_tables(self, ctx: PhotoContext) -> _Tables:
+        logits, top, faces, sal = self._subject(ctx)
+        small = fit_long_side(ctx.work, self.analysis_long_side)
+        a = small.shape[1] / ctx.width
         luma = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
         expo = np.stack([luma / 255.0, ((luma <= 2) | (luma >= 253)).astype(np.float64)])
-        ctx = _PhotoContext(
-            width=photo.width, height=photo.height, logit_sat=summed_area(logits), top_classes=top,
-            sal_sat=moment_sat(sal),
+        return _Tables(
+            width=ctx.width, height=ctx.height, logit_sat=summed_area(logits), top_classes=top,
+            sal_sat=moment_sat(sal), saliency=sal,
             faces=faces, brisque=BrisqueRegions(small), expo_sat=summed_area(expo), analysis_scale=a)
-        self._photos.put(key, ctx)
-        return ctx
+
+    def _context(self, photo: Photo) -> _Tables:
+        return self._tables(context_of(photo))
 
     # -- terms ---------------------------------------------------------------------------------------
-    def _terms(self, ctx: _PhotoContext, boxes: np.ndarray) -> dict[str, np.ndarray]:
+    def _terms(self, ctx: _Tables, boxes: np.ndarray) -> dict[str, np.ndarray]:
         """Every term (n,) for boxes (n, 4) in photo pixels."""
         l, t, r, b = boxes.T
         W, H = ctx.width, ctx.height
@@ -331,7 +306,7 @@ class ProxyAestheticScorer(AestheticScorer):
         area = np.minimum(1.0, w * h / (width * height) / self.min_area) ** 1.5
         return area * self._shape_factor(w, h)
 
-    def _score_array(self, ctx: _PhotoContext, boxes: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def _score_array(self, ctx: _Tables, boxes: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         terms = self._terms(ctx, boxes)
         pen = self._penalty(boxes, ctx.width, ctx.height)
         total = sum(self._w_photo[k] * v for k, v in terms.items())
@@ -389,21 +364,18 @@ class ProxyAestheticScorer(AestheticScorer):
         return out
 
     def clear_caches(self) -> None:
-        """Forget cached photos and boxes (e.g. after a photo's pixels changed under the same id)."""
-        self._photos.clear()
+        """Forget cached box scores (per-photo tables leave memory with their photo context)."""
         self._boxes.clear()
 
 
 
 @functools.cache
 def _subject_mapper() -> ProxyAestheticScorer:
-    # Smaller inputs than the scorer's (224 vs 320 px for the network, 320 vs 512 for faces): the map is
-    # shown at 64 px, and `photographer crop` pays for it on every new photo.
-    return ProxyAestheticScorer(feature_long_side=224, face_long_side=320, photo_cache_size=1, box_cache_size=1)
+    return ProxyAestheticScorer(box_cache_size=1)
 
 
-def subject_map(pixels: np.ndarray) -> np.ndarray:
-    """`ProxyAestheticScorer.subject_map` from one frozen Lite0 per process (loaded on first use).
+def subject_map(photo: Photo) -> np.ndarray:
+    """`ProxyAestheticScorer.subject_map` of the photo's context, from one default scorer per process.
 
     Offline like the rest: the backbone's ImageNet weights ship in a package."""
-    return _subject_mapper().subject_map(pixels)
+    return _subject_mapper().subject_map(context_of(photo))

@@ -33,10 +33,13 @@ class AestheticScorer(ABC):
         return None
 
     def score_boxes(self, photo: Photo, boxes: Sequence[Sequence[float]]) -> np.ndarray:
-        """Scores of boxes of one photo: by default each box is cropped, resized to input_size, scored."""
+        """Scores of boxes of one photo: by default each box is cut from the photo's working pixels
+        (rlhf.context.crop_resized), resized to input_size and scored."""
+        from rlhf.context import crop_resized
+
         if len(boxes) == 0:
             return np.zeros(0, dtype=np.float64)
-        crops = np.stack([photo.crop_resized(b, self.input_size) for b in boxes])
+        crops = np.stack([crop_resized(photo, b, self.input_size) for b in boxes])
         return np.asarray(self.score(crops), dtype=np.float64)
 
 
@@ -57,19 +60,6 @@ def register_scorer(name: str, *aliases: str) -> Callable[[ScorerFactory], Score
 def list_scorers() -> list[str]:
     """Registered scorer names (aliases not included)."""
     return sorted(_REGISTRY)
-
-
-# A training job scores every framing of every photo over and over, while the proxy's default cache of
-# photo contexts (96) is sized for one process scoring a few photos; a job whose contexts do not fit
-# recomputes them on every step. A context takes about 20 MB, which is why a process keeps one scorer
-# per spec (rlhf.reward.build_reward), not one per env.
-TRAINING_PHOTO_CONTEXTS = 512
-
-
-def training_scorer_kwargs(name: str) -> dict[str, Any]:
-    """Constructor arguments for a scorer that serves a training job (see TRAINING_PHOTO_CONTEXTS)."""
-    base = name.partition(":")[0]
-    return {"photo_cache_size": TRAINING_PHOTO_CONTEXTS} if _ALIASES.get(base, base) == "default" else {}
 
 
 def create_scorer(name: str = "default", weights: str | None = None, device: str = "cpu",

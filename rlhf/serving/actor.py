@@ -9,9 +9,10 @@ uvicorn), and a Serve application adds a controller and an HTTP proxy actor that
 cores a small machine does not have; env runners would also reach it through a DeploymentHandle
 instead of a plain named actor.
 
-What travels: an env runner ``ray.put``s each photo's pixels once and sends the photo id and its
-boxes as bytes (16 bytes a box); the photo's ObjectRef goes along only until the actor has fetched
-the photo into its bounded photo table (a restarted actor asks for it again). Sending crops already
+What travels: an env runner ``ray.put``s each photo once (a photo read from a file travels as its path
+and size; the actor reads its context from the shared context cache, rlhf.context) and sends the photo
+id and its boxes as bytes (16 bytes a box); the photo's ObjectRef goes along only until the actor has
+fetched the photo into its bounded photo table (a restarted actor asks for it again). Sending crops already
 resized to the model's input is the alternative (``transport="crops"``, crop-based scorers only);
 ``bench/scoring.py`` measures both, and the photo-aware default scorer and the human reward model
 need the whole photo anyway. Box-level results are cached twice, both bounded LRUs keyed by
@@ -41,6 +42,7 @@ import numpy as np
 import ray
 
 from rlhf.cache import LRUCache
+from rlhf.context import crop_resized
 from rlhf.images import Box, Photo
 from rlhf.reward.spec import AESTHETIC, HUMAN, RewardSpec, terms_of
 from rlhf.serving.batcher import Batcher, Request
@@ -95,7 +97,7 @@ def placement(num_cpus: float | None = None, num_gpus: float | None = None) -> d
 
 
 def _photo_bytes(photo: Photo) -> int:
-    return photo.pixels.nbytes
+    return max(1024, photo.nbytes)
 
 
 def _is_crop_based(scorer: Any) -> bool:
@@ -225,7 +227,7 @@ class ScoringService:
                 if self.crop_based:
                     crops = [r.crops for r in reqs if r.crops is not None]
                     for photo, slot in by_photo.values():
-                        crops.append(np.stack([photo.crop_resized(b, self.input_size) for b in slot]))
+                        crops.append(np.stack([crop_resized(photo, b, self.input_size) for b in slot]))
                     scores = np.asarray(self.scorer.score(np.concatenate(crops)), dtype=np.float64)
                     at = 0
                     for i, r in enumerate(reqs):
@@ -261,11 +263,9 @@ class ScoringService:
             return photo
         if not photo_refs:
             raise KeyError(f"photo {photo_id!r} is not held by the scoring service and no pixels ref was sent")
-        pixels = ray.get(photo_refs[0])
-        pixels = np.asarray(pixels)
-        if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
-            raise ValueError(f"photo {photo_id!r}: pixels must be uint8 HxWx3, got {pixels.dtype} {pixels.shape}")
-        photo = Photo(photo_id, pixels)
+        photo = ray.get(photo_refs[0])
+        if not isinstance(photo, Photo) or photo.id != photo_id:
+            raise ValueError(f"photo {photo_id!r}: the ref must hold that rlhf.images.Photo, got {photo!r}")
         with self._lock:
             self.photos.put(photo.id, photo)
             self.photo_fetches += 1

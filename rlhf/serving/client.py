@@ -26,6 +26,7 @@ from ray.exceptions import (
 )
 
 from rlhf.cache import LRUCache
+from rlhf.context import crop_resized
 from rlhf.images import Box, Photo
 from rlhf.reward.spec import AESTHETIC, HUMAN, RewardSpec, combine, terms_of
 from rlhf.serving.actor import (
@@ -46,12 +47,6 @@ DEFAULT_CLIENT_CACHE_SIZE = 20_000    # boxes a ServiceReward remembers (one per
 # Starting and stopping the actor
 # ----------------------------------------------------------------------------------------------------
 _HANDLES: dict[str, Any] = {}
-
-
-def _service_scorer_kwargs(spec: RewardSpec, given: dict[str, Any] | None) -> dict[str, Any]:
-    from rlhf.scorers import training_scorer_kwargs  # lazy, as everywhere here: no torch at import
-
-    return {**training_scorer_kwargs(spec.scorer), **(given or {})}
 
 
 def ensure_service(spec: RewardSpec | dict[str, Any], name: str | None = None, max_batch_size: int = 64,
@@ -82,7 +77,7 @@ def ensure_service(spec: RewardSpec | dict[str, Any], name: str | None = None, m
         # tasks without one.
         max_task_retries=0, max_concurrency=MAX_CONCURRENCY, **res,
     ).remote(actor_spec, max_batch_size=max_batch_size, batch_wait_s=batch_wait_s, cache_size=cache_size,
-             photo_bytes=photo_bytes, scorer_kwargs=_service_scorer_kwargs(spec, scorer_kwargs))
+             photo_bytes=photo_bytes, scorer_kwargs=scorer_kwargs or {})
     try:
         ray.get(actor.ping.remote(), timeout=timeout_s)
     except RayActorError as e:
@@ -199,7 +194,7 @@ class ServiceReward:
     def _ref(self, photo: Photo) -> list[Any]:
         ref = self._refs.get(photo.id)
         if ref is None:
-            ref = self._refs[photo.id] = ray.put(np.ascontiguousarray(photo.pixels))
+            ref = self._refs[photo.id] = ray.put(photo)
         return [ref]
 
     def terms(self, photo: Photo, boxes: Sequence[Box]) -> dict[str, np.ndarray]:
@@ -224,7 +219,7 @@ class ServiceReward:
         if self.transport == "crops":
             if self._input_size is None:
                 self._input_size = int(self._call("info")["input_size"])
-            crops = np.stack([photo.crop_resized(b, self._input_size) for b in todo.tolist()])
+            crops = np.stack([crop_resized(photo, b, self._input_size) for b in todo.tolist()])
             got = np.asarray(self._call("aesthetic_crops", crops, self.client_id))[None]
         else:
             wire = todo.tobytes()
