@@ -39,7 +39,7 @@ from rlhf.boxstats import box_iou
 from rlhf.config import parse_config, run_dir, save_config
 from rlhf.contact_sheet import contact_sheet, crop_row
 from rlhf.evaluation import policy_env
-from rlhf.images import TRAIN_PHOTOS, Box, Photo, bundled_photos, clip_box, load_collection
+from rlhf.images import TRAIN_PHOTOS, Box, bundled_photos, clip_box, load_collection
 from rlhf.pairs import Pair, pair_id, save_pairs
 
 SELECT_MODES = ("diverse", "uncertain")
@@ -285,8 +285,9 @@ def interleave(picks: Sequence[tuple[int, int, int]]) -> list[tuple[int, int, in
 
 # --- outputs -------------------------------------------------------------------------------------
 
-def _thumb(photo: Photo, box: Box, size: int, path: Path) -> None:
-    crop = Image.fromarray(photo.crop(box))
+def _thumb(pixels: np.ndarray, box: Box, size: int, path: Path) -> None:
+    l, t, r, b = box
+    crop = Image.fromarray(np.ascontiguousarray(pixels[t:b, l:r]))
     crop.thumbnail((size, size), Image.Resampling.LANCZOS)
     crop.save(path, quality=90)
 
@@ -353,6 +354,7 @@ def run(cfg: PairsConfig) -> Path:
     thumbs = out / "thumbs"
     thumbs.mkdir(exist_ok=True)
     result: list[Pair] = []
+    todo: dict[int, list[tuple[Box, Path]]] = {}
     for k, i, j in picks:
         photo, cs = photos[k], cands[k]
         if rng.random() < 0.5:
@@ -365,9 +367,12 @@ def run(cfg: PairsConfig) -> Path:
         if margins is not None:
             m = margins[k][next(n for n, (x, y, _) in enumerate(pairs[k]) if {x, y} == {i, j})]
             extra["margin"] = round(m, 5)
-        _thumb(photo, a.box, cfg.thumb_size, thumbs / f"{pid}_a.jpg")
-        _thumb(photo, b.box, cfg.thumb_size, thumbs / f"{pid}_b.jpg")
+        todo.setdefault(k, []).extend([(a.box, thumbs / f"{pid}_a.jpg"), (b.box, thumbs / f"{pid}_b.jpg")])
         result.append(Pair(pid, photo.id, a.box, b.box, None, extra))
+    for k, jobs in todo.items():  # grouped by photo: each decoded at full resolution once
+        pixels = photos[k].pixels
+        for box, path in jobs:
+            _thumb(pixels, box, cfg.thumb_size, path)
 
     path = save_pairs(out / "preference_pairs.json", result, relative_to=out)
     added = store.add_pairs(result)
