@@ -3,7 +3,7 @@ on disk, and held in memory by a bounded number per process.
 
 A context holds the photo's working-resolution pixels (long side WORK_LONG_SIDE, decoded at that size),
 the frozen Lite0's feature map (rlhf.feature_map) and the heads in it (rlhf.faces): the expensive part,
-about 0.9 MB a photo. Everything else that env, scorers, reward model and simulated tastes need
+about 0.75 MB a photo. Everything else that env, scorers, reward model and simulated tastes need
 (saliency maps, summed-area tables, BRISQUE tables, thumbnails) is derived from those in a few
 milliseconds and kept with the context in memory (``PhotoContext.derived``), so it leaves memory when
 the context does: one LRU per process bounds every per-photo cache.
@@ -39,9 +39,9 @@ from rlhf.cache import LRUCache
 from rlhf.images import Photo, clip_box, resize
 
 CONTEXT_VERSION = 1
-# Long side of the working pixels: the largest any consumer reads (faces at 512; the feature map at
-# 320, BRISQUE at 384, thumbnails at 256, crops for the reward model at 160).
-WORK_LONG_SIDE = 512
+# Long side of the working pixels: the largest any consumer reads (faces and BRISQUE at 384, the
+# feature map at 320, thumbnails at 256).
+WORK_LONG_SIDE = 384
 # Bytes of contexts (with what was derived from them) one process keeps in memory.
 DEFAULT_MEMORY_BYTES = 768 << 20
 CACHE_ENV = "PHOTOGRAPHER_CACHE"
@@ -202,10 +202,9 @@ class ContextStore:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as f:
-                f.write(save(arrays, metadata=meta))
-                f.flush()
-                os.fsync(f.fileno())
+            # No fsync: a file torn by a power cut fails its digest and is rebuilt, so durability
+            # is not worth the write's wait.
+            tmp.write_bytes(save(arrays, metadata=meta))
             os.replace(tmp, path)  # atomic: readers see the old file or the whole new one
         except OSError as e:  # a full or read-only disk costs speed, never a result
             log.warning("could not write context cache %s: %s", path, e)

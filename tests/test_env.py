@@ -193,7 +193,10 @@ def test_lite0_features_pool_the_photo_feature_map(photos):
     obs, _ = env.reset(seed=0, options={"photo_index": 0})
     crop, whole = obs["feat"][:FEATURE_DIM], obs["feat"][FEATURE_DIM:]
     np.testing.assert_array_equal(crop, whole)  # the episode starts from the whole photo
-    sat = feature_sat(feature_map(photos[0].pixels))
+    from rlhf.context import context_of
+
+    work = context_of(photos[0]).work  # the photo's working pixels (rlhf.context): the map is of those
+    sat = feature_sat(feature_map(work))
     fh, fw = sat.shape[1] - 1, sat.shape[2] - 1
     assert 6 <= max(fh, fw) <= 12  # ~320 px at stride 32
     direct = sat[:, fh, fw] / (fh * fw)  # the map's mean, from the table's corner
