@@ -42,8 +42,11 @@ class ScorerSettings:
 
     scorer: str = field(default="default", metadata={"help": "aesthetic scorer: default (offline proxy) | nima"})
     scorer_weights: str | None = field(default=None, metadata={"help": "local weights for the scorer (NIMA .pth)"})
-    service: bool = field(default=True, metadata={"help": "score through the shared scoring actor "
-                                                  "(--no-service: every env runner loads its own models)"})
+    service: bool = field(default=False, metadata={"help": "score through one shared scoring actor (batched, "
+                                                   "on a GPU when there is one: for a crop-based scorer "
+                                                   "such as nima); by default each env runner scores its "
+                                                   "own boxes from the photo contexts, which is faster "
+                                                   "on CPUs"})
 
 
 @dataclass

@@ -36,7 +36,7 @@ RLlib checkpoint), which `photographer evaluate --policies` and `finetune --poli
 
 Placement: each trial asks for RLlib's own resource request for its PPO (one CPU, one per env
 runner, the learner's GPU when the cluster has one), so ``--num_env_runners`` scales a trial out.
-With ``--service`` (the default) every trial's env runners score through one shared actor.
+With ``--service`` every trial's env runners score through one shared actor.
 """
 
 from __future__ import annotations
