@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from rlhf.boxstats import box_iou
-from rlhf.images import Box, Photo, load_image
+from rlhf.images import Box, Photo, image_size
 from rlhf.pairs import A_BETTER, B_BETTER
 
 
@@ -79,7 +79,7 @@ def _photos_for(pairs: Sequence[Any], photos: Mapping[str, Photo] | None) -> dic
     for p in pairs:
         key = photo_key(p.image)
         if key not in out:
-            out[key] = known.get(key) or Photo(key, load_image(p.image))
+            out[key] = known.get(key) or Photo(key, path=p.image, size=image_size(p.image))
     return out
 
 
