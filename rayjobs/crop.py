@@ -10,7 +10,8 @@ run folder holds each crop (`<name>_crop.jpg`), `crops.jsonl` and contact sheets
 written when full). `crops.jsonl` has one line per photo, appended and synced to disk as each photo
 is done: ``{"image", "box": [l, t, r, b], "size": [w, h], "score", "whole_photo_score", "crop",
 "sheet"}`` (boxes in pixels of the photo as loaded, EXIF orientation applied; scores on the scorer's
-1-10 scale, left out with --no-score), or ``{"image", "error"}`` for a file that is not a usable photo.
+1-10 scale, left out with --no-score; "crop" left out with --no-write_crops), or ``{"image", "error"}``
+for a file that is not a usable photo.
 
 With `--ray` (on by default when RAY_ADDRESS is set) a Ray Data pipeline crops the photos over a pool
 of actors (rayjobs/crop_ray.py); this process writes the same files the same way, so --resume works
@@ -36,7 +37,7 @@ from rlhf.images import HELDOUT_PHOTOS, Box, ImageLoadError, Photo, bundled_phot
 
 JOURNAL = "crops.jsonl"
 # What decides a run's boxes and scores: a resumed run must keep them.
-RESULT_FIELDS = ("policy", "scorer", "scorer_weights", "score", "deterministic", "seed")
+RESULT_FIELDS = ("policy", "scorer", "scorer_weights", "score", "deterministic", "seed", "write_crops")
 
 
 def _heldout() -> list[str]:
@@ -63,6 +64,9 @@ class CropConfig:
     scorer_weights: str | None = field(default=None, metadata={"help": "local weights for the scorer"})
     score: bool = field(default=True, metadata={"help": "score each crop and the whole photo with the scorer "
                                                         "(--no-score: boxes only, faster)"})
+    write_crops: bool = field(default=True, metadata={
+        "help": "write each crop as a JPEG at full resolution (--no-write_crops: the boxes in crops.jsonl only, "
+                "for an editor's non-destructive crop; the photo is then never decoded at full size)"})
     deterministic: bool = field(default=True, metadata={"help": "greedy actions (else sample the policy)"})
     seed: int = field(default=0, metadata={"help": "seed when sampling (each photo's draws depend on it and "
                                                    "the photo's path only)"})
@@ -197,7 +201,8 @@ class RunFolder:
         if "error" in rec:
             self.skipped += 1
         else:
-            (self.out / rec["crop"]).write_bytes(result.crop_jpeg)
+            if "crop" in rec:
+                (self.out / rec["crop"]).write_bytes(result.crop_jpeg)
             rec["sheet"] = self.page
             self.rows.append([SheetCell(unjpeg(result.photo_thumb), Path(rec["image"]).stem),
                               SheetCell(unjpeg(result.crop_thumb), caption(rec))])
@@ -231,7 +236,8 @@ class RunFolder:
 # --- the run --------------------------------------------------------------------------------------
 
 def results_in_process(cfg: CropConfig, todo: Iterable[tuple[str, str]]) -> Iterator[CropResult]:
-    cropper = Cropper(cfg.policy, cfg.scorer, cfg.scorer_weights, cfg.score, cfg.deterministic, cfg.seed)
+    cropper = Cropper(cfg.policy, cfg.scorer, cfg.scorer_weights, cfg.score, cfg.deterministic, cfg.seed,
+                      write_crops=cfg.write_crops)
     for path, name in todo:
         yield cropper.crop(path, name)
 
@@ -256,7 +262,7 @@ def run(cfg: CropConfig) -> Path:
 
         settings = {"policy": _resolved(cfg.policy), "scorer": cfg.scorer,
                     "scorer_weights": cfg.scorer_weights, "score": cfg.score, "deterministic": cfg.deterministic,
-                    "seed": cfg.seed}
+                    "seed": cfg.seed, "write_crops": cfg.write_crops}
         results = results_with_ray(settings, todo, cfg.actors, cfg.batch_size, cfg.num_gpus_per_actor)
     else:
         results = results_in_process(cfg, todo)

@@ -62,7 +62,8 @@ class Cropper:
     """The policy and its models, cropping one photo at a time (in this process, or in each Ray Data actor)."""
 
     def __init__(self, policy: str, scorer: str = "default", scorer_weights: str | None = None,
-                 score: bool = True, deterministic: bool = True, seed: int = 0, device: str = "cpu"):
+                 score: bool = True, deterministic: bool = True, seed: int = 0, device: str = "cpu",
+                 write_crops: bool = True):
         # oneDNN keeps compiled kernels per input shape (1024 by default); every photo's aspect is a new
         # shape for the backbone, so the default lets a long crop grow by a few hundred MB. Read lazily,
         # at the first convolution, so setting it here still counts.
@@ -73,7 +74,7 @@ class Cropper:
         if self.policy.reward and device != "cpu":
             self.policy.reward = {**self.policy.reward, "device": device}  # the lookahead's models on the GPU
         self.scorer_name, self.scorer_weights, self.device = scorer, scorer_weights, device
-        self.score, self.deterministic, self.seed = score, deterministic, seed
+        self.score, self.deterministic, self.seed, self.write_crops = score, deterministic, seed, write_crops
         self.env: Any = None
         self.scorer: Any = None
 
@@ -102,18 +103,20 @@ class Cropper:
         try:
             photo = Photo.from_path(path)
             box = self.box(photo, path)
-            pixels = photo.pixels  # full resolution only now, for the crop file
+            pixels = photo.pixels if self.write_crops else None  # full resolution only for the crop file
         except ImageLoadError as e:
             return CropResult({"image": path, "error": e.reason})
         record: dict[str, Any] = {"image": path, "box": list(box), "size": [photo.width, photo.height]}
         if self.score:
             record["score"] = round(float(self.scorer.score_boxes(photo, [box])[0]), 4)
             record["whole_photo_score"] = round(float(self.scorer.score_boxes(photo, [photo.full_box])[0]), 4)
-        record["crop"] = f"{name}_crop.jpg"
+        if pixels is not None:
+            record["crop"] = f"{name}_crop.jpg"
         ctx = context_of(photo)  # the sheet's pictures from the working pixels: a page shows them small
         drawn, crop = sheet_pictures(ctx.work, clip_box([v * ctx.scale for v in box], *ctx.work.shape[1::-1]))
         l, t, r, b = box
-        result = CropResult(record, jpeg(pixels[t:b, l:r]), jpeg(drawn, 90), jpeg(crop, 90))
+        crop_file = jpeg(pixels[t:b, l:r]) if pixels is not None else b""
+        result = CropResult(record, crop_file, jpeg(drawn, 90), jpeg(crop, 90))
         # A crop visits each photo once: contexts kept after it only grow memory with the library.
         store().forget()
         return result

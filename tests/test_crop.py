@@ -74,6 +74,14 @@ def test_streams_one_line_per_photo_and_paged_sheets(reference, folder):
     assert json.loads((reference / "config.json").read_text())["sheet_rows"] == 3
 
 
+def test_boxes_only_writes_no_crop_files_and_the_same_boxes(policy, folder, reference, tmp_path):
+    out = run(CropConfig(policy=str(policy), image=[str(folder)], out=str(tmp_path / "boxes"), sheet_rows=3,
+                         ray=False, write_crops=False))
+    assert _boxes(out) == _boxes(reference)
+    assert all("crop" not in r for r in read_journal(out / JOURNAL))
+    assert not list(out.glob("*_crop.jpg")) and len(list(out.glob("contact_sheet_*.png"))) == 3
+
+
 def test_resume_after_kill_9_crops_every_photo_once(policy, folder, reference, tmp_path):
     """A run killed with SIGKILL right after its third crop file is written (before that photo's line),
     then a torn line as a kill mid-write leaves; --resume finishes with each photo once, same boxes."""
