@@ -70,7 +70,7 @@ def run(cfg: RewardTrainConfig, log: Callable[[str], None] | None = print) -> Pa
         log(f"{len(examples)} answered pairs ({n_ties} without preference) on "
             f"{len({ex.photo.id for ex in examples})} photos from {source} [{who}] -> {out}")
 
-    fz = CropFeaturizer(cfg.backbone, cfg.backbone_weights, cfg.input_size, cfg.device)
+    fz = CropFeaturizer(cfg.backbone, cfg.backbone_weights, cfg.device)
     cached = fz.load_cache(out / CACHE_FILE)
     if log and cached:
         log(f"reusing {cached} cached crop embeddings from {out / CACHE_FILE}")

@@ -101,7 +101,7 @@ def setup(ray_local, tmp_path_factory):
         return out
 
     model, _ = train_reward_model(examples_from_pairs(answered(30)), RewardTrainConfig(
-        input_size=64, epochs=30, val_fraction=0.0, embed_dim=4), log=None)
+        epochs=30, val_fraction=0.0, embed_dim=4), log=None)
     model_path = model.save(folder / "human_reward_model.pth")
     heldout = save_pairs(folder / "heldout.json", answered(24), relative_to=folder)
     return run, ckpts, model_path, heldout, photos

@@ -146,7 +146,7 @@ def _simulated_reward_model(folder, epochs: int) -> str:
     from tests.test_tune import TRAIN, simulated_pairs
 
     model, _ = train_reward_model(examples_from_pairs(simulated_pairs(TRAIN, 6, seed=0)), RewardTrainConfig(
-        input_size=64, epochs=epochs, val_fraction=0.0, cv_folds=0, l1=[1.0], label_noise=[0.0], embed_dim=2), log=None)
+        epochs=epochs, val_fraction=0.0, cv_folds=0, l1=[1.0], label_noise=[0.0], embed_dim=2), log=None)
     return str(model.save(folder / "human_reward_model.pth"))
 
 

@@ -148,7 +148,7 @@ def test_uncertain_selection_with_a_real_reward_model(diverse, policy, tmp_path)
     photos = load_collection(PHOTOS)
     answered = SimulatedAnnotator("wide", noise=0.0).annotate_pairs(load_pairs(diverse), {p.id: p for p in photos})
     model, _ = train_reward_model(examples_from_pairs(answered), RewardTrainConfig(
-        input_size=64, epochs=20, val_fraction=0.0, embed_dim=4), log=None)
+        epochs=20, val_fraction=0.0, embed_dim=4), log=None)
     model_path = model.save(tmp_path / "human_reward_model.pth")
     out = run(PairsConfig(policy=str(policy), image=PHOTOS, num_pairs=9, rollouts=4, seed=2, select="uncertain",
                           human_reward_model=str(model_path), out=str(tmp_path / "uncertain")))
@@ -181,7 +181,7 @@ def test_an_indifferent_reward_model_gets_diverse_pairs(diverse, policy, tmp_pat
     photos = load_collection(PHOTOS)
     answered = SimulatedAnnotator("wide", noise=0.0).annotate_pairs(load_pairs(diverse), {p.id: p for p in photos})
     model, _ = train_reward_model(examples_from_pairs(answered), RewardTrainConfig(
-        input_size=64, epochs=2, val_fraction=0.0, cv_folds=0, l1=[1.0], label_noise=[0.0], embed_dim=4), log=None)
+        epochs=2, val_fraction=0.0, cv_folds=0, l1=[1.0], label_noise=[0.0], embed_dim=4), log=None)
     model.head.net.weight.data.zero_()
     model_path = model.save(tmp_path / "indifferent.pth")
     kw = dict(policy=str(policy), image=PHOTOS, num_pairs=9, rollouts=4, seed=2)

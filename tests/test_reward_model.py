@@ -1,8 +1,8 @@
 """The human reward model: Bradley-Terry maths, learning a known taste, save/load, ties, bad input.
 
 Every test uses the real frozen EfficientNet-Lite0 (shipped ImageNet weights) on the real bundled
-photos, at a small input size so the whole file stays well under a minute on two cores; the
-backbone is loaded once and crop features are cached across tests.
+photos: each photo's context (its feature map, rlhf.context) is built once, in the test session's
+cache folder, and crop features are cached across tests.
 """
 
 from __future__ import annotations
@@ -29,8 +29,6 @@ from rlhf.preference import (
     train_reward_model,
 )
 
-SIZE = 128  # small input: fast on CPU, still the real pretrained features
-
 
 @pytest.fixture(scope="module", autouse=True)
 def _threads():
@@ -42,7 +40,7 @@ def _threads():
 
 @pytest.fixture(scope="module")
 def featurizer() -> CropFeaturizer:
-    return CropFeaturizer(input_size=SIZE)
+    return CropFeaturizer()
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +131,7 @@ def test_learns_a_known_taste_with_label_noise(featurizer, photos, rule):
     Defaults: 5-fold cross-validation by photo picks --l1, then the head trains on all 100 pairs."""
     train = _pairs(photos, rule, 100, seed=TRAIN_SEED, noise=0.1)
     test = _pairs(photos, rule, 120, seed=TEST_SEED)
-    cfg = RewardTrainConfig(input_size=SIZE, seed=0)
+    cfg = RewardTrainConfig(seed=0)
     model, hist = train_reward_model(train, cfg, featurizer, log=None)
     acc = _accuracy(model, test)
     assert acc >= 0.80, f"held-out accuracy {acc:.3f} on a {rule.__name__} taste"
@@ -164,7 +162,7 @@ def test_label_noise_is_chosen_by_held_out_log_loss(featurizer, photos):
     candidate has the lowest cross-validated log-loss is used, and the model still ranks clean pairs."""
     train = _pairs(photos, _area, 100, seed=TRAIN_SEED, noise=0.2)
     test = _pairs(photos, _area, 120, seed=TEST_SEED)
-    cfg = RewardTrainConfig(input_size=SIZE, seed=0, label_noise=[0.0, 0.2], l1=[1.0, 10.0])
+    cfg = RewardTrainConfig(seed=0, label_noise=[0.0, 0.2], l1=[1.0, 10.0])
     model, hist = train_reward_model(train, cfg, featurizer, log=None)
     assert set(hist.label_noise_val_loss) == {"0", "0.2"}
     assert hist.label_noise_val_loss[f"{hist.label_noise:g}"] == min(hist.label_noise_val_loss.values())
@@ -177,7 +175,7 @@ def test_label_noise_is_chosen_by_held_out_log_loss(featurizer, photos):
 
 def test_global_centring_puts_the_average_training_crop_at_zero(featurizer, photos):
     train = _pairs(photos, _area, 40, seed=TRAIN_SEED)
-    model, _ = train_reward_model(train, RewardTrainConfig(input_size=SIZE, centring="global", epochs=20),
+    model, _ = train_reward_model(train, RewardTrainConfig(centring="global", epochs=20),
                                   featurizer, log=None)
     r = np.concatenate([model.reward(e.photo, [e.box_a, e.box_b]) for e in train])
     assert abs(float(np.mean(r))) < 1e-5 and model.centring == "global"
@@ -187,7 +185,7 @@ def test_early_stopping_on_one_held_out_split(featurizer, photos):
     """--cv_folds 0 --patience N: one split, training stops when its loss stops improving, and the
     model keeps the best epoch's head (trained on the other 80 pairs)."""
     train = _pairs(photos, _area, 100, seed=TRAIN_SEED, noise=0.1)
-    cfg = RewardTrainConfig(input_size=SIZE, cv_folds=0, val_fraction=0.2, patience=3, epochs=200, l1=[3.0])
+    cfg = RewardTrainConfig(cv_folds=0, val_fraction=0.2, patience=3, epochs=200, l1=[3.0])
     model, hist = train_reward_model(train, cfg, featurizer, log=None)
     assert hist.n_train == 80 and hist.n_val == 20 and hist.stopped_early
     assert hist.best_epoch == len(hist.epochs) - 3
@@ -230,7 +228,7 @@ def test_random_answers_teach_nothing(featurizer, photos):
     rng = np.random.default_rng(5)
     train = [PreferenceExample(e.pair_id, e.photo, e.box_a, e.box_b, float(rng.integers(2)))
              for e in _pairs(photos, _area, 100, seed=TRAIN_SEED)]
-    model, _ = train_reward_model(train, RewardTrainConfig(input_size=SIZE), featurizer, log=None)
+    model, _ = train_reward_model(train, RewardTrainConfig(), featurizer, log=None)
     assert _accuracy(model, _pairs(photos, _area, 120, seed=TEST_SEED)) < 0.7
 
 
@@ -238,7 +236,7 @@ def test_random_answers_teach_nothing(featurizer, photos):
 
 def test_save_load_round_trip_gives_identical_scores(featurizer, photos, tmp_path):
     train = _pairs(photos, _area, 30, seed=TRAIN_SEED)
-    model, _ = train_reward_model(train, RewardTrainConfig(input_size=SIZE, epochs=5, hidden=8),
+    model, _ = train_reward_model(train, RewardTrainConfig(epochs=5, hidden=8),
                                   featurizer, log=None)
     path = model.save(tmp_path / "human_reward_model.pth")
     fresh = PreferenceRewardModel.load(path)  # its own backbone, loaded from the file's settings
@@ -246,7 +244,7 @@ def test_save_load_round_trip_gives_identical_scores(featurizer, photos, tmp_pat
     np.testing.assert_array_equal(fresh.reward(photos[1], boxes), model.reward(photos[1], boxes))
     np.testing.assert_array_equal(fresh.human_score(photos[1], boxes), model.human_score(photos[1], boxes))
     assert fresh.offset == model.offset and fresh.centring == model.centring == "photo" and fresh.config["hidden"] == 8
-    assert fresh.featurizer.input_size == SIZE and fresh.featurizer.backbone_name == "efficientnet_lite0"
+    assert fresh.featurizer.pooling == "roi320" and fresh.featurizer.backbone_name == "efficientnet_lite0"
 
 
 def test_load_refuses_a_file_that_is_not_a_reward_model(tmp_path):
@@ -268,11 +266,11 @@ def test_ties_train_towards_equal_rewards(featurizer, photos):
     pairs = _pairs(photos, _area, 40, seed=TRAIN_SEED)
     decided = pairs[:24]
     ties = [PreferenceExample(f"t{i}", e.photo, e.box_a, e.box_b, 0.5) for i, e in enumerate(pairs[24:])]
-    model, hist = train_reward_model(decided + ties, RewardTrainConfig(input_size=SIZE, epochs=10, val_fraction=0.25),
+    model, hist = train_reward_model(decided + ties, RewardTrainConfig(epochs=10, val_fraction=0.25),
                                      featurizer, log=None)
     assert all(0.0 <= a <= 1.0 for a in hist.val_accuracy)
     # With nothing but ties the best model is indifferent: accuracy undefined, loss ln 2 at best.
-    model, hist = train_reward_model(ties, RewardTrainConfig(input_size=SIZE, epochs=10, l1=0.0), featurizer, log=None)
+    model, hist = train_reward_model(ties, RewardTrainConfig(epochs=10, l1=0.0), featurizer, log=None)
     assert all(math.isnan(a) for a in hist.val_accuracy)
     assert min(hist.val_loss) >= math.log(2) - 1e-4
     assert model.metrics["val_log_loss"] == pytest.approx(math.log(2), abs=0.05)
@@ -300,7 +298,7 @@ def test_mirrored_crop_has_mirrored_geometry(featurizer, photos):
 def test_mirror_and_jitter_augmentation_still_learn(featurizer, photos):
     """Mirrored and jittered copies are embedded and used, and a mirror-invariant taste survives them."""
     train = _pairs(photos, _area, 30, seed=TRAIN_SEED)
-    cfg = RewardTrainConfig(input_size=SIZE, epochs=30, augment_mirror=True, augment_jitter=0.03, jitter_copies=1)
+    cfg = RewardTrainConfig(epochs=30, augment_mirror=True, augment_jitter=0.03, jitter_copies=1)
     before = featurizer.crops_embedded
     model, _ = train_reward_model(train, cfg, featurizer, log=None)
     assert featurizer.crops_embedded - before >= 2 * 24  # mirrored and jittered crops of the 24 training pairs
@@ -326,7 +324,7 @@ def test_train_reward_job_from_a_store(photos, tmp_path, capsys):
     store = PreferenceStore(tmp_path / "prefs.sqlite")
     store.import_json(pairs_file, annotator="alice")
     out = main(["--preference_data", str(store.path), "--annotator", "alice", "--out", str(tmp_path / "run"),
-                "--epochs", "5", "--input_size", str(SIZE)])
+                "--epochs", "5"])
     for name in ("config.json", "human_reward_model.pth", "reward_training.png", "metrics.json", "features_cache.pt"):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
@@ -348,7 +346,7 @@ def test_bad_preference_files_give_clear_errors(photos, tmp_path):
     from rlhf.pairs import PairsFormatError
 
     def cfg(path):
-        return RewardTrainConfig(preference_data=str(path), out=str(tmp_path / "out"), input_size=SIZE)
+        return RewardTrainConfig(preference_data=str(path), out=str(tmp_path / "out"))
 
     broken = tmp_path / "broken.json"
     broken.write_text('{"version": 1, "pairs": [{"image": "x.jpg", "crop_a": [0, 0, 10')
@@ -405,7 +403,7 @@ def test_examples_from_pairs_maps_answers_to_targets(photos):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_scores_match_cpu(featurizer, photos, tmp_path):
-    model, _ = train_reward_model(_pairs(photos, _area, 20, seed=TRAIN_SEED), RewardTrainConfig(input_size=SIZE, epochs=3),
+    model, _ = train_reward_model(_pairs(photos, _area, 20, seed=TRAIN_SEED), RewardTrainConfig(epochs=3),
                                   featurizer, log=None)
     path = model.save(tmp_path / "m.pth")
     gpu = PreferenceRewardModel.load(path, device="cuda")
@@ -424,9 +422,93 @@ def test_featurizer_cache_is_bounded(featurizer, photos):
         assert len(featurizer._emb) == len(featurizer._cache) == 3
         assert (photos[0].id, (5, 5, 50, 50), False) in featurizer._emb
         featurizer.clear_caches()
-        assert not featurizer._emb and not featurizer._cache and not featurizer._maps
+        assert not featurizer._emb and not featurizer._cache
     finally:
         featurizer.max_cached_crops = old
+
+
+def test_embedding_is_roi_align_on_the_context_map(featurizer, photos):
+    """A crop's embedding is roi_align (one bin, adaptive sampling, aligned) of the photo context's
+    feature map, the box scaled per axis from photo pixels to map cells; a mirror image's comes from
+    the map of the mirrored working pixels."""
+    from torchvision.ops import roi_align
+
+    from rlhf.context import context_of
+    from rlhf.feature_map import feature_map
+
+    photo = photos[3]
+    ctx = context_of(photo)
+    boxes = [photo.full_box, (17, 33, 211, 190), (photo.width - 40, 5, photo.width, 60)]
+    got = featurizer.features(photo, boxes)[:, :featurizer.embed_dim]
+    _, fh, fw = ctx.fmap.shape
+    sx, sy = fw / photo.width, fh / photo.height
+    for box, row in zip(boxes, got, strict=True):
+        l, t, r, b = box
+        want = roi_align(torch.from_numpy(ctx.fmap.copy())[None], [torch.tensor([[l * sx, t * sy, r * sx, b * sy]])],
+                         output_size=(1, 1), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+        np.testing.assert_allclose(row, want.flatten().numpy(), rtol=1e-5, atol=1e-6)
+    # The whole photo's embedding is the map's mean (every sample falls on a cell centre).
+    np.testing.assert_allclose(got[0], ctx.fmap.mean((1, 2)), rtol=1e-4, atol=1e-5)
+    mirrored = featurizer.features(photo, boxes[1:2], mirrored=True)[0, :featurizer.embed_dim]
+    mmap = feature_map(np.ascontiguousarray(ctx.work[:, ::-1]))
+    l, t, r, b = mirror_box(boxes[1], photo.width)
+    want = roi_align(torch.from_numpy(mmap)[None], [torch.tensor([[l * sx, t * sy, r * sx, b * sy]])],
+                     output_size=1, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+    np.testing.assert_allclose(mirrored, want.flatten().numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_colour_features_from_tables_equal_those_of_the_working_crop(featurizer, photos):
+    """Colour features read off the working pixels' summed-area tables equal colour_features of the box
+    cut from those pixels, for boxes large and small; a mirror image has the same colours."""
+    from rlhf.context import context_of
+    from rlhf.preference.features import (
+        COLOUR_FEATURES,
+        colour_box_features,
+        colour_features,
+        colour_table,
+        work_boxes,
+    )
+
+    photo = photos[5]
+    ctx = context_of(photo)
+    rng = np.random.default_rng(0)
+    boxes = [photo.full_box, (0, 0, 9, 9), (photo.width - 30, photo.height - 20, photo.width, photo.height)]
+    boxes += [_random_box(photo, rng) for _ in range(20)]
+    table = colour_table(ctx.work)
+    got = colour_box_features(table, boxes, photo.width, photo.height)
+    wh, ww = ctx.work.shape[:2]
+    for (l, t, r, b), row in zip(work_boxes(boxes, photo.width, photo.height, ww, wh), got, strict=True):
+        np.testing.assert_allclose(row, colour_features(ctx.work[t:b, l:r]), atol=1e-5)
+    names = featurizer.feature_names
+    cols = [names.index(c) for c in COLOUR_FEATURES]
+    np.testing.assert_allclose(featurizer.features(photo, boxes)[:, cols], got, atol=1e-6)
+    mirrored = featurizer.features(photo, boxes[:5], mirrored=True)
+    np.testing.assert_allclose(mirrored[:, cols], got[:5], atol=1e-6)
+
+
+def test_an_older_model_file_says_how_to_retrain(featurizer, photos, tmp_path):
+    """A model file of the previous format (one backbone pass per crop) fails to load, naming the command
+    that retrains it; so does a saved feature cache of that pooling, which is never adopted."""
+    from rlhf.preference import FORMAT_VERSION
+
+    model, _ = train_reward_model(_pairs(photos, _area, 20, seed=TRAIN_SEED),
+                                  RewardTrainConfig(epochs=2, l1=[1.0], label_noise=[0.0]), featurizer, log=None)
+    path = model.save(tmp_path / "m.pth")
+    state = torch.load(path, weights_only=False)
+    assert state["version"] == FORMAT_VERSION and state["pooling"] == "roi320"
+    state["version"] = FORMAT_VERSION - 1
+    del state["pooling"]
+    state["input_size"] = 160
+    torch.save(state, tmp_path / "old.pth")
+    with pytest.raises(ValueError, match=rf"old.pth: human reward model format version {FORMAT_VERSION - 1}.*"
+                                         r"retrain it with `photographer train-reward`"):
+        PreferenceRewardModel.load(tmp_path / "old.pth")
+    # A features_cache.pt of per-crop embeddings records no pooling: not adopted.
+    old_cache = {"backbone": "efficientnet_lite0", "backbone_weights": None, "input_size": 160,
+                 "embeddings": {(photos[0].id, (0, 0, 10, 10), False): np.zeros(1280, np.float32)}, "grids": {}}
+    fresh = CropFeaturizer()
+    assert fresh.load_cache_state(old_cache) == 0 and not fresh._emb
+    assert fresh.load_cache_state(featurizer.cache_state()) == len(featurizer._emb) > 0
 
 
 def test_one_standard_error_rule_prefers_the_stronger_penalty_within_noise():

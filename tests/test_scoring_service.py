@@ -203,7 +203,7 @@ def human_model(tmp_path_factory, photos):
         centre = (w // 4, h // 4, 3 * w // 4, 3 * h // 4)
         for i, corner in enumerate([(0, 0, w // 2, h // 2), (w // 2, h // 2, w, h), (0, h // 2, w // 2, h)]):
             examples.append(PreferenceExample(f"{p.id}-{i}", p, centre, corner, 1.0))
-    cfg = RewardTrainConfig(epochs=5, input_size=64, embed_dim=2, val_fraction=0.0, patience=0)
+    cfg = RewardTrainConfig(epochs=5, embed_dim=2, val_fraction=0.0, patience=0)
     model, _ = train_reward_model(examples, cfg, log=None)
     return str(model.save(tmp_path_factory.mktemp("human") / "human_reward_model.pth"))
 

@@ -60,7 +60,7 @@ def inputs(ray_local, tmp_path_factory):
     policy = tiny_bootstrap(tmp_path_factory)
     folder = tmp_path_factory.mktemp("tune_inputs")
     model, _ = train_reward_model(examples_from_pairs(simulated_pairs(TRAIN, 8, seed=0)), RewardTrainConfig(
-        input_size=64, epochs=20, val_fraction=0.0, embed_dim=4), log=None)
+        epochs=20, val_fraction=0.0, embed_dim=4), log=None)
     model_path = model.save(folder / "human_reward_model.pth")
     heldout = save_pairs(folder / "heldout.json", simulated_pairs(UNSEEN, 6, seed=1), relative_to=folder)
     return policy, model_path, heldout

@@ -58,12 +58,13 @@ class RewardTrainConfig:
                 "the few features a taste rests on"})
     seed: int = field(default=0, metadata={"help": "seed of the split, initialisation and augmentation"})
     backbone: str = field(default="efficientnet_lite0", metadata={
-        "help": "timm model name of the frozen feature extractor"})
+        "help": "timm model name of the frozen network whose last feature map a crop's embedding is RoI-pooled "
+                "from; the shipped Lite0's map comes with each photo's context, another network is run once per photo"})
     backbone_weights: str | None = field(default=None, metadata={
         "help": "local weights file for the backbone (default: the shipped EfficientNet-Lite0 ImageNet weights)"})
-    input_size: int = field(default=160, metadata={"help": "crops are resized to this square size for the backbone"})
-    embed_dim: int = field(default=8, metadata={
-        "help": "PCA components of the backbone embedding fed to the head (0 = none, -1 = all)"})
+    embed_dim: int = field(default=4, metadata={
+        "help": "PCA components of the crop embedding fed to the head (0 = none, -1 = all); few, since with a "
+                "hundred pairs more components let in features that fit the answered photos only"})
     hidden: int = field(default=0, metadata={"help": "hidden units of the head (0 = linear head)"})
     augment_mirror: bool = field(default=False, metadata={
         "help": "add mirrored pairs (mirrored pixels and geometry); wrong for left/right tastes, so off"})
@@ -109,8 +110,6 @@ class RewardTrainConfig:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.patience < 0 or self.hidden < 0 or self.jitter_copies < 0:
             raise ValueError("patience, hidden and jitter_copies must be >= 0")
-        if self.input_size < 32:
-            raise ValueError(f"input_size must be >= 32, got {self.input_size}")
         if self.embed_dim < -1:
             raise ValueError(f"embed_dim must be -1 (all), 0 (none) or a positive count, got {self.embed_dim}")
         if not 0.0 <= self.augment_jitter <= 0.2:

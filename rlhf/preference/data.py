@@ -30,12 +30,15 @@ class PreferenceExample:
 
 
 def examples_from_pairs(pairs: Sequence[Any], source: str | Path = "<pairs>") -> list[PreferenceExample]:
-    """Answered pairs (rlhf.pairs.Pair) -> examples; each photo is loaded once.
+    """Answered pairs (rlhf.pairs.Pair) -> examples; each photo is read once, as its context.
 
-    Unanswered pairs are skipped. A photo that cannot be loaded, or a box outside its photo, raises
-    PreferenceDataError naming the preference file, the pair and the problem.
+    Photos are read lazily (Photo.from_path); each one's context (rlhf.context), which the features
+    come from, is built or read here, so a file that cannot be decoded fails now. Unanswered pairs are
+    skipped. A photo that cannot be loaded, or a box outside its photo, raises PreferenceDataError
+    naming the preference file, the pair and the problem.
     """
-    from rlhf.images import ImageLoadError, load_image, photo_id
+    from rlhf.context import context_of
+    from rlhf.images import ImageLoadError
 
     target = {1: 1.0, 2: 0.0, 0: 0.5}
     photos: dict[str, Photo] = {}
@@ -48,7 +51,9 @@ def examples_from_pairs(pairs: Sequence[Any], source: str | Path = "<pairs>") ->
                                       f"1, 2 or 0, got {p.preference!r}")
         if p.image not in photos:
             try:
-                photos[p.image] = Photo(photo_id(p.image), load_image(p.image))
+                photo = Photo.from_path(p.image)
+                context_of(photo)
+                photos[p.image] = photo
             except ImageLoadError as e:
                 raise PreferenceDataError(f"{source}: pair #{i} (id {p.id!r}) field 'image': {e}") from e
         photo = photos[p.image]

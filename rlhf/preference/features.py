@@ -1,5 +1,11 @@
-"""Features of a crop for the human reward model: frozen-backbone embedding, geometry, colour and
-framing cues from two saliency maps of the whole photo (see docs/design.md, "The reward model")."""
+"""Features of a crop for the human reward model: an embedding RoI-pooled from the photo's feature map,
+geometry, colour statistics, and framing cues from two saliency maps of the whole photo.
+
+Everything is read off the photo's context (rlhf.context): the feature map, summed-area tables of the
+working pixels and the saliency maps are computed once per photo and kept with the context, so a crop
+costs look-ups and one `roi_align`, not a backbone pass or a resize of full-resolution pixels (see
+docs/design.md, "The reward model").
+"""
 
 from __future__ import annotations
 
@@ -15,7 +21,13 @@ from torch import nn
 
 from rlhf.boxstats import box_sums, framing_cues, moment_sat, spectral_residual
 from rlhf.cache import LRUCache
+from rlhf.context import PhotoContext, context_of
+from rlhf.feature_map import FEATURE_DIM, FEATURE_LONG_SIDE
 from rlhf.images import Box, Photo, clip_box, resize
+
+# How a crop's embedding is made: roi_align (one bin) on the photo's feature map at FEATURE_LONG_SIDE.
+# Cache and model files record it: an embedding made another way is another feature.
+POOLING = f"roi{FEATURE_LONG_SIDE}"
 
 GEOMETRY_FEATURES = ("cx", "cy", "w", "h", "area", "log_aspect")
 COLOUR_FEATURES = ("mean_r", "mean_g", "mean_b", "warmth", "luminance", "contrast", "saturation")
@@ -48,6 +60,11 @@ SALIENCY_GRID = 128
 # On hand-marked subjects of the bundled training photos (backbone map) 0.5 places them best;
 # 0.3 spills into the background, 0.7 shrinks to one part of the subject.
 SUBJECT_THRESHOLD = 0.5
+# Luminance of RGB in [0, 1] (ITU-R BT.601 weights, as colour_features).
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+# Crops whose features a featurizer keeps in memory (about 10 KB each): a crop costs a fraction of a
+# millisecond to featurize from its photo's context, so the cache need only hold a policy's neighbourhood.
+MAX_CACHED_CROPS = 4096
 
 
 def _backbone(name: str, weights: str | None) -> nn.Module:
@@ -56,57 +73,60 @@ def _backbone(name: str, weights: str | None) -> nn.Module:
     return load_backbone(name, weights=weights)
 
 
-def _embed(model: nn.Module, crops: np.ndarray, size: int) -> np.ndarray:
-    from rlhf.backbone import embed
-
-    return embed(model, crops, size)
-
-
-def _feature_map(model: nn.Module, image: np.ndarray, size: int) -> np.ndarray:
-    """(h, w) activation energy of the backbone's last feature map over one image."""
-    from rlhf.backbone import input_stats, preprocess
-
-    param = next(model.parameters())
-    x = preprocess(image[None], size, *input_stats(model)).to(device=param.device, dtype=param.dtype)
-    with torch.no_grad():
-        fmap = model.forward_features(x)[0]
-    return fmap.float().norm(dim=0).cpu().numpy()
-
-
 def mirror_box(box: Box, width: int) -> Box:
     """The same box in the horizontally mirrored photo."""
     l, t, r, b = box
     return (width - r, t, width - l, b)
 
 
-class CropFeaturizer:
-    """Features of crops: frozen backbone embedding + geometry + colour + saliency, cached.
+def roi_embeddings(fmap: np.ndarray, boxes: Sequence[Sequence[float]], width: int, height: int) -> np.ndarray:
+    """(N, C) mean feature of each box (photo pixels of a `width` x `height` photo) on the photo's map (C, h, w).
 
-    Each crop is embedded once: embeddings and features are cached in memory keyed by (photo id,
-    box, mirrored), and the photo's saliency map by (photo id, mirrored); `save_cache` /
-    `load_cache` keep the embeddings on disk (e.g. under a run folder). The photo id is trusted to
+    `torchvision.ops.roi_align` with one output bin, adaptive sampling and pixel-centre alignment, as
+    Fast R-CNN pools a region's features. The map spans the whole photo, so a box is scaled to map
+    cells per axis (w / width, h / height).
+    """
+    from torchvision.ops import roi_align
+
+    _, h, w = fmap.shape
+    sx, sy = w / width, h / height
+    rois = torch.tensor([[0.0, l * sx, t * sy, r * sx, b * sy] for l, t, r, b in boxes], dtype=torch.float32)
+    with torch.inference_mode():
+        out = roi_align(torch.from_numpy(fmap)[None], rois, output_size=1, spatial_scale=1.0,
+                        sampling_ratio=-1, aligned=True)
+    return out[:, :, 0, 0].numpy()
+
+
+class CropFeaturizer:
+    """Features of crops, from each photo's context: RoI-pooled embedding + geometry + colour + saliency.
+
+    backbone, backbone_weights: the frozen network whose last feature map the embedding is pooled
+    from. The default, the shipped EfficientNet-Lite0, is the map every photo context holds; another
+    network is run once per photo on the context's working pixels, at the same long side, and its map
+    kept with the context. device: where that network and the reward head run (default cpu).
+    max_cached_crops: most crops whose features are kept in memory (least recently used forgotten
+    first); the per-photo maps and tables live with the photo's context. The photo id is trusted to
     name the pixels (it is the absolute path), as everywhere in this project.
     """
 
     def __init__(self, backbone: str = "efficientnet_lite0", backbone_weights: str | None = None,
-                 input_size: int = 160, device: str = "cpu", batch_size: int = 32,
-                 max_cached_crops: int = 50_000, max_cached_photos: int = 256):
+                 device: str = "cpu", max_cached_crops: int = MAX_CACHED_CROPS):
         self.backbone_name = backbone
         self.backbone_weights = backbone_weights
-        self.input_size = int(input_size)
+        self.pooling = POOLING
         self.device = torch.device(device)
-        self.batch_size = batch_size
-        self.model = _backbone(backbone, backbone_weights).to(self.device).eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        self.embed_dim = int(getattr(self.model, "num_features", 0)) or int(
-            _embed(self.model, np.zeros((1, 32, 32, 3), np.uint8), self.input_size).shape[1])
+        from rlhf.backbone import DEFAULT_BACKBONE
+
+        shipped = backbone == DEFAULT_BACKBONE and backbone_weights is None
+        self.model: nn.Module | None = None
+        if not shipped:
+            self.model = _backbone(backbone, backbone_weights).to(self.device).eval()
+            for p in self.model.parameters():
+                p.requires_grad_(False)
+        self.embed_dim = FEATURE_DIM if self.model is None else int(self.model.num_features)
         self.feature_names = tuple(f"emb{i}" for i in range(self.embed_dim)) + HAND_FEATURES
-        # Bounds for long-lived users (the RL scoring actor): about 5 KB per crop, 0.5 MB per photo.
         self._cache: LRUCache[tuple[str, Box, bool], np.ndarray] = LRUCache(max_cached_crops)
         self._emb: LRUCache[tuple[str, Box, bool], np.ndarray] = LRUCache(max_cached_crops)
-        self._maps: LRUCache[tuple[str, bool, str], Saliency] = LRUCache(2 * max_cached_photos)
-        self.max_cached_photos = max_cached_photos
         self.crops_embedded = 0
         self.seconds_embedding = 0.0
 
@@ -126,92 +146,101 @@ class CropFeaturizer:
 
     def to(self, device: str | torch.device) -> CropFeaturizer:
         self.device = torch.device(device)
-        self.model.to(self.device)
+        if self.model is not None:
+            self.model.to(self.device)
         return self
 
     def clear_caches(self) -> None:
-        """Forget every cached embedding, feature and saliency map."""
+        """Forget every cached embedding and feature (the photos' maps go with their contexts)."""
         self._cache.clear()
         self._emb.clear()
-        self._maps.clear()
 
     def features(self, photo: Photo, boxes: Sequence[Sequence[float]], mirrored: bool = False) -> np.ndarray:
-        """(N, dim) float32 raw (unstandardised) features of the boxes in the photo."""
+        """(N, dim) float32 raw (unstandardised) features of the boxes in the photo; with `mirrored`, of
+        each crop's mirror image as it lies in the mirrored photo (training augmentation)."""
         w, h = photo.width, photo.height
         keys = [(photo.id, clip_box(b, w, h), bool(mirrored)) for b in boxes]
+        if not keys:
+            return np.zeros((0, self.dim), np.float32)
         # Held here as well: one call may ask for more crops than the cache keeps.
         got = {k: v for k in dict.fromkeys(keys) if (v := self._cache.get(k)) is not None}
         missing = [k for k in dict.fromkeys(keys) if k not in got]
-        for i in range(0, len(missing), self.batch_size):
-            got.update(self._compute(photo, missing[i:i + self.batch_size], mirrored))
-        if not keys:
-            return np.zeros((0, self.dim), np.float32)
+        if missing:
+            got.update(self._compute(context_of(photo), missing, mirrored))
         return np.stack([got[k] for k in keys])
 
-    def _compute(self, photo: Photo, keys: list[tuple[str, Box, bool]],
+    def _compute(self, ctx: PhotoContext, keys: list[tuple[str, Box, bool]],
                  mirrored: bool) -> dict[tuple[str, Box, bool], np.ndarray]:
-        w, h = photo.width, photo.height
-        pixels = photo.pixels[:, ::-1] if mirrored else photo.pixels
-        boxes = [mirror_box(k[1], w) if mirrored else k[1] for k in keys]
-        crops = np.stack([resize(pixels[t:b, l:r], self.input_size) for (l, t, r, b) in boxes])
+        w, h = ctx.width, ctx.height
+        # Boxes in the pixels of the photo as seen (mirrored or not), and as cut from the stored one.
+        seen = [mirror_box(k[1], w) if mirrored else k[1] for k in keys]
         embs = {k: e for k in keys if (e := self._emb.get(k)) is not None}
         todo = [i for i, k in enumerate(keys) if k not in embs]
         if todo:
             t0 = time.perf_counter()
-            emb = _embed(self.model, crops[todo], self.input_size).astype(np.float32)
+            emb = roi_embeddings(self._map(ctx, mirrored), [seen[i] for i in todo], w, h)
             self.seconds_embedding += time.perf_counter() - t0
             self.crops_embedded += len(todo)
             for i, e in zip(todo, emb, strict=True):
                 embs[keys[i]] = e
                 self._emb.put(keys[i], e)
-        maps = [self._saliency(photo, mirrored, kind) for kind in SALIENCY_MAPS]
+        # A mirror image has the same colours in the mirrored box: read them off the stored photo.
+        colour = colour_box_features(ctx.derived("preference.colour_table", colour_table_of),
+                                     [k[1] for k in keys], w, h)
+        maps = [self._saliency(ctx, kind, mirrored) for kind in SALIENCY_MAPS]
         out = {}
-        for k, box, crop in zip(keys, boxes, crops, strict=True):
-            hand = [geometry_features(box, w, h), colour_features(crop)] + [m.features(box) for m in maps]
+        for k, box, col in zip(keys, seen, colour, strict=True):
+            hand = [geometry_features(box, w, h), col] + [m.features(box) for m in maps]
             out[k] = np.concatenate([embs[k], *hand]).astype(np.float32)
             self._cache.put(k, out[k])
         return out
 
-    def _saliency(self, photo: Photo, mirrored: bool, kind: str) -> Saliency:
-        """A saliency map of the whole photo: "net" (backbone activation energy) or "sr"."""
-        key = (photo.id, bool(mirrored), kind)
-        sal = self._maps.get(key)
-        if sal is None:
-            other = self._maps.get((photo.id, not mirrored, kind))
-            if other is not None:
-                grid = other.grid[:, ::-1]
+    def _map(self, ctx: PhotoContext, mirrored: bool) -> np.ndarray:
+        """The photo's (or its mirror image's) last feature map (C, h, w) under this backbone.
+
+        A mirror image gets its own forward pass rather than the map flipped: TF "SAME" padding is
+        not symmetric, so the flipped map is not what the network sees in a mirrored photo."""
+        if self.model is None and not mirrored:
+            return ctx.fmap
+        from rlhf.feature_map import feature_map
+
+        def build(c: PhotoContext) -> np.ndarray:
+            return feature_map(np.ascontiguousarray(c.work[:, ::-1]) if mirrored else c.work, self.model)
+
+        return ctx.derived(("preference.map", self.backbone_name, self.backbone_weights, mirrored), build)
+
+    def _saliency(self, ctx: PhotoContext, kind: str, mirrored: bool) -> Saliency:
+        """A saliency map of the whole photo: "net" (the channel norm of the backbone's feature map) or
+        "sr" (spectral residual of the working pixels); a mirror image's is the grid flipped."""
+        def build(c: PhotoContext) -> Saliency:
+            if mirrored:
+                grid = self._saliency(c, kind, False).grid[:, ::-1]
             else:
-                if kind == "net":
-                    # Twice the crop size: the whole photo needs more cells than one crop does.
-                    raw = _feature_map(self.model, photo.pixels, 2 * self.input_size)
-                else:
-                    raw = _sr_map(photo.pixels)
-                grid = Saliency.grid_from_map(raw, photo.width, photo.height)
-                grid = grid[:, ::-1] if mirrored else grid
-            sal = Saliency(np.ascontiguousarray(grid), photo.width, photo.height)
-            self._maps.put(key, sal)
-        return sal
+                raw = np.linalg.norm(self._map(c, False), axis=0) if kind == "net" else _sr_map(c.work)
+                grid = Saliency.grid_from_map(raw, c.width, c.height)
+            return Saliency(np.ascontiguousarray(grid), c.width, c.height)
+
+        net = (self.backbone_name, self.backbone_weights) if kind == "net" else None
+        return ctx.derived(("preference.saliency", kind, net, mirrored), build)
 
     def cache_state(self) -> dict[str, Any]:
-        """The expensive part of the cache (embeddings, saliency grids) as plain data.
+        """The cached crop embeddings as plain data, with what made them (backbone, weights, pooling).
 
-        The cheap hand-made features are recomputed from it, so a saved cache stays valid when
-        they change."""
+        The hand-made features are recomputed from the photo contexts, so a saved cache stays valid
+        when they change."""
         return {"backbone": self.backbone_name, "backbone_weights": self.backbone_weights,
-                "input_size": self.input_size, "embeddings": dict(self._emb.items()),
-                "grids": {k: (m.grid, m.width, m.height) for k, m in self._maps.items()}}
+                "pooling": self.pooling, "embeddings": dict(self._emb.items())}
 
     def load_cache_state(self, state: dict[str, Any]) -> int:
-        """Adopt a saved cache made by the same backbone, weights and size; returns crops adopted."""
-        same = (state.get("backbone"), state.get("backbone_weights"), state.get("input_size")) == (
-            self.backbone_name, self.backbone_weights, self.input_size)
+        """Adopt a saved cache made by the same backbone, weights and pooling; returns crops adopted.
+
+        A cache of another pooling (e.g. one backbone pass per crop, which recorded none) is ignored."""
+        same = (state.get("backbone"), state.get("backbone_weights"), state.get("pooling")) == (
+            self.backbone_name, self.backbone_weights, self.pooling)
         if not same:
             return 0
         for k, e in state["embeddings"].items():
             self._emb.put(k, e)
-        for k, (grid, w, h) in state["grids"].items():
-            if len(k) == 3 and k not in self._maps:  # (photo id, mirrored, kind)
-                self._maps.put(k, Saliency(grid, w, h))
         return len(state["embeddings"])
 
     def save_cache(self, path: str | Path) -> Path:
@@ -235,14 +264,63 @@ def geometry_features(box: Box, width: int, height: int) -> np.ndarray:
 
 
 def colour_features(crop: np.ndarray) -> np.ndarray:
-    """Mean RGB, warmth (R - B), luminance, its spread (contrast) and mean saturation, in [0, 1]."""
-    x = crop.reshape(-1, 3).astype(np.float32) / 255.0
+    """Mean RGB, warmth (R - B), luminance, its spread (contrast) and mean saturation, in [0, 1], of a
+    crop's pixels (the definition colour_box_features reads off tables). Summed in float64: a float32
+    mean over a large crop drifts by about 1e-4."""
+    x = crop.reshape(-1, 3).astype(np.float64) / 255.0
     mean = x.mean(0)
-    lum = x @ np.array([0.299, 0.587, 0.114], np.float32)
+    lum = x @ LUMA.astype(np.float64)
     mx, mn = x.max(1), x.min(1)
     sat = np.where(mx > 0, (mx - mn) / np.maximum(mx, 1e-6), 0.0)
     return np.array([mean[0], mean[1], mean[2], mean[0] - mean[2], lum.mean(), lum.std(), sat.mean()],
                     np.float32)
+
+
+def colour_table(pixels: np.ndarray) -> np.ndarray:
+    """Summed-area table (h + 1, w + 1, 5), float64, of R, G, B, luminance squared and saturation of
+    uint8 RGB pixels, in [0, 1]: colour_features of any box is then a few look-ups (luminance is the
+    weighted mean of R, G and B; contrast is sqrt(mean of its square - its mean squared)). Float64
+    throughout: the variance of a flat crop is a small difference of large sums."""
+    import cv2
+
+    h, w = pixels.shape[:2]
+    x = np.empty((h, w, 5), np.float64)
+    x[..., :3] = pixels
+    x[..., :3] /= 255.0
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    mx = np.maximum(np.maximum(r, g), b)
+    # max(mx, 1e-6): a black pixel (mx = mn = 0) has saturation 0, as in colour_features.
+    x[..., 4] = (mx - np.minimum(np.minimum(r, g), b)) / np.maximum(mx, 1e-6)
+    wr, wg, wb = LUMA.astype(np.float64)
+    lum = r * wr + g * wg + b * wb
+    x[..., 3] = lum * lum
+    return cv2.integral(x, sdepth=cv2.CV_64F)
+
+
+def colour_table_of(ctx: PhotoContext) -> np.ndarray:
+    """colour_table of the context's working pixels."""
+    return colour_table(ctx.work)
+
+
+def work_boxes(boxes: Sequence[Sequence[float]], width: int, height: int, work_w: int, work_h: int
+               ) -> np.ndarray:
+    """(N, 4) int: boxes in photo pixels scaled per axis to working pixels and rounded (clip_box)."""
+    sx, sy = work_w / width, work_h / height
+    return np.array([clip_box((l * sx, t * sy, r * sx, b * sy), work_w, work_h) for l, t, r, b in boxes],
+                    np.int64).reshape(-1, 4)
+
+
+def colour_box_features(table: np.ndarray, boxes: Sequence[Sequence[float]], width: int, height: int
+                        ) -> np.ndarray:
+    """(N, 7) colour_features of boxes (photo pixels of a `width` x `height` photo) read off a
+    colour_table: equal to colour_features of each box cut from the table's pixels (work_boxes)."""
+    wb = work_boxes(boxes, width, height, table.shape[1] - 1, table.shape[0] - 1)
+    l, t, r, b = wb.T
+    n = ((r - l) * (b - t)).astype(np.float64)[:, None]
+    m = ((table[b, r] - table[t, r] - table[b, l] + table[t, l]) / n).T  # (5, N) box means
+    lum = LUMA.astype(np.float64) @ m[:3]
+    contrast = np.sqrt(np.maximum(m[3] - lum * lum, 0.0))
+    return np.stack([m[0], m[1], m[2], m[0] - m[2], lum, contrast, m[4]], axis=1).astype(np.float32)
 
 
 def _sr_map(pixels: np.ndarray) -> np.ndarray:

@@ -13,11 +13,15 @@ import torch
 from rlhf.cache import LRUCache
 from rlhf.images import Box, Photo
 from rlhf.preference.config import CENTRINGS
-from rlhf.preference.features import CropFeaturizer
+from rlhf.preference.features import POOLING, CropFeaturizer
 from rlhf.preference.head import FeatureNormaliser, RewardHead
 
-# 2: the share hinge cues joined the features (a version-1 model's head reads fewer of them).
-FORMAT_VERSION = 2
+# The file's layout and the features its normaliser and head were fit to. 2: the share hinge cues
+# joined the features; 3: the crop embedding is RoI-pooled from the photo's feature map (a version-2
+# model's PCA was fit to one backbone pass per crop, another feature).
+FORMAT_VERSION = 3
+# Photos whose centring offset a model keeps (a float each).
+MAX_CACHED_OFFSETS = 10_000
 
 
 def reference_boxes(width: int, height: int) -> list[Box]:
@@ -51,7 +55,7 @@ class PreferenceRewardModel:
         self.centring = centring
         self.config = dict(config or {})
         self.metrics = dict(metrics or {})
-        self._photo_offsets: LRUCache[tuple[str, int, int], float] = LRUCache(4 * featurizer.max_cached_photos)
+        self._photo_offsets: LRUCache[tuple[str, int, int], float] = LRUCache(MAX_CACHED_OFFSETS)
 
     @property
     def device(self) -> torch.device:
@@ -95,13 +99,13 @@ class PreferenceRewardModel:
         return float(1.0 / (1.0 + math.exp(-(r[0] - r[1]))))
 
     def save(self, path: str | Path) -> Path:
-        """One .pth: head weights, normaliser, centring offset, backbone name + weights, config."""
+        """One .pth: head weights, normaliser, centring offset, backbone name + weights, pooling, config."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save({
             "format": "rlhf-photographer/human-reward-model", "version": FORMAT_VERSION,
             "backbone": self.featurizer.backbone_name, "backbone_weights": self.featurizer.backbone_weights,
-            "input_size": self.featurizer.input_size, "feature_names": list(self.featurizer.feature_names),
+            "pooling": self.featurizer.pooling, "feature_names": list(self.featurizer.feature_names),
             "head": {k: v.detach().cpu() for k, v in self.head.state_dict().items()},
             "head_in_dim": self.head.in_dim, "head_hidden": self.head.hidden,
             "normaliser": self.normaliser.state_dict(), "offset": self.offset, "centring": self.centring,
@@ -128,11 +132,14 @@ class PreferenceRewardModel:
                              f"reads {FORMAT_VERSION} (its features changed); retrain it with "
                              "`photographer train-reward` on the same preference data")
         weights = backbone_weights or state["backbone_weights"]
+        if state.get("pooling") != POOLING:
+            raise ValueError(f"{path}: crop embeddings pooled as {state.get('pooling')!r}, this version pools "
+                             f"{POOLING!r}; retrain it with `photographer train-reward` on the same preference data")
         if featurizer is None:
-            featurizer = CropFeaturizer(state["backbone"], weights, state["input_size"], device=device)
-        elif (featurizer.backbone_name, featurizer.input_size) != (state["backbone"], state["input_size"]):
-            raise ValueError(f"{path}: saved for {state['backbone']}@{state['input_size']}, "
-                             f"featurizer is {featurizer.backbone_name}@{featurizer.input_size}")
+            featurizer = CropFeaturizer(state["backbone"], weights, device=device)
+        elif (featurizer.backbone_name, featurizer.pooling) != (state["backbone"], state["pooling"]):
+            raise ValueError(f"{path}: saved for {state['backbone']} ({state['pooling']}), "
+                             f"featurizer is {featurizer.backbone_name} ({featurizer.pooling})")
         head = RewardHead(state["head_in_dim"], state["head_hidden"])
         head.load_state_dict(state["head"])
         return cls(featurizer, FeatureNormaliser.from_state_dict(state["normaliser"]), head,

@@ -259,10 +259,9 @@ def train_reward_model(examples: Sequence[PreferenceExample], cfg: RewardTrainCo
     """
     if len(examples) < 2:
         raise PreferenceDataError(f"need at least 2 answered pairs to train, got {len(examples)}")
-    fz = featurizer or CropFeaturizer(cfg.backbone, cfg.backbone_weights, cfg.input_size, cfg.device)
-    if (fz.backbone_name, fz.input_size) != (cfg.backbone, cfg.input_size):
-        raise ValueError(f"featurizer is {fz.backbone_name}@{fz.input_size}, config asks "
-                         f"{cfg.backbone}@{cfg.input_size}")
+    fz = featurizer or CropFeaturizer(cfg.backbone, cfg.backbone_weights, cfg.device)
+    if fz.backbone_name != cfg.backbone:
+        raise ValueError(f"featurizer is {fz.backbone_name}, config asks {cfg.backbone}")
     rng = np.random.default_rng(cfg.seed)
     n = len(examples)
     splits = _folds(examples, cfg)
