@@ -233,7 +233,7 @@ def test_combined_reward_costs_one_round_trip(ray_local, photos, human_model):
 
 
 def test_stage1_ppo_survives_killing_the_scoring_actor(service, photos, local, tmp_path):
-    """A short real PPO run (stage 1 defaults: through the actor); the actor is killed mid-run."""
+    """A short real PPO run (stage 1 with --service: through the actor); the actor is killed mid-run."""
     from rayjobs import bootstrap
     from rayjobs.ppo import train
     from rlhf.config import from_flat
@@ -241,9 +241,9 @@ def test_stage1_ppo_survives_killing_the_scoring_actor(service, photos, local, t
     cfg = from_flat(bootstrap.BootstrapConfig,
         image=[p.id for p in photos], augment_variants=0, timesteps=384, train_batch_size=128,
         minibatch_size=64, num_epochs=1, num_env_runners=1, checkpoint_every=100, sample_timeout_s=90,
-        out=str(tmp_path))
+        service=True, out=str(tmp_path))
     spec = bootstrap.reward_spec(cfg.scoring, kind="aesthetic")
-    assert spec.service == service  # stage 1 scores through the shared actor by default
+    assert spec.service == service  # --service: stage 1 scores through the shared actor
     env = bootstrap.env_config(cfg, spec)
     actor = ray.get_actor(service)
     pid_before = ray.get(actor.ping.remote())
