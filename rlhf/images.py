@@ -7,11 +7,12 @@ fails only when nothing usable is left.
 
 from __future__ import annotations
 
+import contextlib
 import glob as _glob
 import hashlib
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import cv2
@@ -225,14 +226,10 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"))
 
 
-def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, reduce_to: int | None = None) -> np.ndarray:
-    """Load one photo as RGB uint8 (H, W, 3), EXIF orientation applied.
-
-    reduce_to: a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) whose long side is still
-    >= reduce_to, which is much faster than a full decode (other formats decode in full); None: full size.
-    Raises ImageLoadError naming the file for missing, corrupt, truncated, non-image or oversized
-    input (a decompression bomb is refused before its pixels are decoded).
-    """
+@contextlib.contextmanager
+def _opened(path: str | Path, max_pixels: int) -> Iterator[Image.Image]:
+    """The file opened by PIL, its size checked against max_pixels before any pixel is decoded; every
+    failure inside the block (decoding included) becomes an ImageLoadError naming the file."""
     p = Path(path)
     if not p.is_file():
         raise ImageLoadError(p, "no such file")
@@ -241,12 +238,7 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, reduce_to
             w, h = img.size
             if w * h > max_pixels:
                 raise ImageLoadError(p, f"{w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
-            if reduce_to is not None and max(w, h) > reduce_to:
-                k = reduce_to / max(w, h)
-                img.draft("RGB", (math.ceil(w * k), math.ceil(h * k)))
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            arr = _to_rgb(img)
+            yield img
     except ImageLoadError:
         raise
     except Image.DecompressionBombError as e:
@@ -255,8 +247,25 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, reduce_to
         raise ImageLoadError(p, "not an image (unrecognised format)") from e
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageLoadError(p, f"corrupt or truncated image ({e})") from e
+
+
+def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, reduce_to: int | None = None) -> np.ndarray:
+    """Load one photo as RGB uint8 (H, W, 3), EXIF orientation applied.
+
+    reduce_to: a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) whose long side is still
+    >= reduce_to, which is much faster than a full decode (other formats decode in full); None: full size.
+    Raises ImageLoadError naming the file for missing, corrupt, truncated, non-image or oversized
+    input (a decompression bomb is refused before its pixels are decoded).
+    """
+    with _opened(path, max_pixels) as img:
+        w, h = img.size
+        if reduce_to is not None and max(w, h) > reduce_to:
+            k = reduce_to / max(w, h)
+            img.draft("RGB", (math.ceil(w * k), math.ceil(h * k)))
+        img.load()
+        arr = _to_rgb(ImageOps.exif_transpose(img))
     if arr.ndim != 3 or arr.shape[2] != 3 or min(arr.shape[:2]) < 8:
-        raise ImageLoadError(p, f"unusable image shape {arr.shape}")
+        raise ImageLoadError(path, f"unusable image shape {arr.shape}")
     return np.ascontiguousarray(arr, dtype=np.uint8)
 
 
@@ -270,21 +279,11 @@ def image_size(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[
     Raises ImageLoadError for missing, non-image or oversized files; a truncated file passes here and
     fails when its pixels are decoded.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise ImageLoadError(p, "no such file")
-    try:
-        with Image.open(p) as img:
-            w, h = img.size
-            turned = img.getexif().get(0x0112) in _QUARTER_TURNS
-    except UnidentifiedImageError as e:
-        raise ImageLoadError(p, "not an image (unrecognised format)") from e
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ImageLoadError(p, f"corrupt or truncated image ({e})") from e
-    if w * h > max_pixels:
-        raise ImageLoadError(p, f"{w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
+    with _opened(path, max_pixels) as img:
+        w, h = img.size
+        turned = img.getexif().get(0x0112) in _QUARTER_TURNS
     if min(w, h) < 8:
-        raise ImageLoadError(p, f"unusable image size {w}x{h}")
+        raise ImageLoadError(path, f"unusable image size {w}x{h}")
     return (h, w) if turned else (w, h)
 
 
