@@ -37,6 +37,9 @@ class LRUCache(Generic[K, V]):
         self.max_weight = max_weight
         self._weight = weight or _one
         self._d: OrderedDict[K, V] = OrderedDict()
+        # Each entry's weight as it was counted: a value may grow after it was stored (a photo context
+        # gains derived tables), and storing it again must take off what was counted, not its new weight.
+        self._counted: dict[K, float] = {}
         self._lock = threading.Lock()
         self.weight = 0.0  # total weight held
         self.hits = 0
@@ -58,11 +61,11 @@ class LRUCache(Generic[K, V]):
         if self.size == 0:
             return
         with self._lock:
-            old = self._d.pop(key, None)
-            if old is not None:
-                self.weight -= self._weight(old)
+            self._d.pop(key, None)
+            self.weight -= self._counted.pop(key, 0.0)
             self._d[key] = value
-            self.weight += self._weight(value)
+            self._counted[key] = w = self._weight(value)
+            self.weight += w
             self._trim()
 
     def resize(self, size: int | None) -> None:
@@ -75,8 +78,8 @@ class LRUCache(Generic[K, V]):
         while self._d and ((self.size is not None and len(self._d) > self.size)
                            or (self.max_weight is not None and self.weight > self.max_weight
                                and len(self._d) > 1)):
-            _, gone = self._d.popitem(last=False)
-            self.weight -= self._weight(gone)
+            gone, _ = self._d.popitem(last=False)
+            self.weight -= self._counted.pop(gone)
 
     def items(self) -> list[tuple[K, V]]:
         """The entries, least recently used first (a copy; marks nothing as used)."""
@@ -103,4 +106,5 @@ class LRUCache(Generic[K, V]):
         """Forget every entry (the hit counts stay)."""
         with self._lock:
             self._d.clear()
+            self._counted.clear()
             self.weight = 0.0

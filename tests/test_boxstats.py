@@ -163,3 +163,17 @@ def test_colour_cues_on_a_warm_left_and_cool_right_photo():
     assert outside[0, 1] == pytest.approx(1.0) and outside[2, 1] == pytest.approx(0.0)  # warmth +1 / -1 vs the crop
     np.testing.assert_allclose(outside[[1, 3]], 0.5)  # top and bottom lie past the photo's border
     assert inside[0, 1] == pytest.approx(1.0) and inside[2, 1] == pytest.approx(0.0)
+
+
+def test_lru_counts_a_value_that_grew_since_it_was_stored():
+    """A photo context gains derived tables after it is stored; storing it again counts its new weight."""
+    from rlhf.cache import LRUCache
+
+    cache = LRUCache(max_weight=10, weight=len)
+    value = [0] * 4
+    cache.put("a", value)
+    value.extend([0] * 4)  # grew to 8 in place
+    cache.put("a", value)
+    assert cache.weight == 8
+    cache.put("b", [0] * 4)  # 12 > 10: the least recent goes
+    assert "a" not in cache and cache.weight == 4
