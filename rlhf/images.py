@@ -104,8 +104,11 @@ class Photo:
         """The photo with its long side at most `long_side` (never enlarged), area-filtered."""
         if self._pixels is not None:
             return fit_long_side(self._pixels, long_side)
-        return fit_long_side(load_image(self.path, reduce_to=long_side), long_side,
-                             size=scaled_size(self.width, self.height, long_side))
+        px = load_image(self.path, reduce_to=long_side)
+        if abs(px.shape[0] - self.height * px.shape[1] / self.width) > 2:  # a reduced decode keeps the aspect
+            raise ImageLoadError(self.path, f"changed on disk: now {px.shape[1]}x{px.shape[0]} at reduced size, "
+                                 f"listed as {self.width}x{self.height}")
+        return fit_long_side(px, long_side, size=scaled_size(self.width, self.height, long_side))
 
     def digest(self) -> str:
         """A content hash: of the file's bytes (hashed again when its size or mtime changes), or of

@@ -152,3 +152,12 @@ def test_listing_skips_unusable_files_and_env_skips_a_truncated_photo(tmp_path, 
     seen = {Path(env.reset()[1]["photo"]).name for _ in range(4)}
     assert seen == {"a.jpg"}
     assert caplog.text.count("b.jpg") == 1 and "c.jpg" in caplog.text  # each logged once, then left out
+
+
+def test_a_file_replaced_after_listing_by_another_shape_fails_clearly(photo_file):
+    photo = Photo.from_path(photo_file)
+    Image.open(photo_file).resize((1200, 1600)).save(photo_file, quality=90)  # now portrait
+    with pytest.raises(ImageLoadError, match="changed on disk"):
+        photo.load(WORK_LONG_SIDE)
+    with pytest.raises(ImageLoadError, match="changed on disk"):
+        _ = photo.pixels
