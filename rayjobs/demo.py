@@ -62,7 +62,7 @@ def run(cfg: DemoConfig) -> Path:
     _step("2. crop the held-out photos with the bootstrap policy")
     crop.main(["--policy", str(out / "bootstrap"), "--image", *heldout, "--out", str(out / "crops")])
     if cfg.stage1_only:
-        print(f"\ndemo (stage 1) done in {time.time() - t0:.0f}s: {out}/crops/contact_sheet.png", flush=True)
+        print(f"\ndemo (stage 1) done in {time.time() - t0:.0f}s: {out}/crops/contact_sheet_001.png", flush=True)
         return out
 
     from rayjobs import evaluate, finetune, pairs, train_reward
@@ -93,7 +93,7 @@ def run(cfg: DemoConfig) -> Path:
     evaluate.main(["--policies", str(out / "bootstrap"), str(out / "finetune"), "--names", "bootstrap",
                    "finetuned", "--image", *heldout, "--human_reward_model",
                    str(out / "reward" / "human_reward_model.pth"), "--taste", cfg.taste, "--out", str(out / "eval")])
-    print(f"\ndemo done in {time.time() - t0:.0f}s. Look at:\n  {out}/crops/contact_sheet.png\n"
+    print(f"\ndemo done in {time.time() - t0:.0f}s. Look at:\n  {out}/crops/contact_sheet_001.png\n"
           f"  {out}/eval/\n  {out}/bootstrap/curves.png  {out}/finetune/curves.png", flush=True)
     return out
 
