@@ -137,9 +137,8 @@ class PreferenceRewardModel:
                              f"{POOLING!r}; retrain it with `photographer train-reward` on the same preference data")
         if featurizer is None:
             featurizer = CropFeaturizer(state["backbone"], weights, device=device)
-        elif (featurizer.backbone_name, featurizer.pooling) != (state["backbone"], state["pooling"]):
-            raise ValueError(f"{path}: saved for {state['backbone']} ({state['pooling']}), "
-                             f"featurizer is {featurizer.backbone_name} ({featurizer.pooling})")
+        elif featurizer.backbone_name != state["backbone"]:
+            raise ValueError(f"{path}: saved for {state['backbone']}, featurizer is {featurizer.backbone_name}")
         head = RewardHead(state["head_in_dim"], state["head_hidden"])
         head.load_state_dict(state["head"])
         return cls(featurizer, FeatureNormaliser.from_state_dict(state["normaliser"]), head,

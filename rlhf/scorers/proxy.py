@@ -147,7 +147,14 @@ class ProxyAestheticScorer(AestheticScorer):
         self.device = torch.device(device)
         if torch_threads:
             torch.set_num_threads(int(torch_threads))
-        self.model = load_backbone(backbone, weights=weights).to(self.device)
+        # The context's feature map is the shipped Lite0's: another backbone or weights needs its own pass.
+        self._own_map = backbone != DEFAULT_BACKBONE or weights is not None
+        if self._own_map:
+            self.model = load_backbone(backbone, weights=weights).to(self.device)
+        else:  # the process's one frozen Lite0, which already makes the photo contexts' maps
+            from rlhf.feature_map import frozen_lite0
+
+            self.model = frozen_lite0().to(self.device)
         if not self.model.num_classes:
             raise BackboneWeightsError(f"{weights}: the proxy's content term needs a classifier head")
         self.mean, self.std = input_stats(self.model)
@@ -161,8 +168,6 @@ class ProxyAestheticScorer(AestheticScorer):
         self.max_aspect = float(max_aspect)
         self.min_side_px = int(min_side_px)
         self.detect_faces = bool(detect_faces)
-        # The context's feature map is the shipped Lite0's: another backbone or weights needs its own pass.
-        self._own_map = backbone != DEFAULT_BACKBONE or weights is not None
         self._key = ("proxy", backbone, weights, self.top_k, self.analysis_long_side, self.saliency_long_side,
                      self.detect_faces)
         self._boxes: LRUCache[Any, Any] = LRUCache(box_cache_size)
