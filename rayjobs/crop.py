@@ -33,7 +33,7 @@ from typing import Any
 from rayjobs.cropper import SHEET_HEIGHT, Cropper, CropResult, sheet_pictures, unjpeg
 from rlhf.config import load_run_config, parse_config, run_dir, save_config
 from rlhf.contact_sheet import SheetCell, contact_sheet
-from rlhf.images import HELDOUT_PHOTOS, Box, ImageLoadError, Photo, bundled_photos, load_image, resolve_paths
+from rlhf.images import HELDOUT_PHOTOS, Box, ImageLoadError, Photo, bundled_photos, resolve_paths
 
 JOURNAL = "crops.jsonl"
 # What decides a run's boxes and scores: a resumed run must keep them.
@@ -185,7 +185,7 @@ class RunFolder:
         else:
             for r in last:  # the page that was in progress: draw its photos again (at most one page of them)
                 try:
-                    drawn, crop = sheet_pictures(load_image(r["image"]), tuple(r["box"]))
+                    drawn, crop = sheet_pictures(Photo.from_path(r["image"]), tuple(r["box"]))
                 except ImageLoadError:
                     continue  # gone since: its crop and line stay, the page lacks it
                 self.rows.append([SheetCell(drawn, Path(r["image"]).stem), SheetCell(crop, caption(r))])

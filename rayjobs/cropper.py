@@ -43,10 +43,13 @@ def unjpeg(data: bytes) -> np.ndarray:
         return np.asarray(img.convert("RGB"))
 
 
-def sheet_pictures(pixels: np.ndarray, box: Box) -> tuple[np.ndarray, np.ndarray]:
-    """The photo with its box drawn and the crop, each SHEET_HEIGHT px tall (narrower than a page);
-    pixels at any resolution, the box in the pixels' own coordinates."""
+def sheet_pictures(photo: Photo, box: Box) -> tuple[np.ndarray, np.ndarray]:
+    """The photo with its box (photo pixels) drawn and the crop, each SHEET_HEIGHT px tall (narrower than
+    a page), from the photo's working pixels: a page shows them small."""
     room = MAX_WIDTH - 2 * PAD
+    ctx = context_of(photo)
+    pixels = ctx.work
+    box = clip_box([v * ctx.scale for v in box], pixels.shape[1], pixels.shape[0])
 
     def fit(px: np.ndarray) -> tuple[np.ndarray, float]:
         h, w = px.shape[:2]
@@ -112,8 +115,7 @@ class Cropper:
             record["whole_photo_score"] = round(float(self.scorer.score_boxes(photo, [photo.full_box])[0]), 4)
         if pixels is not None:
             record["crop"] = f"{name}_crop.jpg"
-        ctx = context_of(photo)  # the sheet's pictures from the working pixels: a page shows them small
-        drawn, crop = sheet_pictures(ctx.work, clip_box([v * ctx.scale for v in box], *ctx.work.shape[1::-1]))
+        drawn, crop = sheet_pictures(photo, box)
         l, t, r, b = box
         crop_file = jpeg(pixels[t:b, l:r]) if pixels is not None else b""
         result = CropResult(record, crop_file, jpeg(drawn, 90), jpeg(crop, 90))
