@@ -214,6 +214,33 @@ def load_backbone(name: str = DEFAULT_BACKBONE, weights: str | None = None,
     return model.eval()
 
 
+def for_inference(model: torch.nn.Module) -> torch.nn.Module:
+    """The model with each BatchNorm folded into the convolution before it, in channels-last memory: the
+    same outputs (to float rounding) about a third faster on a CPU core. Inference only (no BatchNorm
+    left to train); in place, returns the model.
+
+    Written here because timm's BatchNormAct2d (BatchNorm and activation in one module) is not a pattern
+    torch.fx's or torch.ao's fusers match; torch's `fuse_conv_bn_eval` does the arithmetic.
+    """
+    from timm.layers import BatchNormAct2d
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    model.eval()
+    for parent in list(model.modules()):
+        conv_name = None
+        for name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.Conv2d):
+                conv_name = name
+            elif isinstance(child, BatchNormAct2d) and conv_name is not None and \
+                    getattr(parent, conv_name).out_channels == child.num_features:
+                setattr(parent, conv_name, fuse_conv_bn_eval(getattr(parent, conv_name), child))
+                setattr(parent, name, torch.nn.Sequential(child.drop, child.act))
+                conv_name = None
+            elif not isinstance(child, torch.nn.Identity):
+                conv_name = None  # anything else between them: not a conv-BN pair
+    return model.to(memory_format=torch.channels_last)
+
+
 def input_stats(model: torch.nn.Module | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) on the [0, 1] scale that `model` expects; EfficientNet-Lite0's when unknown."""
     cfg = getattr(model, "pretrained_cfg", None) or {}

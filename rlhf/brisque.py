@@ -162,10 +162,14 @@ class BrisqueRegions:
             im = grey if s == 0 else cv2.resize(grey, (grey.shape[1] // 2, grey.shape[0] // 2),
                                                 interpolation=cv2.INTER_CUBIC)
             st = _mscn(im)
-            # cv2.integral sums in float64 (exact enough for counts and squares over a whole photo);
-            # kept in float32 to halve the memory.
             maps = [m for x in [st, *_products(st)] for m in _stat_maps(x)]
-            self.tables.append(np.stack([cv2.integral(m, sdepth=cv2.CV_64F) for m in maps]).astype(np.float32))
+            # Summed in float32, straight into one array: counts stay exact (below 2^24 pixels) and a
+            # box's sums of squares and magnitudes lose ~1e-6 of the photo's total, far below what the
+            # AGGD fit resolves; float64 sums copied down to float32 took five times as long.
+            tables = np.empty((len(maps), im.shape[0] + 1, im.shape[1] + 1), dtype=np.float32)
+            for m, out in zip(maps, tables, strict=True):
+                cv2.integral(m, sum=out, sdepth=cv2.CV_32F)
+            self.tables.append(tables)
 
     def _stats(self, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n = len(boxes)

@@ -15,6 +15,9 @@ FACE_CASCADE = Path(__file__).resolve().parent / "data" / "faces" / "lbpcascade_
 # Long side the detector runs at (faces smaller than 1/16 of its short side are not people the crop is
 # about); 384 finds the same heads as 512 on the 29 bundled photos at about a third of the time.
 FACE_LONG_SIDE = 384
+# Scale step of the detector's image pyramid: 1.2 finds the same heads as 1.1 on the bundled photos and
+# their framings at half the time (the cascade tolerates a face between two pyramid levels).
+FACE_SCALE_STEP = 1.2
 _LOCK = threading.Lock()  # a cascade classifier is not safe to call from two threads at once
 
 
@@ -34,7 +37,7 @@ def detect_heads(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
     grey = cv2.equalizeHist(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY))
     min_side = max(20, min(grey.shape) // 16)
     with _LOCK:
-        found = _detector().detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5, minSize=(min_side, min_side))
+        found = _detector().detectMultiScale(grey, scaleFactor=FACE_SCALE_STEP, minNeighbors=5, minSize=(min_side, min_side))
     out = []
     for x, y, fw, fh in np.asarray(found, dtype=np.float64).reshape(-1, 4) / s:
         m = 0.25 * max(fw, fh)

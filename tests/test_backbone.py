@@ -12,6 +12,7 @@ from rlhf.backbone import (
     BackboneWeightsError,
     classify,
     embed,
+    for_inference,
     load_backbone,
     preprocess,
     shipped_lite0_path,
@@ -126,3 +127,19 @@ def test_clear_errors(tmp_path):
         load_backbone("test_resnet", weights=str(other))
     with pytest.raises(ValueError, match="unknown timm model"):
         load_backbone("no_such_model_xyz", weights="random")
+
+
+def test_inference_form_folds_every_batchnorm_and_keeps_the_outputs(lite0, photos):
+    """BatchNorm folded into the convolutions (none left), channels-last: the same feature maps and
+    logits on real photos, at two aspects (the tf_ variant's SAME padding depends on the input size)."""
+    fused = for_inference(load_backbone())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    for name, size in (("chelsea", (240, 320)), ("rocket", (320, 208))):
+        img = resize(photos[name], (size[1], size[0]))
+        x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float().div(255.0)
+        x = (x - 127.0 / 255.0) / (128.0 / 255.0)
+        with torch.inference_mode():
+            ref, got = lite0.forward_features(x), fused.forward_features(x.contiguous(memory_format=torch.channels_last))
+            assert ref.shape == got.shape
+            assert (ref - got).abs().max().item() < 1e-3 * max(1.0, ref.abs().max().item())
+            assert torch.equal(lite0(x).argmax(1), fused(x).argmax(1))
