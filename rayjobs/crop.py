@@ -3,6 +3,8 @@
     photographer crop --policy results/boot --image photos/ --out results/crops
     photographer crop --policy results/boot --image photos/ --out results/crops --resume
                                                   # after a stop or a kill: only the photos not yet done
+    photographer crop --policy results/boot --human_reward_model results/reward/human_reward_model.pth
+                                                  # steered by a person's reward model, no fine-tuning
 
 Photos are listed by path and loaded one at a time, so memory does not grow with the library. The
 run folder holds each crop (`<name>_crop.jpg`), `crops.jsonl` and contact sheets
@@ -37,7 +39,10 @@ from rlhf.images import HELDOUT_PHOTOS, Box, ImageLoadError, Photo, bundled_phot
 
 JOURNAL = "crops.jsonl"
 # What decides a run's boxes and scores: a resumed run must keep them.
-RESULT_FIELDS = ("policy", "scorer", "scorer_weights", "score", "deterministic", "seed", "write_crops")
+RESULT_FIELDS = ("policy", "human_reward_model", "w_human", "scorer", "scorer_weights", "score", "deterministic",
+                 "seed", "write_crops")
+# Paths among them, compared resolved.
+_PATH_FIELDS = ("policy", "human_reward_model")
 
 
 def _heldout() -> list[str]:
@@ -54,6 +59,11 @@ class CropConfig:
 
     policy: str = field(default="", metadata={"help": "policy checkpoint or run folder (newest checkpoint); "
                                                       "required"})
+    human_reward_model: str | None = field(default=None, metadata={
+        "help": "steer the policy with this human_reward_model.pth, no fine-tuning (the few-pairs path): its "
+                "lookahead then observes (1 - w_human) * aesthetic + w_human * human score; default none"})
+    w_human: float = field(default=0.3, metadata={
+        "help": "with --human_reward_model: the human score's weight in what steers the policy"})
     image: list[str] = field(default_factory=_heldout, metadata={"help": "photos: files, folders or globs",
                                                                          "help_default": "the bundled held-out photos"})
     out: str | None = field(default=None, metadata={"help": "output folder (default results/crop-<time>)"})
@@ -85,6 +95,10 @@ class CropConfig:
             raise ValueError("--policy is required: a checkpoint or a run folder")
         if self.sheet_rows < 1 or self.actors < 1 or self.batch_size < 1:
             raise ValueError("--sheet_rows, --actors and --batch_size must be at least 1")
+        if not 0.0 <= self.w_human <= 1.0:
+            raise ValueError(f"--w_human must be in [0, 1], got {self.w_human}")
+        if self.human_reward_model and not Path(self.human_reward_model).is_file():
+            raise ValueError(f"--human_reward_model {self.human_reward_model}: no such file")
 
 
 def check_resumable(cfg: CropConfig, out: Path) -> None:
@@ -94,16 +108,16 @@ def check_resumable(cfg: CropConfig, out: Path) -> None:
     if not cfg.resume:
         raise ValueError(f"{out} holds a crop run: add --resume to continue it, or give a new --out")
     saved = load_run_config(out) if (out / "config.json").is_file() else {}
-    now = {**asdict(cfg), "policy": _resolved(cfg.policy)}
-    before = {**saved, "policy": _resolved(saved.get("policy", ""))}
+    now = {**asdict(cfg), **{k: _resolved(getattr(cfg, k)) for k in _PATH_FIELDS}}
+    before = {**saved, **{k: _resolved(saved[k]) for k in _PATH_FIELDS if k in saved}}
     changed = [k for k in RESULT_FIELDS if k in before and before[k] != now[k]]
     if changed:
         raise ValueError(f"--resume: {out} was cropped with {', '.join(f'--{k} {before[k]}' for k in changed)}; "
                          "resume with the same settings, or give a new --out")
 
 
-def _resolved(path: str) -> str:
-    return str(Path(path).expanduser().resolve()) if path else ""
+def _resolved(path: str | None) -> str | None:
+    return str(Path(path).expanduser().resolve()) if path else None
 
 
 def crop_photos(policy: Any, photos: list[Photo], deterministic: bool = True,
@@ -237,7 +251,7 @@ class RunFolder:
 
 def results_in_process(cfg: CropConfig, todo: Iterable[tuple[str, str]]) -> Iterator[CropResult]:
     cropper = Cropper(cfg.policy, cfg.scorer, cfg.scorer_weights, cfg.score, cfg.deterministic, cfg.seed,
-                      write_crops=cfg.write_crops)
+                      write_crops=cfg.write_crops, human_reward_model=cfg.human_reward_model, w_human=cfg.w_human)
     for path, name in todo:
         yield cropper.crop(path, name)
 
@@ -248,12 +262,18 @@ def run(cfg: CropConfig) -> Path:
     from rlhf.policy import latest_checkpoint
 
     source = latest_checkpoint(cfg.policy)  # fails now, not in an actor, when there is no policy
+    if cfg.human_reward_model:  # and when it cannot be steered, or the reward model is unusable
+        from rlhf.policy import CropPolicy
+
+        CropPolicy.load(source).steered(cfg.human_reward_model, cfg.w_human)
     out = run_dir(cfg.out, "crop")
     check_resumable(cfg, out)
     save_config(cfg, out)
     paths = resolve_paths(cfg.image)
     names = crop_names(paths)
-    folder = RunFolder(out, cfg.sheet_rows, f"{source}  ({cfg.scorer} scorer, 1-10)" if cfg.score else str(source))
+    title = f"{source} steered by {cfg.human_reward_model} (w_human {cfg.w_human})" if cfg.human_reward_model \
+        else str(source)
+    folder = RunFolder(out, cfg.sheet_rows, f"{title}  ({cfg.scorer} scorer, 1-10)" if cfg.score else title)
     todo = [(str(p), names[str(p)]) for p in paths if str(p) not in folder.done]
     if cfg.resume:
         print(f"resuming {out}: {len(paths) - len(todo)} of {len(paths)} photos already done", flush=True)
@@ -262,7 +282,8 @@ def run(cfg: CropConfig) -> Path:
 
         settings = {"policy": _resolved(cfg.policy), "scorer": cfg.scorer,
                     "scorer_weights": cfg.scorer_weights, "score": cfg.score, "deterministic": cfg.deterministic,
-                    "seed": cfg.seed, "write_crops": cfg.write_crops}
+                    "seed": cfg.seed, "write_crops": cfg.write_crops,
+                    "human_reward_model": _resolved(cfg.human_reward_model), "w_human": cfg.w_human}
         results = results_with_ray(settings, todo, cfg.actors, cfg.batch_size, cfg.num_gpus_per_actor)
     else:
         results = results_in_process(cfg, todo)

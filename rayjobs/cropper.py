@@ -62,11 +62,13 @@ def sheet_pictures(photo: Photo, box: Box) -> tuple[np.ndarray, np.ndarray]:
 
 
 class Cropper:
-    """The policy and its models, cropping one photo at a time (in this process, or in each Ray Data actor)."""
+    """The policy and its models, cropping one photo at a time (in this process, or in each Ray Data actor).
+
+    With ``human_reward_model`` the policy is steered by it (CropPolicy.steered, weight ``w_human``)."""
 
     def __init__(self, policy: str, scorer: str = "default", scorer_weights: str | None = None,
                  score: bool = True, deterministic: bool = True, seed: int = 0, device: str = "cpu",
-                 write_crops: bool = True):
+                 write_crops: bool = True, human_reward_model: str | None = None, w_human: float = 0.3):
         # oneDNN keeps compiled kernels per input shape (1024 by default); every photo's aspect is a new
         # shape for the backbone, so the default lets a long crop grow by a few hundred MB. Read lazily,
         # at the first convolution, so setting it here still counts.
@@ -74,6 +76,8 @@ class Cropper:
         from rlhf.policy import CropPolicy
 
         self.policy = CropPolicy.load(policy)
+        if human_reward_model:  # the few-pairs path: the reward model steers the lookahead
+            self.policy = self.policy.steered(human_reward_model, w_human)
         if self.policy.reward and device != "cpu":
             self.policy.reward = {**self.policy.reward, "device": device}  # the lookahead's models on the GPU
         self.scorer_name, self.scorer_weights, self.device = scorer, scorer_weights, device

@@ -3,6 +3,8 @@ and, with --taste, a SIMULATED taste's verdict (how often it prefers each policy
 
     photographer evaluate --policies results/bootstrap-... results/finetune-... --names bootstrap final \\
         --image unseen/ --preference_data heldout.sqlite --human_reward_model .../human_reward_model.pth
+    photographer evaluate --policies results/bootstrap-... --steer --human_reward_model ... --taste tight
+                                  # the bootstrap against itself steered by the reward model (no fine-tuning)
 
 Writes report.md, comparison.png (per photo, each policy's crop with its scores; split into
 comparison_001.png, ... when long), scores.png (bar plots) and eval.json into --out, or by default
@@ -45,6 +47,11 @@ class EvalConfig:
         "help": "use this annotator's answers in --preference_data (default: consensus)"})
     human_reward_model: str | None = field(default=None, metadata={
         "help": "human_reward_model.pth whose human score of each crop to report (default: none)"})
+    steer: bool = field(default=False, metadata={
+        "help": "also evaluate the first policy steered by --human_reward_model, no fine-tuning (the few-pairs "
+                "path, photographer crop --human_reward_model), as one more policy named '<first>+steered'"})
+    w_human: float = field(default=0.3, metadata={"help": "with --steer: the human score's weight in what "
+                                                          "steers the policy"})
     taste: str | None = field(default=None, metadata={
         "help": "a SIMULATED taste of rlhf/simulated.py (e.g. tight) whose verdict to report: the share of "
                 "photos where it prefers each policy's crop to the first policy's, ties half (default: none)"})
@@ -64,6 +71,8 @@ class EvalConfig:
                             ("--human_reward_model", self.human_reward_model)):
             if value and not Path(value).exists():
                 raise ValueError(f"{flag} {value}: no such file")
+        if self.steer and not self.human_reward_model:
+            raise ValueError("--steer needs --human_reward_model: the reward model that steers the policy")
         if self.taste is not None:
             from rlhf.simulated import TASTES
 
@@ -221,9 +230,12 @@ def run(cfg: EvalConfig) -> Path:
 
         pairs = load_preference_data(cfg.preference_data, annotator=cfg.annotator)
     names = cfg.names or [_name(p) for p in cfg.policies]
+    policies = [CropPolicy.load(path) for path in cfg.policies]
+    if cfg.steer:
+        policies.append(policies[0].steered(cfg.human_reward_model, cfg.w_human))
+        names = [*names, f"{names[0]}+steered"]
     evals = []
-    for path, name in zip(cfg.policies, names, strict=True):
-        policy = CropPolicy.load(path)
+    for policy, name in zip(policies, names, strict=True):
         e = evaluate_policy(policy, photos, scorer, reward_model, pairs, name=name, seed=cfg.seed)
         evals.append(e)
         line = f"{name}: aesthetic {_fmt(e.aesthetic_mean)} (whole photo {_fmt(e.whole_photo_aesthetic_mean)})"

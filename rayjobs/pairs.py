@@ -2,6 +2,7 @@
 
     photographer pairs --policy results/bootstrap-... --image photos/ --num_pairs 100 --out DIR
     photographer pairs --policy ... --select uncertain --human_reward_model DIR/human_reward_model.pth
+    photographer pairs --policy BOOT --steer --human_reward_model ...   # from the bootstrap steered by it
 
 Candidates per photo: the policy's greedy crop, the final and a mid-episode box of stochastic
 rollouts (mid-episode boxes are wider: the episode starts from the whole photo), the whole photo,
@@ -70,7 +71,12 @@ class PairsConfig:
                                                      "uncertain: the pairs the reward model is least sure about",
                                                      "choices": list(SELECT_MODES)})
     human_reward_model: str | None = field(default=None, metadata={"help": "human_reward_model.pth "
-                                                                   "(needed by --select uncertain)"})
+                                                                   "(needed by --select uncertain and --steer)"})
+    steer: bool = field(default=False, metadata={
+        "help": "propose crops with the policy steered by --human_reward_model (the few-pairs path's policy, "
+                "photographer crop --human_reward_model)"})
+    w_human: float = field(default=0.3, metadata={"help": "with --steer: the human score's weight in what "
+                                                          "steers the policy"})
     thumb_size: int = field(default=320, metadata={"help": "longest side of the crop thumbnails"})
     sheet_pairs: int = field(default=8, metadata={"help": "pairs shown in pairs_sheet.png"})
     seed: int = field(default=0, metadata={"help": "random seed (rollouts, perturbations, A/B order)"})
@@ -88,9 +94,10 @@ class PairsConfig:
             raise ValueError(f"rollouts must be >= 1, got {self.rollouts}")
         if self.select not in SELECT_MODES:
             raise ValueError(f"select must be one of {SELECT_MODES}, got {self.select!r}")
-        if self.select == "uncertain":
+        if self.select == "uncertain" or self.steer:
             if not self.human_reward_model:
-                raise ValueError("--select uncertain needs --human_reward_model (a trained reward model)")
+                raise ValueError(f"--{'select uncertain' if self.select == 'uncertain' else 'steer'} needs "
+                                 "--human_reward_model (a trained reward model)")
             if not Path(self.human_reward_model).is_file():
                 raise ValueError(f"--human_reward_model {self.human_reward_model}: no such file")
         if self.thumb_size < 32:
@@ -310,6 +317,8 @@ def run(cfg: PairsConfig) -> Path:
     store = PreferenceStore(store_path)  # opened first: a bad store fails before any work
     known = _known_pairs(store)
     policy = CropPolicy.load(cfg.policy)
+    if cfg.steer:
+        policy = policy.steered(cfg.human_reward_model, cfg.w_human)
     photos = load_collection(cfg.image)
     env = policy_env(policy, photos)
     min_area = float(env.cfg.min_area) * 0.8  # perturbations may go a little below the policy's floor

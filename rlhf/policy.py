@@ -175,6 +175,31 @@ class CropPolicy:
         check_observation_space(module, env_config, ckpt)
         return cls(module, env_config, ckpt, config.get("reward"))
 
+    def steered(self, human_reward_model: str | Path, w_human: float = 0.3) -> CropPolicy:
+        """This policy with a person's reward model in its lookahead, no fine-tuning (the few-pairs path).
+
+        A lookahead policy observes what each move pays; here that is ``(1 - w_human) * (score - 1) / 9
+        + w_human * human_score`` (the combined reward of rlhf.reward, with this policy's own aesthetic
+        scorer), so the gain it learned in stage 1 moves its crops toward the person's taste. The same
+        module and env settings are shared with this policy; only the reward it observes differs.
+        """
+        from rlhf.reward import COMBINED, RewardSpec, build_reward
+
+        if not self.env_config.get("lookahead"):
+            raise ValueError(f"{self.source}: this policy does not observe what each move pays (it was trained "
+                             "with --no-lookahead), so a reward model cannot steer it; fine-tune it instead "
+                             "(photographer finetune)")
+        if not self.reward:
+            raise ValueError(f"{self.source}: its run folder's config.json names no reward, so its lookahead "
+                             "cannot be steered")
+        if not 0.0 <= w_human <= 1.0:
+            raise ValueError(f"--w_human must be in [0, 1], got {w_human}")
+        spec = RewardSpec(**{**self.reward, "kind": COMBINED, "service": None,
+                             "human_reward_model": str(Path(human_reward_model).expanduser().resolve()),
+                             "w_nima": 1.0 - w_human, "w_human": w_human})
+        build_reward(spec)  # loads the reward model now: a bad file fails here, with its reason, not mid-crop
+        return CropPolicy(self.module, self.env_config, self.source, spec.to_dict())
+
     @torch.inference_mode()
     def act(self, obs: dict[str, np.ndarray], deterministic: bool = True,
             rng: np.random.Generator | None = None) -> int:

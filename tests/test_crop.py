@@ -165,3 +165,79 @@ def test_help_shows_each_default():
     text = " ".join(proc.stdout.split())
     assert "--resume" in text and "(default: on when RAY_ADDRESS is set)" in text
     assert "photos per contact-sheet page (default: 16)" in text
+
+
+# --- the few-pairs path: the bootstrap steered by a reward model, no fine-tuning ---------------------
+
+@pytest.fixture(scope="module")
+def wide_model(folder, tmp_path_factory) -> Path:
+    """A real reward model of a SIMULATED 'wide' taste, trained on random crop pairs of the library."""
+    from rlhf.images import load_collection
+    from rlhf.pairs import Pair, pair_id
+    from rlhf.preference import RewardTrainConfig, examples_from_pairs, train_reward_model
+    from rlhf.simulated import SimulatedAnnotator
+
+    photos = load_collection([str(folder)])
+    rng = np.random.default_rng(0)
+    taste = SimulatedAnnotator("wide", noise=0.0)
+
+    def box(p):
+        w, h = rng.uniform(0.3, 1.0) * p.width, rng.uniform(0.3, 1.0) * p.height
+        x, y = rng.uniform(0, p.width - w), rng.uniform(0, p.height - h)
+        return (int(x), int(y), int(x + w), int(y + h))
+
+    pairs = []
+    for i in range(32):
+        p = photos[i % len(photos)]
+        a, b = box(p), box(p)
+        pairs.append(Pair(pair_id(p.id, a, b), p.id, a, b, taste.choose(p, a, b)))
+    model, _ = train_reward_model(examples_from_pairs(pairs), RewardTrainConfig(
+        epochs=30, val_fraction=0.0, cv_folds=0, l1=[1.0], label_noise=[0.0], embed_dim=2), log=None)
+    return model.save(tmp_path_factory.mktemp("wide") / "human_reward_model.pth")
+
+
+def _area(out: Path) -> float:
+    return float(np.mean([(r["box"][2] - r["box"][0]) * (r["box"][3] - r["box"][1]) / (r["size"][0] * r["size"][1])
+                          for r in read_journal(out / JOURNAL)]))
+
+
+def test_few_pairs_crop_is_steered_and_records_its_steering(policy, folder, reference, wide_model, tmp_path):
+    """crop --human_reward_model: the bootstrap's lookahead observes the reward model too, so a 'wide' taste
+    at full weight widens its crops; the steering is recorded in config.json, and --resume refuses a change."""
+    steered = CropConfig(policy=str(policy), image=[str(folder)], out=str(tmp_path / "steered"), sheet_rows=3,
+                         ray=False, human_reward_model=str(wide_model), w_human=1.0)
+    out = run(steered)
+    records = read_journal(out / JOURNAL)
+    assert len(records) == N_PHOTOS and all(1.0 <= r["score"] <= 10.0 for r in records)
+    assert _boxes(out) != _boxes(reference)
+    assert _area(out) > _area(reference)
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["human_reward_model"], saved["w_human"]) == (str(wide_model), 1.0)
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match="was cropped with --w_human 1.0"):
+        run(replace(steered, resume=True, w_human=0.5))
+    with pytest.raises(ValueError, match="was cropped with --human_reward_model None"):
+        run(CropConfig(policy=str(policy), image=[str(folder)], out=str(reference), sheet_rows=3, ray=False,
+                       resume=True, human_reward_model=str(wide_model)))
+    run(replace(steered, resume=True))  # the same steering resumes (nothing left to do)
+    assert len(read_journal(out / JOURNAL)) == N_PHOTOS
+
+
+def test_steering_needs_a_lookahead_policy_and_a_reward_model_file(policy, folder, wide_model, tmp_path):
+    import torch
+
+    from rlhf.policy import CropPolicy
+
+    blind = CropPolicy(torch.nn.Identity(), {"lookahead": False}, Path("run/ckpt"), {"kind": "aesthetic"})
+    with pytest.raises(ValueError, match="cannot steer it; fine-tune it instead"):
+        blind.steered(wide_model)
+    bad = tmp_path / "bad.pth"
+    bad.write_text("not a model")
+    with pytest.raises(ValueError, match="not a readable human reward model"):
+        run(CropConfig(policy=str(policy), image=[str(folder)], out=str(tmp_path / "bad"), ray=False,
+                       human_reward_model=str(bad)))
+    with pytest.raises(ValueError, match="no such file"):
+        CropConfig(policy=str(policy), human_reward_model=str(tmp_path / "missing.pth"))
+    with pytest.raises(ValueError, match="--w_human must be in"):
+        CropConfig(policy=str(policy), human_reward_model=str(wide_model), w_human=1.5)
