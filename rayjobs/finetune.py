@@ -9,11 +9,16 @@ its observations keep their meaning. An env flag given on the command line overr
 (e.g. `--random_start 0` or `--max_steps 12`), except the settings the policy is tied to
 (CropEnvConfig.fixed_by_policy: obs_size, grid, saliency, box_mask, features, colour_cues, lookahead),
 which must match.
+
+With --min_kept (default 0.95) stage 3 keeps that share of the bootstrap's aesthetic score by itself:
+the aesthetic weight rises by a Lagrange multiplier while its crops keep less (rlhf/kept.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import time
 from collections.abc import Set
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +28,11 @@ from rayjobs.ppo import CheckpointSettings, PPOSettings, init_ray, train
 from rlhf.config import load_run_config, parse_config_given, run_dir
 from rlhf.env import CropEnvConfig
 from rlhf.images import resolve_paths
+from rlhf.kept import REFERENCE, KeptConstraint, reference_scores
 from rlhf.policy import FROZEN_PARTS, latest_checkpoint, run_folder_of
 from rlhf.reward import COMBINED, RewardSpec
+
+REFERENCE_FILE = "aesthetic_reference.json"  # in the run folder: the bootstrap's aesthetic score per photo
 
 # The env flags of a stage-3 run print this as their default: unless given, the policy's run decides.
 FROM_POLICY = "the policy's run config"
@@ -59,6 +67,13 @@ class Stage3Settings:
         "help": "parts of the bootstrap policy kept fixed in stage 3: none | features (the conv tower and the Lite0 "
                 "projection: what it learned to see in stage 1) | trunk (all but the policy and value heads)",
         "choices": list(FROZEN_PARTS)})
+    min_kept: float = field(default=0.95, metadata={
+        "help": "share of the bootstrap's aesthetic score (1-10, its greedy crops of the training photos) stage 3 "
+                "keeps: a Lagrange multiplier added to w_nima rises while the crops keep less (rlhf/kept.py); "
+                "0 = off, the fixed weights alone. Logged as kept and kept_lambda in progress.csv"})
+    kept_lr: float = field(default=10.0, metadata={
+        "help": "step of the multiplier per PPO iteration per unit of kept share below --min_kept: at 10, an "
+                "iteration that keeps 0.92 of 0.95 raises it by 0.3"})
 
     def validate(self) -> None:
         """The stage's own __post_init__ calls it: a part's default instance has no policy yet."""
@@ -70,6 +85,24 @@ class Stage3Settings:
             raise ValueError(f"--freeze must be one of {list(FROZEN_PARTS)}, got {self.freeze!r}")
         if self.ref_kl < 0:
             raise ValueError(f"--ref_kl must be >= 0, got {self.ref_kl}")
+        if not 0.0 <= self.min_kept <= 1.0 or self.kept_lr <= 0:
+            raise ValueError(f"--min_kept must be in [0, 1] and --kept_lr > 0, got {self.min_kept}, {self.kept_lr}")
+
+    def kept_constraint(self, env: dict, out: Path, resume: bool = False) -> KeptConstraint | None:
+        """With --min_kept, the constraint, and `env` given the bootstrap's aesthetic scores to keep (written
+        to `out`/aesthetic_reference.json, which a resumed run reuses)."""
+        if not self.min_kept:
+            return None
+        path = out / REFERENCE_FILE
+        if resume and path.is_file():
+            env[REFERENCE] = json.loads(path.read_text())
+        else:
+            t = time.time()
+            env[REFERENCE] = reference_scores(latest_checkpoint(self.policy), env)
+            path.write_text(json.dumps(env[REFERENCE], indent=1) + "\n")
+            print(f"stage 3 keeps >= {self.min_kept} of the bootstrap's aesthetic score: its greedy crops of "
+                  f"{len(env[REFERENCE])} training photos and framings scored in {time.time() - t:.0f}s", flush=True)
+        return KeptConstraint(self.min_kept, self.kept_lr)
 
 
 @dataclass
@@ -134,9 +167,10 @@ def run(cfg: FinetuneConfig, given: Set[str] = frozenset()) -> Path:
         save_run_config(cfg, env, out)
         print(f"stage 3 (finetune): from {latest_checkpoint(cfg.stage3.policy)}, reward = {cfg.w_nima}*(nima-1)/9 + "
               f"{cfg.w_human}*human, out={out}", flush=True)
+        kept = cfg.stage3.kept_constraint(env, out, cfg.resume)
         return train(cfg.ppo, env, out, checkpoints=cfg.checkpoints, resume=cfg.resume,
                      init_policy=cfg.stage3.policy, ref_kl=cfg.stage3.ref_kl, freeze=cfg.stage3.freeze,
-                     title=f"stage 3: {cfg.w_nima} aesthetic + {cfg.w_human} human")
+                     title=f"stage 3: {cfg.w_nima} aesthetic + {cfg.w_human} human", kept=kept)
     finally:
         release(spec.service)
 

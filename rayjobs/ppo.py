@@ -28,11 +28,13 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
 from rlhf.env import CropEnv, CropEnvConfig
+from rlhf.kept import REFERENCE, KeptConstraint, KeptCropEnv
 from rlhf.policy import FROZEN_PARTS, MODULE_SUBDIR, CropPolicyModule, latest_checkpoint
 
-STATE_FILE = "photographer_state.json"  # in every checkpoint: its iteration and env steps
+STATE_FILE = "photographer_state.json"  # in every checkpoint: its iteration, env steps and kept_lambda
 CSV_FIELDS = ["iteration", "timesteps", "episode_return_mean", "final_score_mean", "start_score_mean",
-              "episode_len_mean", "policy_entropy", "vf_explained_var", "lr", "entropy_coeff", "ref_kl", "seconds"]
+              "episode_len_mean", "policy_entropy", "vf_explained_var", "lr", "entropy_coeff", "ref_kl", "kept",
+              "kept_lambda", "seconds"]
 
 
 def default_env_runners() -> int:
@@ -212,7 +214,7 @@ def build_ppo_config(ppo: PPOSettings, env_config: dict[str, Any], ref_policy: s
     ref_module = str((latest_checkpoint(ref_policy) / MODULE_SUBDIR).resolve()) if ref_kl > 0 else None
     return (
         PPOConfig()
-        .environment(CropEnv, env_config=env_config)
+        .environment(KeptCropEnv if REFERENCE in env_config else CropEnv, env_config=env_config)
         .env_runners(num_env_runners=ppo.num_env_runners, num_envs_per_env_runner=ppo.num_envs_per_env_runner,
                      sample_timeout_s=ppo.sample_timeout_s, rollout_fragment_length="auto")
         .learners(num_learners=learners, num_gpus_per_learner=gpus, learner_class=ReferenceKLLearner,
@@ -386,11 +388,13 @@ OnIteration = Callable[[dict[str, float], "Path | None"], None]
 def train(ppo: PPOSettings, env_config: dict[str, Any], out: Path, *,
           checkpoints: CheckpointSettings | None = None, resume: bool = False,
           init_policy: str | Path | None = None, ref_kl: float = 0.0, freeze: str = "none",
-          title: str = "PPO", on_iteration: OnIteration | None = None) -> Path:
+          title: str = "PPO", on_iteration: OnIteration | None = None, kept: KeptConstraint | None = None) -> Path:
     """Train until ppo.timesteps env steps; returns the newest checkpoint folder.
 
     ref_kl > 0 adds a KL penalty to init_policy, frozen (ReferenceKLLearner); `freeze` keeps those parts
-    of the module fixed (FROZEN_PARTS). `on_iteration` sees each iteration's row and checkpoint.
+    of the module fixed (FROZEN_PARTS). `on_iteration` sees each iteration's row and checkpoint. `kept`
+    (env_config holding rlhf.kept.REFERENCE) sets the aesthetic-kept multiplier after every iteration; the
+    checkpoints keep it, so --resume goes on with it.
     """
     ppo.validate()
     checkpoints = checkpoints or CheckpointSettings()
@@ -420,6 +424,8 @@ def train(ppo: PPOSettings, env_config: dict[str, Any], out: Path, *,
             state = json.loads((ckpt / STATE_FILE).read_text())
             rows = [r for r in _read_progress(progress) if r["iteration"] <= state["iteration"]]
             start_steps = int(state["timesteps"])
+            if kept is not None:
+                kept.multiplier = float(state.get("kept_lambda", 0.0))
             print(f"resumed from {ckpt} at iteration {state['iteration']}, {start_steps} steps", flush=True)
         elif resume:
             print(f"--resume: no checkpoint in {ckpt_dir}; starting fresh", flush=True)
@@ -432,19 +438,24 @@ def train(ppo: PPOSettings, env_config: dict[str, Any], out: Path, *,
         t_start = time.time()
         while steps < ppo.timesteps:
             t0 = time.time()
+            if kept is not None:
+                kept.push(algo)
             result, sampled = train_iteration(algo, ppo.sample_timeout_s)
             iteration += 1
             steps += sampled
-            row = {"timesteps": steps, **summarize(result, iteration, time.time() - t0)}
+            row = {"timesteps": steps, **summarize(result, iteration, time.time() - t0),
+                   **(kept.update(algo) if kept is not None else {})}
             rows.append(row)
             _write_progress(progress, rows)
             print(f"iter {iteration:4d}  steps {steps:7d}/{ppo.timesteps}  return {row['episode_return_mean']:+.4f}"
                   f"  final {row['final_score_mean']:.4f} (photo {row['start_score_mean']:.4f})"
                   f"  len {row['episode_len_mean']:.1f}  entropy {row['policy_entropy']:.3f}"
-                  f"  {row['seconds']:.1f}s", flush=True)
+                  + (f"  kept {row['kept']:.3f} lambda {row['kept_lambda']:.3f}" if kept is not None else "")
+                  + f"  {row['seconds']:.1f}s", flush=True)
             saved = None
             if iteration % checkpoints.checkpoint_every == 0 or steps >= ppo.timesteps:
-                saved = _checkpoint(algo, ckpt_dir, iteration, steps, checkpoints.keep_checkpoints)
+                saved = _checkpoint(algo, ckpt_dir, iteration, steps, checkpoints.keep_checkpoints,
+                                    {"kept_lambda": kept.multiplier} if kept is not None else {})
                 plot_curves(rows, out / "curves.png", title)
             if on_iteration is not None:
                 on_iteration(row, saved)
@@ -463,14 +474,14 @@ def _write_progress(path: Path, rows: list[dict[str, float]]) -> None:
     os.replace(tmp, path)
 
 
-def _checkpoint(algo, ckpt_dir: Path, iteration: int, steps: int, keep: int) -> Path:
+def _checkpoint(algo, ckpt_dir: Path, iteration: int, steps: int, keep: int, state: dict | None = None) -> Path:
     """Write to a temp folder, then rename: a run killed mid-save never leaves a broken newest checkpoint."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     final = ckpt_dir / f"ckpt_{iteration:06d}"
     tmp = ckpt_dir / f".tmp_ckpt_{iteration:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     algo.save_to_path(str(tmp.resolve()))
-    (tmp / STATE_FILE).write_text(json.dumps({"iteration": iteration, "timesteps": steps}))
+    (tmp / STATE_FILE).write_text(json.dumps({"iteration": iteration, "timesteps": steps, **(state or {})}))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     for old in sorted(ckpt_dir.glob("ckpt_*"))[:-keep]:

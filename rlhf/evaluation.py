@@ -14,6 +14,9 @@ Definitions (what the numbers in a report mean):
   excluded, the fraction where the policy's crop is nearer (higher IoU) to the preferred crop of
   the pair than to the other one; a pair where both IoUs are equal counts half. 0.5 is chance
   for a policy that ignores the person's taste. None when no pair qualifies.
+- **aesthetic kept**: ``aesthetic_mean`` of a policy over that of a reference policy (the first one
+  compared, e.g. the bootstrap) on the same photos, both on the 1-10 scale; stage 3 holds it at or
+  above ``--min_kept`` on its training photos (rlhf.kept).
 - **reward-model accuracy**: over the same kind of pairs (any photo), the fraction where the reward
   model ranks the preferred crop higher (equal rewards count half). None without model or pairs.
 """
@@ -240,3 +243,12 @@ def evaluate_policy(policy: Any, photos: Sequence[Photo], scorer: Any, reward_mo
             acc, m = reward_model_accuracy(reward_model, pairs, {p.id: p for p in photos})
             result.reward_model_accuracy, result.reward_model_pairs = (acc if m else None), m
     return result
+
+
+def aesthetic_kept(policy: PolicyEval, reference: PolicyEval) -> float:
+    """The share of `reference`'s aesthetic score `policy` keeps: the ratio of their mean aesthetic scores
+    (1-10) on the same photos; 1.0 for the reference itself, NaN if its mean is not positive."""
+    if policy.photo_ids != reference.photo_ids:
+        raise ValueError(f"aesthetic kept compares crops of the same photos: {policy.name} and {reference.name} "
+                         "were evaluated on different ones")
+    return policy.aesthetic_mean / reference.aesthetic_mean if reference.aesthetic_mean > 0 else float("nan")

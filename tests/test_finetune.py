@@ -167,7 +167,7 @@ def test_ref_kl_keeps_stage3_near_the_bootstrap(bootstrap_run, tmp_path):
     for ref_kl in (0.0, 5.0):
         argv = ["--policy", str(bootstrap_run), "--human_reward_model", model_path, "--timesteps", "512",
                 "--train_batch_size", "128", "--minibatch_size", "32", "--num_epochs", "4", "--lr", "3e-3",
-                "--lr_warmup_steps", "0", "--num_env_runners", "0", "--no-service", "--ref_kl", str(ref_kl), "--out", str(tmp_path / f"kl{ref_kl}")]
+                "--lr_warmup_steps", "0", "--num_env_runners", "0", "--no-service", "--min_kept", "0", "--ref_kl", str(ref_kl), "--out", str(tmp_path / f"kl{ref_kl}")]
         finetune.run(*parse_config_given(finetune.FinetuneConfig, argv))
         runs[ref_kl] = CropPolicy.load(tmp_path / f"kl{ref_kl}")
     with (tmp_path / "kl5.0" / "progress.csv").open() as f:
@@ -213,7 +213,7 @@ def test_freeze_keeps_those_parts_of_the_bootstrap(bootstrap_run, tmp_path):
     for freeze in ("features", "trunk"):
         argv = ["--policy", str(bootstrap_run), "--human_reward_model", model_path, "--timesteps", "256",
                 "--train_batch_size", "128", "--minibatch_size", "64", "--lr", "3e-3", "--lr_warmup_steps", "0",
-                "--num_env_runners", "0", "--no-service", "--freeze", freeze, "--out", str(tmp_path / freeze)]
+                "--num_env_runners", "0", "--no-service", "--min_kept", "0", "--freeze", freeze, "--out", str(tmp_path / freeze)]
         finetune.run(*parse_config_given(finetune.FinetuneConfig, argv))
         tuned = CropPolicy.load(tmp_path / freeze).module.state_dict()
         frozen = {k for k in boot if k.split(".")[0] in FROZEN_PARTS[freeze]}
@@ -250,3 +250,102 @@ def test_env_runners_sample_with_the_restored_policy(bootstrap_run):
             assert np.array_equal(np.asarray(w), boot[k].numpy()), k
     finally:
         algo.stop()
+
+
+def test_the_kept_multiplier_rises_below_the_target_and_stays_at_0_above():
+    """Dual ascent on kept >= min_kept, projected on >= 0 (rlhf.kept.update_multiplier), and the reward
+    it weighs: more aesthetic weight, the same scale (rlhf.reward.combine)."""
+    from rlhf.kept import update_multiplier
+    from rlhf.reward import combine
+
+    assert update_multiplier(0.0, 0.918, 0.95, 10.0) == pytest.approx(0.32)
+    assert update_multiplier(0.32, 0.93, 0.95, 10.0) == pytest.approx(0.52)
+    assert update_multiplier(0.0, 0.976, 0.95, 10.0) == 0.0
+    assert update_multiplier(0.1, 0.976, 0.95, 10.0) == 0.0  # never below 0
+    assert update_multiplier(0.4, float("nan"), 0.95, 10.0) == 0.4  # no episode counted: unchanged
+    spec = RewardSpec(kind="combined", human_reward_model="m.pth", w_nima=0.7, w_human=0.3)
+    aesthetic, human = np.array([5.5, 7.3]), np.array([0.9, 0.2])  # (s - 1) / 9 = 0.5, 0.7
+    assert np.allclose(combine(aesthetic, human, spec), [0.62, 0.55])
+    assert np.array_equal(combine(aesthetic, human, spec, 0.0), combine(aesthetic, human, spec))
+    assert np.allclose(combine(aesthetic, human, spec, 1.0), [(1.7 * 0.5 + 0.3 * 0.9) / 2, (1.7 * 0.7 + 0.3 * 0.2) / 2])
+    assert np.allclose(combine(aesthetic, human, spec, 1e9), [0.5, 0.7])  # all aesthetic, on the same scale
+
+
+def test_the_kept_env_counts_whole_photo_episodes_and_takes_the_multiplier():
+    """KeptCropEnv: each whole-photo episode's final aesthetic score against the reference, and a new
+    multiplier rescoring the episode in progress (its next reward is a change of the new objective)."""
+    from rlhf.env import Action
+    from rlhf.images import bundled_photos, load_collection
+    from rlhf.kept import MULTIPLIER, REFERENCE, KeptCropEnv
+
+    class Terms:  # aesthetic rises with the box's width, the human score with its height: they pull apart
+        def terms(self, photo, boxes):
+            w = np.array([(b[2] - b[0]) / photo.width for b in boxes])
+            h = np.array([(b[3] - b[1]) / photo.height for b in boxes])
+            return {"aesthetic": 1 + 9 * w, "human": 1 - h}
+
+    photos = load_collection(bundled_photos(["chelsea"]))
+    spec = RewardSpec(kind="combined", human_reward_model="m.pth").to_dict()
+    env = KeptCropEnv({"reward": spec, REFERENCE: {photos[0].id: 8.0}, MULTIPLIER: 0.5}, reward_fn=Terms(),
+                      photos=photos)
+    assert env.reward_fn.multiplier == 0.5
+    env.reset(seed=0)
+    _, _, _, _, info = env.step(Action.SQUASH_X)  # 0.8 of the width and the full height
+    assert "aesthetic" not in info
+    before = env.score
+    env.set_multiplier(3.0)
+    assert env.score != before and env.score == pytest.approx(float(env.reward_fn(env.photo, [env.pixel_box()])[0]))
+    _, reward, terminated, _, info = env.step(Action.STOP)
+    assert terminated and reward == 0.0
+    assert info["aesthetic"] == pytest.approx(1 + 9 * 0.8, abs=0.05) and info["aesthetic_reference"] == 8.0
+    env.reset(options={"random_start": 1.0})  # an exploring start is not counted
+    env.step(Action.STOP)
+    final, ref, n = env.take_counts()
+    assert n == 1 and ref == 8.0 and final == pytest.approx(info["aesthetic"])
+    assert env.take_counts() == (0.0, 0.0, 0)
+
+
+def _progress(run) -> list[dict]:
+    import csv
+
+    with (run / "progress.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_stage3_keeps_the_aesthetic_score_and_resumes_with_its_multiplier(bootstrap_run, tmp_path):
+    """Real stage-3 runs: progress.csv logs kept and kept_lambda, the multiplier follows the update rule
+    from every iteration's kept share, the checkpoint keeps it and --resume goes on from it (with a
+    remote env runner: pushed to it and counted from it). A target no crop misses leaves it at 0."""
+    import json
+
+    from rayjobs import finetune
+    from rlhf.kept import update_multiplier
+
+    model_path = _simulated_reward_model(tmp_path, epochs=5)
+    run = tmp_path / "kept"
+
+    def stage3(timesteps: int, runners: int, *more: str) -> None:
+        argv = ["--policy", str(bootstrap_run), "--human_reward_model", model_path, "--timesteps", str(timesteps),
+                "--train_batch_size", "128", "--minibatch_size", "64", "--num_epochs", "1", "--lr", "3e-3",
+                "--lr_warmup_steps", "0", "--num_env_runners", str(runners), "--num_envs_per_env_runner", "2",
+                "--no-service", "--checkpoint_every", "1", *more]
+        finetune.run(*parse_config_given(finetune.FinetuneConfig, argv))
+
+    stage3(256, 0, "--min_kept", "1.0", "--kept_lr", "10", "--out", str(run))
+    reference = json.loads((run / "aesthetic_reference.json").read_text())
+    assert sorted(k.rsplit("/", 1)[-1] for k in reference) == ["chelsea.jpg", "coffee.jpg"]
+    saved = json.loads((run / "checkpoints" / "ckpt_000002" / "photographer_state.json").read_text())
+    stage3(512, 1, "--min_kept", "1.0", "--kept_lr", "10", "--out", str(run), "--resume")
+    rows = _progress(run)
+    assert len(rows) == 4 and {"kept", "kept_lambda"} <= rows[0].keys()
+    kept = [float(r["kept"]) for r in rows]
+    lam = [float(r["kept_lambda"]) for r in rows]
+    assert all(0.5 < k < 1.5 for k in kept), kept
+    assert saved["kept_lambda"] == pytest.approx(lam[1])
+    for i, (k, m) in enumerate(zip(kept, lam, strict=True)):
+        assert m == pytest.approx(update_multiplier(lam[i - 1] if i else 0.0, k, 1.0, 10.0)), (i, kept, lam)
+    if min(kept) < 1.0:
+        assert max(lam) > 0
+
+    stage3(128, 0, "--min_kept", "0.05", "--out", str(tmp_path / "easy"))
+    assert [float(r["kept_lambda"]) for r in _progress(tmp_path / "easy")] == [0.0]

@@ -64,10 +64,22 @@ def rescale_aesthetic(scores: np.ndarray) -> np.ndarray:
     return (np.asarray(scores, dtype=np.float64) - 1.0) / 9.0
 
 
-def combine(aesthetic: np.ndarray | None, human: np.ndarray | None, spec: RewardSpec) -> np.ndarray:
-    """The reward from the two terms (aesthetic on the 1-10 scale, human in [0, 1])."""
+def combine(aesthetic: np.ndarray | None, human: np.ndarray | None, spec: RewardSpec,
+            multiplier: float = 0.0) -> np.ndarray:
+    """The reward from the two terms (aesthetic on the 1-10 scale, human in [0, 1]).
+
+    multiplier: a combined reward's Lagrange multiplier of "keep the aesthetic score" (rlhf.kept), added
+    to the aesthetic weight: ``(w_nima + m) * a + w_human * h``, rescaled by
+    ``(w_nima + w_human) / (w_nima + m + w_human)``. The rescaling moves the mix towards the aesthetic
+    term without changing the reward's scale, which PPO's learning rate, entropy bonus and value targets
+    were set for; 0 (the default) is the plain weighted sum.
+    """
     if spec.kind == AESTHETIC:
         return rescale_aesthetic(aesthetic)
     if spec.kind == HUMAN:
         return np.asarray(human, dtype=np.float64)
-    return spec.w_nima * rescale_aesthetic(aesthetic) + spec.w_human * np.asarray(human, dtype=np.float64)
+    a, h = rescale_aesthetic(aesthetic), np.asarray(human, dtype=np.float64)
+    if not multiplier:
+        return spec.w_nima * a + spec.w_human * h
+    total = spec.w_nima + spec.w_human
+    return total * ((spec.w_nima + multiplier) * a + spec.w_human * h) / (total + multiplier)

@@ -1,0 +1,148 @@
+"""Stage 3 keeps the aesthetic score by itself: a Lagrange multiplier on "keep >= min_kept of it".
+
+A taste that pulls against the aesthetic score (a tight crop, a subject on the left third) can cost
+more of it than the fixed weights w_nima / w_human foresee, and how much depends on the taste. So,
+as constrained RL does (RCPO, Tessler et al. 2019; PPO-Lagrangian, Ray et al. 2019), stage 3 treats
+"keep at least min_kept of the bootstrap's aesthetic score" as a constraint whose weight adapts:
+
+    reward = (w_nima + lam) * a + w_human * h, rescaled to the weights' sum    (rlhf.reward.combine)
+    kept   = sum of the final crops' aesthetic scores / sum of the bootstrap's  (one iteration's episodes)
+    lam   <- max(0, lam + kept_lr * (min_kept - kept))                           after every iteration
+
+lam stays 0 while stage 3 keeps enough, so then the reward is the plain weighted sum.
+
+- The reference is the bootstrap policy's greedy crop of each training photo and framing, scored
+  once when stage 3 starts (``reference_scores``): the crops `photographer evaluate` compares
+  against. A greedy rollout per photo is cheap (the photo contexts are computed for training anyway),
+  whereas rolling the bootstrap beside every episode would double the sampling.
+- Scores are on the scorer's 1-10 scale, as ``rlhf.evaluation.aesthetic_kept`` reports the kept share.
+- Only episodes that start from the whole photo count: inference starts there, and an exploring start
+  (random_start) begins wherever chance put it.
+- Training episodes sample their actions while the reference is greedy; sampling loses a little of
+  the score, so the constraint binds slightly before the greedy crops fall to min_kept: on the safe side.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rlhf.env import CropEnv, CropEnvConfig
+from rlhf.images import Box, Photo
+from rlhf.reward import AESTHETIC, COMBINED, HUMAN, RewardSpec, combine
+
+# env_config keys: {photo id: the bootstrap's greedy crop's aesthetic score}, and the multiplier to start at.
+REFERENCE = "aesthetic_reference"
+MULTIPLIER = "kept_multiplier"
+
+
+def update_multiplier(multiplier: float, kept: float, min_kept: float, kept_lr: float) -> float:
+    """The multiplier after an iteration that kept `kept` of the reference: dual gradient ascent on the
+    constraint kept >= min_kept, projected on >= 0. NaN `kept` (no episode counted) leaves it."""
+    if math.isnan(kept):
+        return multiplier
+    return max(0.0, multiplier + kept_lr * (min_kept - kept))
+
+
+class MultiplierReward:
+    """A combined reward whose aesthetic weight carries the multiplier (``rlhf.reward.combine``)."""
+
+    def __init__(self, base: Any, spec: RewardSpec, multiplier: float = 0.0):
+        if spec.kind != COMBINED:
+            raise ValueError(f"keeping the aesthetic score needs the combined reward, got {spec.kind!r}")
+        self.base, self.spec, self.multiplier = base, spec, float(multiplier)
+
+    def terms(self, photo: Photo, boxes: Sequence[Box]) -> dict[str, np.ndarray]:
+        return self.base.terms(photo, boxes)
+
+    def __call__(self, photo: Photo, boxes: Sequence[Box]) -> np.ndarray:
+        t = self.base.terms(photo, boxes)
+        return combine(t.get(AESTHETIC), t.get(HUMAN), self.spec, self.multiplier)
+
+
+class KeptCropEnv(CropEnv):
+    """CropEnv paid ``MultiplierReward``, counting each whole-photo episode's final aesthetic score
+    against the bootstrap's (``take_counts``); the multiplier is set between iterations (``set_multiplier``)."""
+
+    def __init__(self, config: dict[str, Any] | None = None, reward_fn=None, photos=None):
+        config = dict(config or {})
+        self.reference: dict[str, float] = dict(config.pop(REFERENCE, None) or {})
+        multiplier = float(config.pop(MULTIPLIER, 0.0))
+        super().__init__(config, reward_fn=reward_fn, photos=photos)
+        self.reward_fn = MultiplierReward(self.reward_fn, RewardSpec(**config["reward"]), multiplier)
+        self._counts = [0.0, 0.0, 0]  # sum of final aesthetic scores, of their references, episodes
+
+    def set_multiplier(self, multiplier: float) -> None:
+        self.reward_fn.multiplier = float(multiplier)
+        if self._context is not None:
+            # An episode that spans two iterations goes on under the new objective: its next reward is
+            # a change of that objective, not a jump between the old and the new one.
+            self._ahead = {}
+            self.score = self._score(self.box)
+
+    def take_counts(self) -> tuple[float, float, int]:
+        """(final aesthetic sum, reference sum, episodes) since the last call."""
+        counts, self._counts = tuple(self._counts), [0.0, 0.0, 0]
+        return counts
+
+    def step(self, action: int):
+        obs, reward, terminated, truncated, info = super().step(action)
+        ref = self.reference.get(self.photo.id)
+        if (terminated or truncated) and not self.explored_start and ref is not None:
+            final = float(self.reward_fn.terms(self.photo, [self.pixel_box()])[AESTHETIC][0])
+            info.update(aesthetic=final, aesthetic_reference=ref)
+            self._counts = [self._counts[0] + final, self._counts[1] + ref, self._counts[2] + 1]
+        return obs, reward, terminated, truncated, info
+
+
+def _sub_envs(runner: Any) -> list[KeptCropEnv]:
+    """The KeptCropEnvs of an RLlib env runner (a runner that samples nothing has none)."""
+    vector = getattr(runner, "env", None)
+    if vector is None:
+        return []
+    return [e.unwrapped for e in getattr(vector.unwrapped, "envs", []) if isinstance(e.unwrapped, KeptCropEnv)]
+
+
+class KeptConstraint:
+    """The driver's side: counts each iteration's kept share from the env runners and sets the multiplier."""
+
+    def __init__(self, min_kept: float, kept_lr: float, multiplier: float = 0.0):
+        if not 0.0 < min_kept <= 1.0 or kept_lr <= 0 or multiplier < 0:
+            raise ValueError(f"need 0 < min_kept <= 1, kept_lr > 0 and multiplier >= 0, got {min_kept}, {kept_lr}, "
+                             f"{multiplier}")
+        self.min_kept, self.kept_lr, self.multiplier = min_kept, kept_lr, float(multiplier)
+        self.kept = float("nan")
+
+    def push(self, algo: Any) -> None:
+        """Every env samples the next iteration with the current multiplier (a restarted runner too)."""
+        m = self.multiplier
+        algo.env_runner_group.foreach_env_runner(lambda r: [e.set_multiplier(m) for e in _sub_envs(r)],
+                                                 local_env_runner=True)
+
+    def update(self, algo: Any) -> dict[str, float]:
+        """After an iteration: its kept share and the new multiplier, as progress.csv's columns."""
+        counts = algo.env_runner_group.foreach_env_runner(lambda r: [e.take_counts() for e in _sub_envs(r)],
+                                                          local_env_runner=True)
+        final, ref, n = (sum(c[i] for runner in counts for c in runner) for i in range(3))
+        self.kept = final / ref if n and ref > 0 else float("nan")
+        self.multiplier = update_multiplier(self.multiplier, self.kept, self.min_kept, self.kept_lr)
+        return {"kept": self.kept, "kept_lambda": self.multiplier}
+
+
+def reference_scores(policy: str | Path, env_config: dict[str, Any]) -> dict[str, float]:
+    """{photo id: aesthetic score (1-10) of the policy's greedy crop} over the photos and framings an env
+    of `env_config` trains on, scored by the aesthetic term of env_config's reward."""
+    from rlhf.evaluation import policy_boxes
+    from rlhf.policy import CropPolicy
+    from rlhf.scorers import create_scorer
+
+    settings = {k: v for k, v in env_config.items() if k in CropEnvConfig.__dataclass_fields__}
+    photos = CropEnv(settings, reward_fn=lambda p, b: np.zeros(len(b))).photos
+    boxes, _ = policy_boxes(CropPolicy.load(policy), photos)
+    spec = RewardSpec(**env_config["reward"])
+    scorer = create_scorer(spec.scorer, weights=spec.scorer_weights, device=spec.device)
+    return {p.id: float(scorer.score_boxes(p, [b])[0]) for p, b in zip(photos, boxes, strict=True)}
