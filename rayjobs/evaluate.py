@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlhf.config import RESULTS_DIR, parse_config, save_config
+from rlhf.evaluation import aesthetic_kept
 from rlhf.images import HELDOUT_PHOTOS, bundled_photos
 
 
@@ -155,12 +156,12 @@ def write_report(evals, photos, cfg: EvalConfig, out: Path, extra: dict | None =
     lines += [f"{len(photos)} photos; aesthetic scorer `{cfg.scorer}`; human reward model "
               f"`{cfg.human_reward_model or 'none'}`; held-out preferences `{cfg.preference_data or 'none'}`"
               + (f" (annotator `{cfg.annotator}`)" if cfg.annotator else "") + ".", ""]
-    lines += ["| policy | aesthetic (crop) | aesthetic (whole photo) | human score | agreement (pairs) | "
-              "ms/photo | source |", "|---|---|---|---|---|---|---|"]
+    lines += ["| policy | aesthetic (crop) | aesthetic kept | aesthetic (whole photo) | human score | "
+              "agreement (pairs) | ms/photo | source |", "|---|---|---|---|---|---|---|---|"]
     for e in evals:
-        lines.append(f"| {e.name} | {_fmt(e.aesthetic_mean)} | {_fmt(e.whole_photo_aesthetic_mean)} | "
-                     f"{_fmt(e.human_mean)} | {_fmt(e.agreement)} ({e.agreement_pairs}) | "
-                     f"{e.ms_per_photo:.1f} | `{e.source}` |")
+        lines.append(f"| {e.name} | {_fmt(e.aesthetic_mean)} | {_fmt(aesthetic_kept(e, evals[0]))} | "
+                     f"{_fmt(e.whole_photo_aesthetic_mean)} | {_fmt(e.human_mean)} | {_fmt(e.agreement)} "
+                     f"({e.agreement_pairs}) | {e.ms_per_photo:.1f} | `{e.source}` |")
     acc = next((e for e in evals if e.reward_model_accuracy is not None), None)
     if acc is not None:
         lines += ["", f"Reward model's accuracy on the held-out pairs: **{_fmt(acc.reward_model_accuracy)}** "
@@ -191,6 +192,8 @@ def write_report(evals, photos, cfg: EvalConfig, out: Path, extra: dict | None =
               "## Definitions", "",
               "- **aesthetic**: the scorer's 1-10 score of the policy's greedy crop; the whole photo's score "
               "is shown for reference.",
+              f"- **aesthetic kept**: the policy's mean aesthetic score over {evals[0].name}'s (the first policy's) "
+              "on the same photos; fine-tuning aims to keep at least 0.95 of it (finetune --min_kept).",
               "- **human score**: sigmoid of the human reward model's centred reward, in [0, 1]; 0.5 is an "
               "average crop of the reward model's training pairs.",
               "- **agreement**: over held-out answered pairs on these photos (ties excluded), the fraction "
@@ -239,6 +242,8 @@ def run(cfg: EvalConfig) -> Path:
         e = evaluate_policy(policy, photos, scorer, reward_model, pairs, name=name, seed=cfg.seed)
         evals.append(e)
         line = f"{name}: aesthetic {_fmt(e.aesthetic_mean)} (whole photo {_fmt(e.whole_photo_aesthetic_mean)})"
+        if evals[0] is not e:
+            line += f", aesthetic kept {_fmt(aesthetic_kept(e, evals[0]))} of {evals[0].name}'s"
         if reward_model is not None:
             line += f", reward model's human score {_fmt(e.human_mean)}"
         if e.agreement_pairs:
@@ -270,6 +275,8 @@ def write_outputs(evals, photos, cfg: EvalConfig, out: Path, extra: dict | None 
     """comparison.png, scores.png, eval.json and report.md for evaluated policies; returns the report.
 
     sheet_photos: the photos comparison.png shows (default: all of them)."""
+    for e in evals:
+        e.extra["aesthetic_kept"] = aesthetic_kept(e, evals[0])
     pages = comparison_sheet(evals, photos if sheet_photos is None else sheet_photos, out / "comparison.png")
     plot_scores(evals, out / "scores.png")
     (out / "eval.json").write_text(json.dumps({"photos": [p.id for p in photos],

@@ -155,8 +155,13 @@ def test_evaluate_two_policies_writes_report_and_plots(setup, tmp_path, capsys):
     # The SIMULATED taste's verdict on the later policy's crops, beside the reward model's score.
     early, late = data["policies"]
     verdict = preferred_rate(SimulatedAnnotator("wide", noise=0.0), photos, early["boxes"], late["boxes"])
-    assert late["extra"] == {"preferred_by_simulated:wide": pytest.approx(verdict)} and early["extra"] == {}
+    kept = late["aesthetic_mean"] / early["aesthetic_mean"]  # the aesthetic score kept, against the first policy
+    assert late["extra"] == {"preferred_by_simulated:wide": pytest.approx(verdict), "aesthetic_kept": pytest.approx(kept)}
+    assert early["extra"] == {"aesthetic_kept": 1.0}
+    assert f"| late | {late['aesthetic_mean']:.3f} | {kept:.3f} |" in report and "**aesthetic kept**" in report
     printed = capsys.readouterr().out
+    assert f"late: aesthetic {late['aesthetic_mean']:.3f} (whole photo" in printed
+    assert f"aesthetic kept {kept:.3f} of early's" in printed
     assert (f"simulated:wide (SIMULATED person, noiseless) prefers late's crop to early's on {verdict:.3f} "
             "of 2 unseen photos") in printed
     assert f"simulated:wide (SIMULATED) prefers late's crop to early's on **{verdict:.3f}** of 2 photos" in report
