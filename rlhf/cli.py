@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train-reward": ("rayjobs.train_reward", "main", "stage 2: train the human reward model on pairs"),
     "finetune": ("rayjobs.finetune", "main", "stage 3: PPO from the bootstrap on the combined reward"),
     "evaluate": ("rayjobs.evaluate", "main", "compare policies on unseen photos; report + pictures"),
+    "round": ("rayjobs.round", "main", "one improvement round: pairs, answers, reward model, policy, evaluation"),
     "tune": ("rayjobs.tune_weights", "main", "Ray Tune sweep of the reward weights"),
     "train-nima": ("rayjobs.train_nima", "main", "train a NIMA scorer on AVA-format data"),
     "demo": ("rayjobs.demo", "main", "the whole loop on the bundled photos (what `make demo` runs)"),
