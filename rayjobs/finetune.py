@@ -28,7 +28,7 @@ from rayjobs.ppo import CheckpointSettings, PPOSettings, init_ray, train
 from rlhf.config import load_run_config, parse_config_given, run_dir
 from rlhf.env import CropEnvConfig
 from rlhf.images import resolve_paths
-from rlhf.kept import REFERENCE, KeptConstraint, reference_scores
+from rlhf.kept import KEPT, reference_scores
 from rlhf.policy import FROZEN_PARTS, latest_checkpoint, run_folder_of
 from rlhf.reward import COMBINED, RewardSpec
 
@@ -88,21 +88,22 @@ class Stage3Settings:
         if not 0.0 <= self.min_kept <= 1.0 or self.kept_lr <= 0:
             raise ValueError(f"--min_kept must be in [0, 1] and --kept_lr > 0, got {self.min_kept}, {self.kept_lr}")
 
-    def kept_constraint(self, env: dict, out: Path, resume: bool = False) -> KeptConstraint | None:
-        """With --min_kept, the constraint, and `env` given the bootstrap's aesthetic scores to keep (written
-        to `out`/aesthetic_reference.json, which a resumed run reuses)."""
+    def keep_aesthetic(self, env: dict, out: Path, resume: bool = False) -> None:
+        """With --min_kept, `env` (RLlib's env_config, with its reward) carries the constraint (rlhf.kept): its
+        settings and the bootstrap's aesthetic scores to keep, written to `out`/aesthetic_reference.json,
+        which a resumed run reuses."""
         if not self.min_kept:
-            return None
+            return
         path = out / REFERENCE_FILE
         if resume and path.is_file():
-            env[REFERENCE] = json.loads(path.read_text())
+            reference = json.loads(path.read_text())
         else:
             t = time.time()
-            env[REFERENCE] = reference_scores(latest_checkpoint(self.policy), env)
-            path.write_text(json.dumps(env[REFERENCE], indent=1) + "\n")
+            reference = reference_scores(latest_checkpoint(self.policy), env)
+            path.write_text(json.dumps(reference, indent=1) + "\n")
             print(f"stage 3 keeps >= {self.min_kept} of the bootstrap's aesthetic score: its greedy crops of "
-                  f"{len(env[REFERENCE])} training photos and framings scored in {time.time() - t:.0f}s", flush=True)
-        return KeptConstraint(self.min_kept, self.kept_lr)
+                  f"{len(reference)} training photos and framings scored in {time.time() - t:.0f}s", flush=True)
+        env[KEPT] = {"reference": reference, "min_kept": self.min_kept, "kept_lr": self.kept_lr}
 
 
 @dataclass
@@ -167,10 +168,10 @@ def run(cfg: FinetuneConfig, given: Set[str] = frozenset()) -> Path:
         save_run_config(cfg, env, out)
         print(f"stage 3 (finetune): from {latest_checkpoint(cfg.stage3.policy)}, reward = {cfg.w_nima}*(nima-1)/9 + "
               f"{cfg.w_human}*human, out={out}", flush=True)
-        kept = cfg.stage3.kept_constraint(env, out, cfg.resume)
+        cfg.stage3.keep_aesthetic(env, out, cfg.resume)
         return train(cfg.ppo, env, out, checkpoints=cfg.checkpoints, resume=cfg.resume,
                      init_policy=cfg.stage3.policy, ref_kl=cfg.stage3.ref_kl, freeze=cfg.stage3.freeze,
-                     title=f"stage 3: {cfg.w_nima} aesthetic + {cfg.w_human} human", kept=kept)
+                     title=f"stage 3: {cfg.w_nima} aesthetic + {cfg.w_human} human")
     finally:
         release(spec.service)
 

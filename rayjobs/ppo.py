@@ -28,7 +28,7 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
 from rlhf.env import CropEnv, CropEnvConfig
-from rlhf.kept import REFERENCE, KeptConstraint, KeptCropEnv
+from rlhf.kept import KEPT, KeptConstraint, KeptCropEnv
 from rlhf.policy import FROZEN_PARTS, MODULE_SUBDIR, CropPolicyModule, latest_checkpoint
 
 STATE_FILE = "photographer_state.json"  # in every checkpoint: its iteration, env steps and kept_lambda
@@ -214,7 +214,7 @@ def build_ppo_config(ppo: PPOSettings, env_config: dict[str, Any], ref_policy: s
     ref_module = str((latest_checkpoint(ref_policy) / MODULE_SUBDIR).resolve()) if ref_kl > 0 else None
     return (
         PPOConfig()
-        .environment(KeptCropEnv if REFERENCE in env_config else CropEnv, env_config=env_config)
+        .environment(KeptCropEnv if env_config.get(KEPT) else CropEnv, env_config=env_config)
         .env_runners(num_env_runners=ppo.num_env_runners, num_envs_per_env_runner=ppo.num_envs_per_env_runner,
                      sample_timeout_s=ppo.sample_timeout_s, rollout_fragment_length="auto")
         .learners(num_learners=learners, num_gpus_per_learner=gpus, learner_class=ReferenceKLLearner,
@@ -388,12 +388,12 @@ OnIteration = Callable[[dict[str, float], "Path | None"], None]
 def train(ppo: PPOSettings, env_config: dict[str, Any], out: Path, *,
           checkpoints: CheckpointSettings | None = None, resume: bool = False,
           init_policy: str | Path | None = None, ref_kl: float = 0.0, freeze: str = "none",
-          title: str = "PPO", on_iteration: OnIteration | None = None, kept: KeptConstraint | None = None) -> Path:
+          title: str = "PPO", on_iteration: OnIteration | None = None) -> Path:
     """Train until ppo.timesteps env steps; returns the newest checkpoint folder.
 
     ref_kl > 0 adds a KL penalty to init_policy, frozen (ReferenceKLLearner); `freeze` keeps those parts
-    of the module fixed (FROZEN_PARTS). `on_iteration` sees each iteration's row and checkpoint. `kept`
-    (env_config holding rlhf.kept.REFERENCE) sets the aesthetic-kept multiplier after every iteration; the
+    of the module fixed (FROZEN_PARTS). `on_iteration` sees each iteration's row and checkpoint. An
+    env_config that carries rlhf.kept's constraint gets its multiplier set after every iteration; the
     checkpoints keep it, so --resume goes on with it.
     """
     ppo.validate()
@@ -414,6 +414,7 @@ def train(ppo: PPOSettings, env_config: dict[str, Any], out: Path, *,
     ckpt_dir = out / "checkpoints"
     progress = out / "progress.csv"
     algo = build_ppo_config(ppo, env_config, ref_policy=init_policy, ref_kl=ref_kl, freeze=freeze).build_algo()
+    kept = KeptConstraint.of(env_config)
     rows: list[dict[str, float]] = []
     start_steps = 0
     try:

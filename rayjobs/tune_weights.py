@@ -59,7 +59,6 @@ from rlhf.config import CONFIG_VERSION, parse_config_given, run_dir
 from rlhf.env import CropEnvConfig
 from rlhf.evaluation import _finite
 from rlhf.images import HELDOUT_PHOTOS, bundled_photos, resolve_paths
-from rlhf.kept import KeptConstraint
 from rlhf.reward import RewardSpec
 
 SEED_POINTS = [0.4, 0.3, 0.2]  # the seed's 60/40, 70/30 and 80/20 (w_nima/w_human) mixes
@@ -199,8 +198,6 @@ class TrialSetup:
     run_config: dict[str, Any] = field(default_factory=dict)  # what the user asked, for config.json
     ref_kl: float = 0.0  # KL penalty to init_policy (rayjobs.ppo.ReferenceKLLearner)
     freeze: str = "none"  # parts of init_policy kept fixed (rlhf.policy.FROZEN_PARTS)
-    min_kept: float = 0.0  # aesthetic share kept by the multiplier (rlhf.kept); env holds its reference
-    kept_lr: float = 10.0
 
 
 def _load_models(setup: TrialSetup):
@@ -249,16 +246,14 @@ def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
             metrics = setup.objective.metrics(ev)
             metrics.update(w_human=w_human, w_nima=1.0 - w_human, lr=ppo.lr, iteration=int(row["iteration"]),
                            resumed_from_iteration=resumed_from, timesteps=int(row["timesteps"]),
-                           report=math.ceil(row["iteration"] / setup.eval_every),
+                           report=math.ceil(row["iteration"] / setup.eval_every), kept_lambda=row.get("kept_lambda"),
                            episode_return_mean=row.get("episode_return_mean", float("nan")),
-                           kept_lambda=row.get("kept_lambda", float("nan")),
                            train_final_score_mean=row.get("final_score_mean", float("nan")))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(out)))
 
-        kept = KeptConstraint(setup.min_kept, setup.kept_lr) if setup.min_kept else None
         train(ppo, env, out, checkpoints=CheckpointSettings(checkpoint_every=setup.eval_every, keep_checkpoints=1),
               resume=checkpoint is not None, init_policy=setup.init_policy, ref_kl=setup.ref_kl, freeze=setup.freeze,
-              title=f"w_human={w_human:.3f}", on_iteration=report, kept=kept)
+              title=f"w_human={w_human:.3f}", on_iteration=report)
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
@@ -319,7 +314,7 @@ def build_setup(cfg: TuneWeightsConfig, out: Path, given: Set[str] = frozenset()
 
     spec = combined_reward(cfg.scoring, cfg.stage3.human_reward_model)
     env = finetune_env(cfg.stage3.policy, cfg.env, cfg.ppo.seed, given, spec)
-    cfg.stage3.kept_constraint(env, out, cfg.resume)  # the trials' envs hold the reference
+    cfg.stage3.keep_aesthetic(env, out, cfg.resume)  # the trials' env_config carries the constraint
     env.pop("reward")
     eval_images = [str(p.resolve()) for p in resolve_paths(cfg.eval_image)]
     pairs = load_preference_data(cfg.preference_data, cfg.annotator) if cfg.preference_data else []
@@ -329,8 +324,7 @@ def build_setup(cfg: TuneWeightsConfig, out: Path, given: Set[str] = frozenset()
     setup = TrialSetup(ppo=asdict(cfg.ppo), env=env, reward=spec.to_dict(),
                        init_policy=str(latest_checkpoint(cfg.stage3.policy)), eval_images=eval_images, pairs=pairs,
                        objective=obj, eval_every=cfg.eval_every, n_reports=cfg.n_reports, run_config=asdict(cfg),
-                       ref_kl=cfg.stage3.ref_kl, freeze=cfg.stage3.freeze, min_kept=cfg.stage3.min_kept,
-                       kept_lr=cfg.stage3.kept_lr)
+                       ref_kl=cfg.stage3.ref_kl, freeze=cfg.stage3.freeze)
     return setup, baseline
 
 

@@ -35,9 +35,9 @@ from rlhf.env import CropEnv, CropEnvConfig
 from rlhf.images import Box, Photo
 from rlhf.reward import AESTHETIC, COMBINED, HUMAN, RewardSpec, combine
 
-# env_config keys: {photo id: the bootstrap's greedy crop's aesthetic score}, and the multiplier to start at.
-REFERENCE = "aesthetic_reference"
-MULTIPLIER = "kept_multiplier"
+# The env_config key of the constraint: {"reference": {photo id: the bootstrap's greedy crop's aesthetic
+# score}, "min_kept": ..., "kept_lr": ...}. The envs read the reference, the training loop the rest.
+KEPT = "aesthetic_kept"
 
 
 def update_multiplier(multiplier: float, kept: float, min_kept: float, kept_lr: float) -> float:
@@ -70,10 +70,9 @@ class KeptCropEnv(CropEnv):
 
     def __init__(self, config: dict[str, Any] | None = None, reward_fn=None, photos=None):
         config = dict(config or {})
-        self.reference: dict[str, float] = dict(config.pop(REFERENCE, None) or {})
-        multiplier = float(config.pop(MULTIPLIER, 0.0))
+        self.reference: dict[str, float] = dict(config.pop(KEPT)["reference"])
         super().__init__(config, reward_fn=reward_fn, photos=photos)
-        self.reward_fn = MultiplierReward(self.reward_fn, RewardSpec(**config["reward"]), multiplier)
+        self.reward_fn = MultiplierReward(self.reward_fn, RewardSpec(**config["reward"]))
         self._counts = [0.0, 0.0, 0]  # sum of final aesthetic scores, of their references, episodes
 
     def set_multiplier(self, multiplier: float) -> None:
@@ -108,7 +107,8 @@ def _sub_envs(runner: Any) -> list[KeptCropEnv]:
 
 
 class KeptConstraint:
-    """The driver's side: counts each iteration's kept share from the env runners and sets the multiplier."""
+    """The training loop's side: counts each iteration's kept share from the env runners and sets the
+    multiplier (``of`` an env_config that carries the constraint)."""
 
     def __init__(self, min_kept: float, kept_lr: float, multiplier: float = 0.0):
         if not 0.0 < min_kept <= 1.0 or kept_lr <= 0 or multiplier < 0:
@@ -116,6 +116,12 @@ class KeptConstraint:
                              f"{multiplier}")
         self.min_kept, self.kept_lr, self.multiplier = min_kept, kept_lr, float(multiplier)
         self.kept = float("nan")
+
+    @classmethod
+    def of(cls, env_config: dict[str, Any]) -> KeptConstraint | None:
+        """The constraint an env_config carries (``KEPT``), or None."""
+        kept = env_config.get(KEPT)
+        return cls(kept["min_kept"], kept["kept_lr"]) if kept else None
 
     def push(self, algo: Any) -> None:
         """Every env samples the next iteration with the current multiplier (a restarted runner too)."""

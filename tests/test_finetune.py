@@ -276,7 +276,7 @@ def test_the_kept_env_counts_whole_photo_episodes_and_takes_the_multiplier():
     multiplier rescoring the episode in progress (its next reward is a change of the new objective)."""
     from rlhf.env import Action
     from rlhf.images import bundled_photos, load_collection
-    from rlhf.kept import MULTIPLIER, REFERENCE, KeptCropEnv
+    from rlhf.kept import KEPT, KeptCropEnv
 
     class Terms:  # aesthetic rises with the box's width, the human score with its height: they pull apart
         def terms(self, photo, boxes):
@@ -286,8 +286,9 @@ def test_the_kept_env_counts_whole_photo_episodes_and_takes_the_multiplier():
 
     photos = load_collection(bundled_photos(["chelsea"]))
     spec = RewardSpec(kind="combined", human_reward_model="m.pth").to_dict()
-    env = KeptCropEnv({"reward": spec, REFERENCE: {photos[0].id: 8.0}, MULTIPLIER: 0.5}, reward_fn=Terms(),
-                      photos=photos)
+    env = KeptCropEnv({"reward": spec, KEPT: {"reference": {photos[0].id: 8.0}, "min_kept": 0.95, "kept_lr": 10.0}},
+                      reward_fn=Terms(), photos=photos)
+    env.set_multiplier(0.5)
     assert env.reward_fn.multiplier == 0.5
     env.reset(seed=0)
     _, _, _, _, info = env.step(Action.SQUASH_X)  # 0.8 of the width and the full height
