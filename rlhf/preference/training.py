@@ -7,6 +7,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -246,6 +247,19 @@ def _choose_l1(cands: Sequence[_Candidate], rule: str) -> tuple[_Candidate, floa
             f"1se: the strongest penalty within one standard error, {se:.4f}, of the lowest held-out loss")
 
 
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Torch on one thread while the head is fitted: its tensors are tiny (a few dozen inputs, batches of a
+    few pairs), so more threads add only a barrier per operation, and on a busy machine each barrier waits
+    for a descheduled thread (a fit then takes many times as long)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def train_reward_model(examples: Sequence[PreferenceExample], cfg: RewardTrainConfig,
                        featurizer: CropFeaturizer | None = None,
                        log: Callable[[str], None] | None = print) -> tuple[PreferenceRewardModel, TrainHistory]:
@@ -286,7 +300,8 @@ def train_reward_model(examples: Sequence[PreferenceExample], cfg: RewardTrainCo
     by_noise: dict[float, list[_Candidate]] = {}
     for eps in cfg.label_noise:
         for l1 in cfg.l1:
-            c = _try(cfg, l1, folds, eps)
+            with _one_thread():
+                c = _try(cfg, l1, folds, eps)
             by_noise.setdefault(eps, []).append(c)
             i = c.best[1] - 1
             if log:
@@ -318,8 +333,9 @@ def train_reward_model(examples: Sequence[PreferenceExample], cfg: RewardTrainCo
         every = np.arange(n)
         norm, data, _ = _standardised(views, y, every, every[:0], fz, cfg)
         run = _epochs(cfg, chosen.l1, data, None, cfg.seed, chosen.label_noise)
-        for _ in range(chosen.best[1]):
-            head, _ = next(run)
+        with _one_thread():
+            for _ in range(chosen.best[1]):
+                head, _ = next(run)
     else:
         norm, data, _ = prepared[0]
         head = RewardHead(norm.out_dim, cfg.hidden).to(fz.device)
