@@ -9,7 +9,6 @@ docs/design.md, "The reward model").
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -187,12 +186,13 @@ class CropFeaturizer:
         # A mirror image has the same colours in the mirrored box: read them off the stored photo.
         colour = colour_box_features(ctx.derived("preference.colour_table", colour_table_of),
                                      [k[1] for k in keys], w, h)
-        maps = [self._saliency(ctx, kind, mirrored) for kind in SALIENCY_MAPS]
+        sal = [self._saliency(ctx, kind, mirrored).features(np.array(seen)) for kind in SALIENCY_MAPS]
+        geo = geometry_features(np.array(seen), w, h)
+        rows = np.concatenate([np.stack([embs[k] for k in keys]), geo, colour, *sal], axis=1).astype(np.float32)
         out = {}
-        for k, box, col in zip(keys, seen, colour, strict=True):
-            hand = [geometry_features(box, w, h), col] + [m.features(box) for m in maps]
-            out[k] = np.concatenate([embs[k], *hand]).astype(np.float32)
-            self._cache.put(k, out[k])
+        for k, row in zip(keys, rows, strict=True):
+            out[k] = row
+            self._cache.put(k, row)
         return out
 
     def _map(self, ctx: PhotoContext, mirrored: bool) -> np.ndarray:
@@ -255,12 +255,15 @@ class CropFeaturizer:
         return self.load_cache_state(torch.load(p, map_location="cpu", weights_only=False))
 
 
-def geometry_features(box: Box, width: int, height: int) -> np.ndarray:
-    """Centre, size, area and log aspect ratio of a box, relative to the photo."""
-    l, t, r, b = box
+def geometry_features(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Centre, size, area and log aspect ratio of boxes (N, 4) relative to the photo: (N, 6); one box (4,)
+    gives (6,)."""
+    arr = np.asarray(boxes, dtype=np.float64)
+    l, t, r, b = arr.reshape(-1, 4).T
     bw, bh = (r - l) / width, (b - t) / height
-    return np.array([(l + r) / 2 / width, (t + b) / 2 / height, bw, bh, bw * bh,
-                     math.log((r - l) / (b - t))], np.float32)
+    out = np.stack([(l + r) / 2 / width, (t + b) / 2 / height, bw, bh, bw * bh, np.log((r - l) / (b - t))],
+                   axis=1).astype(np.float32)
+    return out[0] if arr.ndim == 1 else out
 
 
 def colour_features(crop: np.ndarray) -> np.ndarray:
@@ -375,39 +378,37 @@ class Saliency:
         box = (xs.min() / self._sx, ys.min() / self._sy, (xs.max() + 1) / self._sx, (ys.max() + 1) / self._sy)
         return (cx, cy), box
 
-    def _cells(self, l: float, t: float, r: float, b: float) -> tuple[int, int, int, int]:
+    def _cells(self, l: np.ndarray, t: np.ndarray, r: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, ...]:
         gh, gw = self.grid.shape
-        x0 = min(int(l * self._sx), gw - 1)
-        y0 = min(int(t * self._sy), gh - 1)
-        x1 = min(gw, max(x0 + 1, math.ceil(r * self._sx)))
-        y1 = min(gh, max(y0 + 1, math.ceil(b * self._sy)))
+        x0 = np.minimum(np.floor(l * self._sx).astype(np.int64), gw - 1)
+        y0 = np.minimum(np.floor(t * self._sy).astype(np.int64), gh - 1)
+        x1 = np.minimum(gw, np.maximum(x0 + 1, np.ceil(r * self._sx).astype(np.int64)))
+        y1 = np.minimum(gh, np.maximum(y0 + 1, np.ceil(b * self._sy).astype(np.int64)))
         return x0, y0, x1, y1
 
-    def features(self, box: Box) -> np.ndarray:
-        """The SALIENCY_CUES of a box (see there)."""
-        l, t, r, b = box
+    def features(self, boxes: np.ndarray) -> np.ndarray:
+        """(N, len(SALIENCY_CUES)) cues of boxes (N, 4) in photo pixels (see SALIENCY_CUES), all at once."""
+        l, t, r, b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4).T
         cells = self._cells(l, t, r, b)
         x0, y0, x1, y1 = cells
         mass, mx, my = box_sums(self._ii, *cells)
-        n_cells = (x1 - x0) * (y1 - y0)
-        density = mass * self.grid.size / n_cells
-        if mass > 1e-9:
-            cx = min(max((mx / mass / self._sx - l) / (r - l), 0.0), 1.0)
-            cy = min(max((my / mass / self._sy - t) / (b - t), 0.0), 1.0)
-        else:
-            cx = cy = 0.5
+        density = mass * self.grid.size / ((x1 - x0) * (y1 - y0))
+        has = mass > 1e-9
+        safe = np.where(has, mass, 1.0)
+        cx = np.where(has, np.clip((mx / safe / self._sx - l) / (r - l), 0.0, 1.0), 0.5)
+        cy = np.where(has, np.clip((my / safe / self._sy - t) / (b - t), 0.0, 1.0), 0.5)
         # The densest edge strip, with the env's strip depth: how hard an edge cuts through the subject.
-        edges = framing_cues(self._ii, *cells).edges
+        edges = framing_cues(self._ii, *cells).edges.max(axis=0)
         sl, st, sr, sb = self.subject_box
-        iw = max(0.0, min(sr, r) - max(sl, l))
-        ih = max(0.0, min(sb, b) - max(st, t))
+        iw = np.maximum(0.0, np.minimum(sr, r) - np.maximum(sl, l))
+        ih = np.maximum(0.0, np.minimum(sb, b) - np.maximum(st, t))
         inside = iw * ih / max((sr - sl) * (sb - st), 1e-9)
         px, py = self.subject_point
         # Outside the crop the position still says how far off it is; beyond a crop-width it no longer matters.
-        sx = min(max((px - l) / (r - l), -1.0), 2.0)
-        sy = min(max((py - t) / (b - t), -1.0), 2.0)
-        return np.array([mass, density, cx, cy, abs(cx - 1 / 3), abs(cx - 2 / 3), abs(cy - 1 / 3),
-                         abs(cy - 2 / 3), float(edges.max()), inside, sx, sy, abs(sx - 1 / 3), abs(sx - 2 / 3),
-                         *(max(0.0, q - share) for share in (mass, inside) for q in SHARE_LEVELS)],
-                        np.float32)
+        sx = np.clip((px - l) / (r - l), -1.0, 2.0)
+        sy = np.clip((py - t) / (b - t), -1.0, 2.0)
+        cols = [mass, density, cx, cy, abs(cx - 1 / 3), abs(cx - 2 / 3), abs(cy - 1 / 3), abs(cy - 2 / 3),
+                edges, inside, sx, sy, abs(sx - 1 / 3), abs(sx - 2 / 3),
+                *(np.maximum(0.0, q - share) for share in (mass, inside) for q in SHARE_LEVELS)]
+        return np.stack(cols, axis=1).astype(np.float32)
 
