@@ -29,6 +29,7 @@ twice, so after a stop or a kill the same command goes on where it was.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -39,6 +40,7 @@ from typing import Any
 
 from rlhf.config import load_run_config, parse_config, parse_config_given, save_config
 from rlhf.images import HELDOUT_PHOTOS, TRAIN_PHOTOS, bundled_photos
+from rlhf.preference.training import one_torch_thread
 
 STORE = "preferences.sqlite"
 STATE = "state.json"
@@ -355,8 +357,8 @@ def write_table(run: Path) -> Path:
 def run(cfg: RoundConfig) -> Path:
     """Finish the run's newest unfinished round, or do the next; returns the round's folder."""
     out = Path(cfg.run).expanduser().resolve()
-    out.mkdir(parents=True, exist_ok=True)
     bootstrap = _bootstrap(cfg, out)
+    out.mkdir(parents=True, exist_ok=True)
     done = rounds(out)
     k = done[-1] if done and not finished(read_state(round_folder(out, done[-1]))) else len(done) + 1
     folder = round_folder(out, k)
@@ -371,7 +373,9 @@ def run(cfg: RoundConfig) -> Path:
         if step in r.state:
             continue
         t0 = time.perf_counter()
-        result = STEP_FUNCTIONS[step](r)
+        # Rollouts and the head's fit: one thread (see one_torch_thread); stage 3 sets its own (rayjobs.ppo).
+        with one_torch_thread() if step != "policy" else contextlib.nullcontext():
+            result = STEP_FUNCTIONS[step](r)
         if result is None:  # waiting for answers
             return folder
         r.state[step] = {**result, "seconds": round(time.perf_counter() - t0, 1)}

@@ -255,3 +255,24 @@ def test_an_unknown_taste_fails_fast():
 
     with pytest.raises(ValueError, match="--taste"):
         EvalConfig(policies=["x"], taste="sour")
+
+
+def test_evaluate_steer_adds_the_first_policy_steered_by_the_reward_model(setup, tmp_path):
+    """--steer: the first policy, steered by --human_reward_model (the few-pairs path), as one more policy,
+    cropping as the steered policy does (CropPolicy.steered) and as `crop --human_reward_model` would."""
+    from rayjobs.evaluate import EvalConfig, run
+    from rlhf.evaluation import policy_boxes
+    from rlhf.policy import CropPolicy
+
+    run_dir, ckpts, model_path, _, photos = setup
+    with pytest.raises(ValueError, match="--steer needs --human_reward_model"):
+        EvalConfig(policies=[str(run_dir)], steer=True)
+    out = run(EvalConfig(policies=[str(run_dir)], names=["boot"], image=UNSEEN, human_reward_model=str(model_path),
+                         steer=True, w_human=0.8, taste="wide", out=str(tmp_path / "ev")))
+    data = json.loads((out / "eval.json").read_text())
+    assert [p["name"] for p in data["policies"]] == ["boot", "boot+steered"]
+    steered = CropPolicy.load(run_dir).steered(model_path, 0.8)
+    assert steered.reward["kind"] == "combined" and steered.reward["w_nima"] == pytest.approx(0.2)
+    boxes = policy_boxes(steered, photos)[0]
+    assert data["policies"][1]["boxes"] == {p.id: list(b) for p, b in zip(photos, boxes, strict=True)}
+    assert "preferred_by_simulated:wide" in data["policies"][1]["extra"]

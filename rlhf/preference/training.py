@@ -248,10 +248,10 @@ def _choose_l1(cands: Sequence[_Candidate], rule: str) -> tuple[_Candidate, floa
 
 
 @contextmanager
-def _one_thread() -> Iterator[None]:
-    """Torch on one thread while the head is fitted: its tensors are tiny (a few dozen inputs, batches of a
-    few pairs), so more threads add only a barrier per operation, and on a busy machine each barrier waits
-    for a descheduled thread (a fit then takes many times as long)."""
+def one_torch_thread() -> Iterator[None]:
+    """Torch on one thread within the block, for work on tiny tensors (the head's fit here: a few dozen inputs,
+    batches of a few pairs; a policy's rollout, one observation a step): more threads add only a barrier per
+    operation, and on a busy machine each barrier waits for a descheduled thread (many times as long)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -300,7 +300,7 @@ def train_reward_model(examples: Sequence[PreferenceExample], cfg: RewardTrainCo
     by_noise: dict[float, list[_Candidate]] = {}
     for eps in cfg.label_noise:
         for l1 in cfg.l1:
-            with _one_thread():
+            with one_torch_thread():
                 c = _try(cfg, l1, folds, eps)
             by_noise.setdefault(eps, []).append(c)
             i = c.best[1] - 1
@@ -333,7 +333,7 @@ def train_reward_model(examples: Sequence[PreferenceExample], cfg: RewardTrainCo
         every = np.arange(n)
         norm, data, _ = _standardised(views, y, every, every[:0], fz, cfg)
         run = _epochs(cfg, chosen.l1, data, None, cfg.seed, chosen.label_noise)
-        with _one_thread():
+        with one_torch_thread():
             for _ in range(chosen.best[1]):
                 head, _ = next(run)
     else:
