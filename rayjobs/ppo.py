@@ -21,15 +21,11 @@ from typing import Any
 import numpy as np
 import ray
 import torch
-from ray.rllib.algorithms.ppo import PPOConfig
-from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
-from ray.rllib.callbacks.callbacks import RLlibCallback
-from ray.rllib.core.columns import Columns
-from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
-from rlhf.env import CropEnv, CropEnvConfig
-from rlhf.kept import KEPT, KeptConstraint, KeptCropEnv
-from rlhf.policy import FROZEN_PARTS, MODULE_SUBDIR, CropPolicyModule, latest_checkpoint
+from rayjobs.algorithms import ALGOS, build_config, check_algo, check_init_policy
+from rlhf.env import CropEnvConfig
+from rlhf.kept import KeptConstraint
+from rlhf.policy import MODULE_SUBDIR, latest_checkpoint
 
 STATE_FILE = "photographer_state.json"  # in every checkpoint: its iteration, env steps and kept_lambda
 CSV_FIELDS = ["iteration", "timesteps", "episode_return_mean", "final_score_mean", "start_score_mean",
@@ -44,8 +40,12 @@ def default_env_runners() -> int:
 
 @dataclass
 class PPOSettings:
-    """PPO hyperparameters (RLlib names); every training stage holds one."""
+    """The RL algorithm and its hyperparameters (RLlib names); every training stage holds one."""
 
+    algo: str = field(default="ppo", metadata={
+        "help": "RL algorithm: ppo (synchronous) | appo (asynchronous: the learner never waits for a slow env "
+                "runner, for many of them) | dqn (off-policy, replay buffer); rayjobs/algorithms.py says which "
+                "settings each reads", "choices": list(ALGOS)})
     timesteps: int = field(default=20000, metadata={"help": "env steps to train for (in total, across resumes)"})
     num_env_runners: int = field(default_factory=default_env_runners,
                                  metadata={"help": "parallel env runner actors (0 = sample in the driver)"})
@@ -84,6 +84,7 @@ class PPOSettings:
         self.validate()
 
     def validate(self) -> None:
+        check_algo(self.algo)
         if self.timesteps <= 0:
             raise ValueError(f"timesteps must be > 0, got {self.timesteps}")
         if self.minibatch_size > self.train_batch_size:
@@ -124,112 +125,6 @@ class CheckpointSettings:
         if self.checkpoint_every < 1 or self.keep_checkpoints < 1:
             raise ValueError(f"checkpoint_every and keep_checkpoints must be >= 1, got {self.checkpoint_every}, "
                              f"{self.keep_checkpoints}")
-
-
-class CropMetrics(RLlibCallback):
-    """Logs the score of each episode's final crop, the number that matters to a user."""
-
-    def on_episode_end(self, *, episode, prev_episode_chunks=None, metrics_logger=None, **kwargs) -> None:
-        infos = episode.get_infos()
-        # An episode that spans sampling calls arrives in chunks: its first info is in the first chunk.
-        first = prev_episode_chunks[0].get_infos()[0] if prev_episode_chunks else (infos[0] if len(infos) else None)
-        if metrics_logger is None or first is None or first.get("random_start"):
-            return  # exploring starts are training aids; report what inference sees (whole-photo starts)
-        metrics_logger.log_value("final_score", float(infos[-1]["score"]), reduce="mean", window=100)
-        metrics_logger.log_value("start_score", float(first["score"]), reduce="mean", window=100)
-
-
-class ReferenceKLLearner(PPOTorchLearner):
-    """PPO's loss plus ``ref_kl * KL(pi || pi_ref)`` to a frozen reference policy (stage 3: the bootstrap).
-
-    RLHF fine-tuning (InstructGPT, TRL) keeps the tuned policy near where it started, so it moves only
-    where the learned reward pays for the move: a reward model fitted on 100 pairs is right near the
-    crops it was shown and can be exploited far from them. The KL is exact over the discrete actions,
-    averaged over the batch's states, and logged as ``ref_kl`` (progress.csv). RLlib's own
-    ``use_kl_loss`` is a different term: a KL to the policy that sampled the batch.
-    """
-
-    def build(self) -> None:
-        super().build()
-        cfg = self.config.learner_config_dict
-        self._ref_coeff = float(cfg.get("ref_kl", 0.0))
-        self._ref = None
-        if self._ref_coeff > 0:
-            from ray.rllib.core.rl_module.rl_module import RLModule
-
-            self._ref = RLModule.from_checkpoint(cfg["ref_module"]).to(self._device).eval()
-            for p in self._ref.parameters():
-                p.requires_grad_(False)
-
-    def configure_optimizers_for_module(self, module_id, config=None) -> None:
-        # --freeze: the frozen parts get no gradient and no optimizer slot; RLlib's default gives Adam all.
-        frozen = FROZEN_PARTS[self.config.learner_config_dict.get("freeze", "none")]
-        trainable = []
-        for name, p in self._module[module_id].named_parameters():
-            if name.split(".")[0] in frozen:
-                p.requires_grad_(False)
-            else:
-                trainable.append(p)
-        self.register_optimizer(module_id=module_id, optimizer=torch.optim.Adam(trainable), params=trainable,
-                                lr_or_lr_schedule=config.lr)
-
-    def compute_loss_for_module(self, *, module_id, config, batch, fwd_out):
-        loss = super().compute_loss_for_module(module_id=module_id, config=config, batch=batch, fwd_out=fwd_out)
-        if self._ref is None:
-            return loss
-        with torch.no_grad():
-            ref_logp = torch.log_softmax(self._ref._forward(batch)[Columns.ACTION_DIST_INPUTS], -1)
-        logp = torch.log_softmax(fwd_out[Columns.ACTION_DIST_INPUTS], -1)
-        kl = (logp.exp() * (logp - ref_logp)).sum(-1)
-        kl = kl[batch[Columns.LOSS_MASK]].mean() if Columns.LOSS_MASK in batch else kl.mean()
-        self.metrics.log_value((module_id, "ref_kl"), kl.detach(), window=1)
-        return loss + self._ref_coeff * kl
-
-
-def _gpu_here() -> bool:
-    """Whether a learner inside this process may use a GPU.
-
-    An actor (a Tune trial) may use only the GPUs Ray assigned to it; a driver (laptop, workstation,
-    a job submitted with --entrypoint-num-gpus) any GPU it sees.
-    """
-    if ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None:
-        return bool(ray.get_gpu_ids())
-    return torch.cuda.is_available()
-
-
-def build_ppo_config(ppo: PPOSettings, env_config: dict[str, Any], ref_policy: str | Path | None = None,
-                     ref_kl: float = 0.0, freeze: str = "none") -> PPOConfig:
-    """RLlib's PPO config; with ref_kl > 0, a KL penalty to the policy at ref_policy (ReferenceKLLearner);
-    `freeze` (a FROZEN_PARTS key) trains only the rest of the module."""
-    gpus = ppo.num_gpus_per_learner
-    if gpus < 0:
-        gpus = 1 if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) >= 1 else 0
-    # The GPU is elsewhere (a job driver on a CPU head node): run the learner as one remote actor,
-    # which Ray places on a GPU node. Otherwise it lives in this process, as on a laptop.
-    learners = 1 if gpus > 0 and not _gpu_here() else 0
-    if ref_kl < 0 or (ref_kl > 0 and ref_policy is None):
-        raise ValueError(f"ref_kl must be >= 0 and needs a reference policy, got ref_kl={ref_kl}, ref_policy={ref_policy}")
-    if freeze not in FROZEN_PARTS:
-        raise ValueError(f"freeze must be one of {sorted(FROZEN_PARTS)}, got {freeze!r}")
-    ref_module = str((latest_checkpoint(ref_policy) / MODULE_SUBDIR).resolve()) if ref_kl > 0 else None
-    return (
-        PPOConfig()
-        .environment(KeptCropEnv if env_config.get(KEPT) else CropEnv, env_config=env_config)
-        .env_runners(num_env_runners=ppo.num_env_runners, num_envs_per_env_runner=ppo.num_envs_per_env_runner,
-                     sample_timeout_s=ppo.sample_timeout_s, rollout_fragment_length="auto")
-        .learners(num_learners=learners, num_gpus_per_learner=gpus, learner_class=ReferenceKLLearner,
-                  learner_config_dict={"ref_kl": ref_kl, "ref_module": ref_module, "freeze": freeze})
-        .training(lr=ppo.lr_schedule(), gamma=ppo.gamma, lambda_=ppo.lambda_,
-                  train_batch_size_per_learner=ppo.train_batch_size, minibatch_size=ppo.minibatch_size,
-                  num_epochs=ppo.num_epochs, clip_param=ppo.clip_param,
-                  entropy_coeff=ppo.schedule(ppo.entropy_coeff, ppo.entropy_coeff_final),
-                  vf_loss_coeff=ppo.vf_loss_coeff)
-        .rl_module(rl_module_spec=RLModuleSpec(module_class=CropPolicyModule,
-                                               model_config={"lookahead": bool(env_config.get("lookahead"))}))
-        .callbacks(CropMetrics)
-        .debugging(seed=ppo.seed)
-        .reporting(metrics_num_episodes_for_smoothing=100)
-    )
 
 
 def _get(result: dict, *keys: str, default: float = float("nan")) -> float:
@@ -413,7 +308,9 @@ def train(ppo: PPOSettings, env_config: dict[str, Any], out: Path, *,
                          f"cluster has {free:g} free (the scoring actor holds one): lower --num_env_runners")
     ckpt_dir = out / "checkpoints"
     progress = out / "progress.csv"
-    algo = build_ppo_config(ppo, env_config, ref_policy=init_policy, ref_kl=ref_kl, freeze=freeze).build_algo()
+    if init_policy is not None:
+        check_init_policy(ppo.algo, init_policy)
+    algo = build_config(ppo, env_config, ref_policy=init_policy, ref_kl=ref_kl, freeze=freeze).build_algo()
     kept = KeptConstraint.of(env_config)
     rows: list[dict[str, float]] = []
     start_steps = 0
@@ -457,6 +354,8 @@ def train(ppo: PPOSettings, env_config: dict[str, Any], out: Path, *,
             if iteration % checkpoints.checkpoint_every == 0 or steps >= ppo.timesteps:
                 saved = _checkpoint(algo, ckpt_dir, iteration, steps, checkpoints.keep_checkpoints,
                                     {"kept_lambda": kept.multiplier} if kept is not None else {})
+                if kept is not None:
+                    kept.record(out, env_config["reward"])
                 plot_curves(rows, out / "curves.png", title)
             if on_iteration is not None:
                 on_iteration(row, saved)

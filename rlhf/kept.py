@@ -5,11 +5,13 @@ more of it than the fixed weights w_nima / w_human foresee, and how much depends
 as constrained RL does (RCPO, Tessler et al. 2019; PPO-Lagrangian, Ray et al. 2019), stage 3 treats
 "keep at least min_kept of the bootstrap's aesthetic score" as a constraint whose weight adapts:
 
-    reward = (w_nima + lam) * a + w_human * h, rescaled to the weights' sum    (rlhf.reward.combine)
+    reward = (w_nima + lam) * a + w_human * h, rescaled to the weights' sum    (rlhf.reward.with_multiplier)
     kept   = sum of the final crops' aesthetic scores / sum of the bootstrap's  (one iteration's episodes)
     lam   <- max(0, lam + kept_lr * (min_kept - kept))                           after every iteration
 
-lam stays 0 while stage 3 keeps enough, so then the reward is the plain weighted sum.
+lam stays 0 while stage 3 keeps enough, so then the reward is the plain weighted sum. Each checkpoint
+writes the weights with its lam into the run's config.json ("reward"): a lookahead policy observes what
+each move pays, so at inference it must be shown the reward it was trained on last.
 
 - The reference is the bootstrap policy's greedy crop of each training photo and framing, scored
   once when stage 3 starts (``reference_scores``): the crops `photographer evaluate` compares
@@ -24,6 +26,7 @@ lam stays 0 while stage 3 keeps enough, so then the reward is the plain weighted
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,7 +36,7 @@ import numpy as np
 
 from rlhf.env import CropEnv, CropEnvConfig
 from rlhf.images import Box, Photo
-from rlhf.reward import AESTHETIC, COMBINED, HUMAN, RewardSpec, combine
+from rlhf.reward import AESTHETIC, COMBINED, HUMAN, RewardSpec, combine, with_multiplier
 
 # The env_config key of the constraint: {"reference": {photo id: the bootstrap's greedy crop's aesthetic
 # score}, "min_kept": ..., "kept_lr": ...}. The envs read the reference, the training loop the rest.
@@ -49,19 +52,28 @@ def update_multiplier(multiplier: float, kept: float, min_kept: float, kept_lr: 
 
 
 class MultiplierReward:
-    """A combined reward whose aesthetic weight carries the multiplier (``rlhf.reward.combine``)."""
+    """A combined reward whose aesthetic weight carries the multiplier (``rlhf.reward.with_multiplier``)."""
 
     def __init__(self, base: Any, spec: RewardSpec, multiplier: float = 0.0):
         if spec.kind != COMBINED:
             raise ValueError(f"keeping the aesthetic score needs the combined reward, got {spec.kind!r}")
-        self.base, self.spec, self.multiplier = base, spec, float(multiplier)
+        self.base, self.spec = base, spec
+        self.multiplier = multiplier
+
+    @property
+    def multiplier(self) -> float:
+        return self._multiplier
+
+    @multiplier.setter
+    def multiplier(self, value: float) -> None:
+        self._multiplier, self._weighted = float(value), with_multiplier(self.spec, float(value))
 
     def terms(self, photo: Photo, boxes: Sequence[Box]) -> dict[str, np.ndarray]:
         return self.base.terms(photo, boxes)
 
     def __call__(self, photo: Photo, boxes: Sequence[Box]) -> np.ndarray:
         t = self.base.terms(photo, boxes)
-        return combine(t.get(AESTHETIC), t.get(HUMAN), self.spec, self.multiplier)
+        return combine(t.get(AESTHETIC), t.get(HUMAN), self._weighted)
 
 
 class KeptCropEnv(CropEnv):
@@ -137,6 +149,16 @@ class KeptConstraint:
         self.kept = final / ref if n and ref > 0 else float("nan")
         self.multiplier = update_multiplier(self.multiplier, self.kept, self.min_kept, self.kept_lr)
         return {"kept": self.kept, "kept_lambda": self.multiplier}
+
+    def record(self, run: Path, reward: dict[str, Any]) -> None:
+        """The run's config.json gets `reward` (the spec the run was asked for) weighted with the current
+        multiplier, the reward a policy saved now was trained on."""
+        path = run / "config.json"
+        if path.is_file():
+            config = json.loads(path.read_text())
+            config["reward"] = with_multiplier(RewardSpec(**reward), self.multiplier).to_dict()
+            config["kept_lambda"] = self.multiplier
+            path.write_text(json.dumps(config, indent=2, default=str) + "\n")
 
 
 def reference_scores(policy: str | Path, env_config: dict[str, Any]) -> dict[str, float]:

@@ -256,7 +256,7 @@ def test_the_kept_multiplier_rises_below_the_target_and_stays_at_0_above():
     """Dual ascent on kept >= min_kept, projected on >= 0 (rlhf.kept.update_multiplier), and the reward
     it weighs: more aesthetic weight, the same scale (rlhf.reward.combine)."""
     from rlhf.kept import update_multiplier
-    from rlhf.reward import combine
+    from rlhf.reward import combine, with_multiplier
 
     assert update_multiplier(0.0, 0.918, 0.95, 10.0) == pytest.approx(0.32)
     assert update_multiplier(0.32, 0.93, 0.95, 10.0) == pytest.approx(0.52)
@@ -266,9 +266,11 @@ def test_the_kept_multiplier_rises_below_the_target_and_stays_at_0_above():
     spec = RewardSpec(kind="combined", human_reward_model="m.pth", w_nima=0.7, w_human=0.3)
     aesthetic, human = np.array([5.5, 7.3]), np.array([0.9, 0.2])  # (s - 1) / 9 = 0.5, 0.7
     assert np.allclose(combine(aesthetic, human, spec), [0.62, 0.55])
-    assert np.array_equal(combine(aesthetic, human, spec, 0.0), combine(aesthetic, human, spec))
-    assert np.allclose(combine(aesthetic, human, spec, 1.0), [(1.7 * 0.5 + 0.3 * 0.9) / 2, (1.7 * 0.7 + 0.3 * 0.2) / 2])
-    assert np.allclose(combine(aesthetic, human, spec, 1e9), [0.5, 0.7])  # all aesthetic, on the same scale
+    assert with_multiplier(spec, 0.0) == spec
+    assert np.allclose(combine(aesthetic, human, with_multiplier(spec, 1.0)),
+                       [(1.7 * 0.5 + 0.3 * 0.9) / 2, (1.7 * 0.7 + 0.3 * 0.2) / 2])
+    heavy = with_multiplier(spec, 1e9)  # all aesthetic, on the same scale
+    assert np.allclose(combine(aesthetic, human, heavy), [0.5, 0.7]) and heavy.w_nima + heavy.w_human == pytest.approx(1)
 
 
 def test_the_kept_env_counts_whole_photo_episodes_and_takes_the_multiplier():
@@ -321,6 +323,7 @@ def test_stage3_keeps_the_aesthetic_score_and_resumes_with_its_multiplier(bootst
 
     from rayjobs import finetune
     from rlhf.kept import update_multiplier
+    from rlhf.reward import with_multiplier
 
     model_path = _simulated_reward_model(tmp_path, epochs=5)
     run = tmp_path / "kept"
@@ -347,6 +350,11 @@ def test_stage3_keeps_the_aesthetic_score_and_resumes_with_its_multiplier(bootst
         assert m == pytest.approx(update_multiplier(lam[i - 1] if i else 0.0, k, 1.0, 10.0)), (i, kept, lam)
     if min(kept) < 1.0:
         assert max(lam) > 0
+    # A lookahead policy is shown the reward it was trained on last: the weights with the final multiplier.
+    config = json.loads((run / "config.json").read_text())
+    weighted = with_multiplier(RewardSpec(kind="combined", human_reward_model=model_path), lam[-1])
+    assert config["kept_lambda"] == pytest.approx(lam[-1]) and lam[-1] > 0
+    assert config["reward"]["w_nima"] == pytest.approx(weighted.w_nima) and weighted.w_nima > 0.7
 
     stage3(128, 0, "--min_kept", "0.05", "--out", str(tmp_path / "easy"))
     assert [float(r["kept_lambda"]) for r in _progress(tmp_path / "easy")] == [0.0]

@@ -16,9 +16,10 @@ from rlhf.reward.spec import (
     combine,
     rescale_aesthetic,
     terms_of,
+    with_multiplier,
 )
 
 __all__ = [
     "AESTHETIC", "COMBINED", "HUMAN", "KINDS", "LocalReward", "RewardSpec", "build_reward", "combine",
-    "rescale_aesthetic", "terms_of",
+    "rescale_aesthetic", "terms_of", "with_multiplier",
 ]

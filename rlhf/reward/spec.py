@@ -13,7 +13,7 @@ scoring actor: `rlhf.serving.client`), which compute the terms and combine them 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -64,22 +64,23 @@ def rescale_aesthetic(scores: np.ndarray) -> np.ndarray:
     return (np.asarray(scores, dtype=np.float64) - 1.0) / 9.0
 
 
-def combine(aesthetic: np.ndarray | None, human: np.ndarray | None, spec: RewardSpec,
-            multiplier: float = 0.0) -> np.ndarray:
-    """The reward from the two terms (aesthetic on the 1-10 scale, human in [0, 1]).
-
-    multiplier: a combined reward's Lagrange multiplier of "keep the aesthetic score" (rlhf.kept), added
-    to the aesthetic weight: ``(w_nima + m) * a + w_human * h``, rescaled by
-    ``(w_nima + w_human) / (w_nima + m + w_human)``. The rescaling moves the mix towards the aesthetic
-    term without changing the reward's scale, which PPO's learning rate, entropy bonus and value targets
-    were set for; 0 (the default) is the plain weighted sum.
-    """
+def combine(aesthetic: np.ndarray | None, human: np.ndarray | None, spec: RewardSpec) -> np.ndarray:
+    """The reward from the two terms (aesthetic on the 1-10 scale, human in [0, 1])."""
     if spec.kind == AESTHETIC:
         return rescale_aesthetic(aesthetic)
     if spec.kind == HUMAN:
         return np.asarray(human, dtype=np.float64)
-    a, h = rescale_aesthetic(aesthetic), np.asarray(human, dtype=np.float64)
+    return spec.w_nima * rescale_aesthetic(aesthetic) + spec.w_human * np.asarray(human, dtype=np.float64)
+
+
+def with_multiplier(spec: RewardSpec, multiplier: float) -> RewardSpec:
+    """The combined reward with a Lagrange multiplier of "keep the aesthetic score" (rlhf.kept) added to
+    its aesthetic weight, ``(w_nima + m) * a + w_human * h``, rescaled by ``(w_nima + w_human) / (w_nima +
+    m + w_human)``: the mix moves towards the aesthetic term while the reward's scale, which PPO's learning
+    rate, entropy bonus and value targets were set for, stays put. As weights, so a policy that observes
+    what each move pays (lookahead) can be given the same reward at inference."""
     if not multiplier:
-        return spec.w_nima * a + spec.w_human * h
+        return spec
     total = spec.w_nima + spec.w_human
-    return total * ((spec.w_nima + multiplier) * a + spec.w_human * h) / (total + multiplier)
+    return replace(spec, w_nima=total * (spec.w_nima + multiplier) / (total + multiplier),
+                   w_human=total * spec.w_human / (total + multiplier))
