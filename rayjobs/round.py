@@ -214,7 +214,8 @@ def step_pairs(r: Round) -> dict[str, Any] | None:
         pairs_job.run(pairs_job.PairsConfig(
             policy=current["policy"], image=r.cfg.image, num_pairs=r.cfg.pairs, out=str(out), store=str(r.store),
             select=select, human_reward_model=current.get("human_reward_model") or model,
-            steer=bool(current.get("human_reward_model")), w_human=r.cfg.w_human, seed=r.cfg.seed + r.k - 1))
+            steer=bool(current.get("human_reward_model")), w_human=current.get("w_human", r.cfg.w_human),
+            seed=r.cfg.seed + r.k - 1))
         made = load_pairs(path)
     PreferenceStore(r.store).add_pairs(made)  # known ids are skipped: a kill after the file is made up here
     return {"ids": [p.id for p in made], "select": select, "from": current}
