@@ -36,11 +36,14 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rlhf.config import load_run_config, parse_config, parse_config_given, save_config
 from rlhf.images import HELDOUT_PHOTOS, TRAIN_PHOTOS, bundled_photos
 from rlhf.preference.training import one_torch_thread
+
+if TYPE_CHECKING:
+    from rlhf.policy import CropPolicy
 
 STORE = "preferences.sqlite"
 STATE = "state.json"
@@ -162,7 +165,7 @@ def _check_same(cfg: RoundConfig, folder: Path) -> None:
                          f"finish it with the same settings (or delete {folder} to start it again)")
 
 
-def load_policy(desc: dict[str, Any]):
+def load_policy(desc: dict[str, Any]) -> CropPolicy:
     """A round's policy from its record: a policy folder, steered when the record names a reward model."""
     from rlhf.policy import CropPolicy
 
