@@ -1,9 +1,10 @@
-"""The PPO training loop shared by stage 1 (bootstrap), stage 3 (fine-tune) and Tune's trials.
+"""The training loop shared by stage 1 (bootstrap), stage 3 (fine-tune) and Tune's trials.
 
-Read it top to bottom: build the RLlib PPO config (new API stack, our CNN module, the crop env),
-optionally start from a policy or resume from the run's newest checkpoint, then train, printing
-one line per iteration, appending progress.csv, checkpointing, and finally plotting curves. A
-caller that wants each iteration's numbers (a Tune trial) passes ``on_iteration``.
+Read it top to bottom: build the RLlib config of --algo (rayjobs/algorithms.py: PPO, APPO or DQN on
+the new API stack, our CNN module, the crop env), optionally start from a policy or resume from the
+run's newest checkpoint, then train, printing one line per iteration, appending progress.csv,
+checkpointing, and finally plotting curves. A caller that wants each iteration's numbers (a Tune
+trial) passes ``on_iteration``.
 """
 
 from __future__ import annotations
@@ -64,9 +65,10 @@ class PPOSettings:
     lambda_: float = field(default=0.9, metadata={"help": "GAE lambda (lower = less variance; the reward is "
                                                  "dense, so short credit assignment suffices)",
                                                  "aliases": ("gae_lambda",)})
-    train_batch_size: int = field(default=512, metadata={"help": "env steps per PPO iteration"})
-    minibatch_size: int = field(default=128, metadata={"help": "SGD minibatch size"})
-    num_epochs: int = field(default=4, metadata={"help": "SGD passes over each batch"})
+    train_batch_size: int = field(default=512, metadata={"help": "env steps per iteration (DQN: sampled per iteration)"})
+    minibatch_size: int = field(default=128, metadata={"help": "SGD minibatch size (DQN: replay batch)"})
+    num_epochs: int = field(default=4, metadata={"help": "SGD passes over each batch (DQN: times each sampled "
+                                                 "step is trained on, on average)"})
     clip_param: float = field(default=0.2, metadata={"help": "PPO ratio clip"})
     entropy_coeff: float = field(default=0.01, metadata={"help": "entropy bonus (exploration)"})
     entropy_coeff_final: float | None = field(default=None, metadata={
@@ -74,7 +76,7 @@ class PPOSettings:
                 "constant). Rewards are score changes of a few hundredths per episode, so a constant 0.01 "
                 "x entropy (~0.02) rivals the return and keeps the policy near uniform"})
     vf_loss_coeff: float = field(default=0.5, metadata={"help": "value loss weight"})
-    seed: int = field(default=0, metadata={"help": "random seed (PPO, photo order and augmentation)"})
+    seed: int = field(default=0, metadata={"help": "random seed (RLlib, photo order and augmentation)"})
     sample_timeout_s: float = field(default=120.0, metadata={"help": "fail if env runners return nothing "
                                                              "for this long"})
     num_gpus_per_learner: float = field(default=-1, metadata={"help": "GPUs for the learner; -1 = 1 if the "
@@ -157,7 +159,7 @@ def _runner_failures(algo) -> int:
 
 
 def train_iteration(algo, sample_timeout_s: float) -> tuple[dict, int]:
-    """One PPO iteration that trained on samples: (RLlib's result, env steps sampled).
+    """One iteration that trained on samples: (RLlib's result, env steps sampled).
 
     An iteration that sampled nothing (an env runner died, e.g. killed for memory, and RLlib is
     restarting it; or a slow one returned nothing in time) is run again rather than counted: counted,
@@ -292,6 +294,9 @@ def train(ppo: PPOSettings, env_config: dict[str, Any], out: Path, *,
     checkpoints keep it, so --resume goes on with it.
     """
     ppo.validate()
+    check_algo(ppo.algo, ref_kl)
+    if init_policy is not None:
+        check_init_policy(ppo.algo, init_policy)
     checkpoints = checkpoints or CheckpointSettings()
     CropEnvConfig(**{k: v for k, v in env_config.items() if k in CropEnvConfig.__dataclass_fields__})
     init_ray()
@@ -308,8 +313,6 @@ def train(ppo: PPOSettings, env_config: dict[str, Any], out: Path, *,
                          f"cluster has {free:g} free (the scoring actor holds one): lower --num_env_runners")
     ckpt_dir = out / "checkpoints"
     progress = out / "progress.csv"
-    if init_policy is not None:
-        check_init_policy(ppo.algo, init_policy)
     algo = build_config(ppo, env_config, ref_policy=init_policy, ref_kl=ref_kl, freeze=freeze).build_algo()
     kept = KeptConstraint.of(env_config)
     rows: list[dict[str, float]] = []

@@ -52,9 +52,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rayjobs.algorithms import build_config
 from rayjobs.bootstrap import ScorerSettings, save_run_config
 from rayjobs.finetune import FROM_POLICY, Stage3Settings, combined_reward, finetune_env, stage3_ppo
-from rayjobs.ppo import STATE_FILE, CheckpointSettings, PPOSettings, build_ppo_config, init_ray, train
+from rayjobs.ppo import STATE_FILE, CheckpointSettings, PPOSettings, init_ray, train
 from rlhf.config import CONFIG_VERSION, parse_config_given, run_dir
 from rlhf.env import CropEnvConfig
 from rlhf.evaluation import _finite
@@ -196,7 +197,7 @@ class TrialSetup:
     eval_every: int
     n_reports: int
     run_config: dict[str, Any] = field(default_factory=dict)  # what the user asked, for config.json
-    ref_kl: float = 0.0  # KL penalty to init_policy (rayjobs.ppo.ReferenceKLLearner)
+    ref_kl: float = 0.0  # KL penalty to init_policy (rayjobs.algorithms.CropLearnerMixin)
     freeze: str = "none"  # parts of init_policy kept fixed (rlhf.policy.FROZEN_PARTS)
 
 
@@ -274,10 +275,9 @@ def seeded_points(cfg: TuneWeightsConfig) -> list[dict[str, float]]:
 
 
 def trial_resources(cfg: TuneWeightsConfig, env: dict[str, Any]):
-    """RLlib's own resource request for a trial's PPO (trial CPU, env runners, learner GPU)."""
-    from ray.rllib.algorithms.ppo import PPO
-
-    return PPO.default_resource_request(build_ppo_config(cfg.ppo, env))
+    """RLlib's own resource request for a trial's algorithm (trial CPU, env runners, learner GPU)."""
+    config = build_config(cfg.ppo, env)
+    return config.algo_class.default_resource_request(config)
 
 
 def _storage(cfg: TuneWeightsConfig, out: Path) -> str:

@@ -217,7 +217,7 @@ def migrate(data: dict[str, Any]) -> dict[str, Any]:
         env.pop("reward", None)
         for key in (*V1_ENV_FIELDS, "image"):
             data.pop(key, None)
-        ppo = {k: data.pop(k) for k in V1_PPO_FIELDS if k in data}
+        ppo = {"algo": "ppo", **{k: data.pop(k) for k in V1_PPO_FIELDS if k in data}}  # version 1 had PPO only
         parts = {"ppo": ppo, **{name: {k: data.pop(k) for k in keys if k in data} for name, keys in V1_PARTS.items()}}
         data.update(env=env, **{name: part for name, part in parts.items() if part})
         version = 2

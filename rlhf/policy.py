@@ -1,10 +1,14 @@
-"""The crop policy: a small two-tower CNN RLModule for RLlib PPO, and loading it for inference.
+"""The crop policy: a small two-tower CNN RLModule for RLlib (PPO, APPO, DQN), and loading it for inference.
 
 The photo thumbnail and the crop thumbnail go through one shared conv tower (the same features
 for "what is in the scene" and "what is in my crop"), are concatenated with the box (and, when the
 env gives them, the frozen Lite0 features of crop and photo through one shared projection), and feed
 a policy head (14 action logits) and a value head. uint8 observations are cast inside the module
 (RLlib's catalog CNN fails on uint8, see NOTES), which keeps sample batches 4x smaller.
+
+APPO also needs a target copy of the policy path (TargetNetworkAPI: its "old policy"), made only in
+its learner. DQN reads the same head as Q-values (CropQModule), so every checkpoint holds the same
+parameters under the same names and ``CropPolicy`` acts greedily on any of them.
 """
 
 from __future__ import annotations
@@ -15,8 +19,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from ray.rllib.algorithms.dqn.default_dqn_rl_module import QF_NEXT_PREDS, QF_PREDS, QF_TARGET_NEXT_PREDS
 from ray.rllib.core.columns import Columns
-from ray.rllib.core.rl_module.apis import ValueFunctionAPI
+from ray.rllib.core.learner.utils import make_target_network
+from ray.rllib.core.rl_module.apis import (
+    TARGET_NETWORK_ACTION_DIST_INPUTS,
+    InferenceOnlyAPI,
+    QNetAPI,
+    TargetNetworkAPI,
+    ValueFunctionAPI,
+)
 from ray.rllib.core.rl_module.torch import TorchRLModule
 from torch import nn
 
@@ -41,7 +53,7 @@ def _conv_tower(in_size: int, in_channels: int, channels: list[int]) -> tuple[nn
     return nn.Sequential(*layers), c_in * 16
 
 
-class CropPolicyModule(TorchRLModule, ValueFunctionAPI):
+class CropPolicyModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, InferenceOnlyAPI):
     """model_config keys: channels (conv widths, default [32, 64, 64]), embed (128), hidden (256),
     lookahead (False; True when the env shows each move's change of the objective: see below),
     lookahead_gain (10.0, its starting value)."""
@@ -74,25 +86,38 @@ class CropPolicyModule(TorchRLModule, ValueFunctionAPI):
             # change includes the person's reward model: taste moves the policy on photos it never saw.
             self.ahead_gain = nn.Parameter(torch.tensor(float(self.model_config.get("lookahead_gain", 10.0))))
 
-    def _embed(self, batch: dict[str, Any]) -> torch.Tensor:
+    def _policy_path(self) -> nn.ModuleDict:
+        """The layers the action logits come from, in a fresh container (not a submodule of this one, so
+        the state dict keeps its names); the lookahead gain in a holder a target copy can carry."""
+        parts = nn.ModuleDict({name: getattr(self, name) for name in ("tower", "feat_proj", "trunk", "pi")
+                               if hasattr(self, name)})
+        if hasattr(self, "ahead_gain"):
+            holder = nn.Module()
+            holder.register_parameter("value", self.ahead_gain)
+            parts["ahead_gain"] = holder
+        return parts
+
+    def _embed(self, batch: dict[str, Any], net: nn.Module | None = None) -> torch.Tensor:
+        net = self if net is None else net
         obs = batch[Columns.OBS]
         photo, crop = obs["photo"], obs["crop"]
         n = photo.shape[0]
         images = torch.cat([photo, crop], 0).permute(0, 3, 1, 2).float().div_(255.0)
-        feats = self.tower(images)
+        feats = net.tower(images)
         parts = [feats[:n], feats[n:], obs["box"].float()]
         if "feat" in obs:
             f = obs["feat"].float()
             half = f.shape[1] // 2
-            parts += [self.feat_proj(f[:, :half]), self.feat_proj(f[:, half:])]
-        return self.trunk(torch.cat(parts, 1))
+            parts += [net.feat_proj(f[:, :half]), net.feat_proj(f[:, half:])]
+        return net.trunk(torch.cat(parts, 1))
 
-    def _logits(self, batch: dict[str, Any], h: torch.Tensor) -> torch.Tensor:
-        logits = self.pi(h)
+    def _logits(self, batch: dict[str, Any], h: torch.Tensor, net: nn.Module | None = None) -> torch.Tensor:
+        logits = (self if net is None else net).pi(h)
         if hasattr(self, "ahead_gain"):
+            gain = self.ahead_gain if net is None else net["ahead_gain"].value
             # The lookahead cues end the box vector, one per move (every action but STOP, action 0).
             ahead = batch[Columns.OBS]["box"][:, -LOOKAHEAD:].float() - 0.5
-            logits = logits + torch.cat([torch.zeros_like(ahead[:, :1]), self.ahead_gain * ahead], 1)
+            logits = logits + torch.cat([torch.zeros_like(ahead[:, :1]), gain * ahead], 1)
         return logits
 
     def _forward(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
@@ -106,6 +131,69 @@ class CropPolicyModule(TorchRLModule, ValueFunctionAPI):
         if embeddings is None:
             embeddings = self._embed(batch)
         return self.vf(embeddings).squeeze(-1)
+
+    def make_target_networks(self) -> None:
+        # Called by the learners of APPO and DQN only, so a PPO module and every env runner's have none.
+        self._target = make_target_network(self._policy_path())
+
+    def get_target_network_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(self._policy_path(), self._target)]
+
+    def _target_logits(self, batch: dict[str, Any]) -> torch.Tensor:
+        return self._logits(batch, self._embed(batch, self._target), self._target)
+
+    def forward_target(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {TARGET_NETWORK_ACTION_DIST_INPUTS: self._target_logits(batch)}
+
+    def get_non_inference_attributes(self) -> list[str]:
+        return ["_target"]  # env runners act without it, and the weights pushed to them leave it out
+
+
+class CropQModule(CropPolicyModule, QNetAPI):
+    """CropPolicyModule for DQN: the policy head's outputs (lookahead included) are the moves' Q-values.
+
+    The same parameters as CropPolicyModule (the value head unused), so acting greedily on the outputs
+    (``CropPolicy``) takes the best move either way. Explores epsilon-greedily with model_config's
+    ``epsilon`` (RLlib's schedule: a value or [[step, value], ...]).
+    """
+
+    def setup(self) -> None:
+        from ray.rllib.utils.schedules.scheduler import Scheduler
+
+        super().setup()
+        self.uses_double_q = bool(self.model_config.get("double_q", True))
+        self.epsilon_schedule = Scheduler(fixed_value_or_schedule=self.model_config.get("epsilon", 0.05),
+                                          framework="torch")
+
+    def compute_q_values(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {QF_PREDS: self._logits(batch, self._embed(batch))}
+
+    def forward_target(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {QF_PREDS: self._target_logits(batch)}
+
+    def _forward_inference(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        q = self._logits(batch, self._embed(batch))
+        return {Columns.ACTION_DIST_INPUTS: q, Columns.ACTIONS: torch.argmax(q, -1)}
+
+    def _forward_exploration(self, batch: dict[str, Any], t: int = 0, **kwargs) -> dict[str, Any]:
+        out = self._forward_inference(batch)
+        greedy = out[Columns.ACTIONS]
+        self.epsilon_schedule.update(t)
+        explore = torch.rand(greedy.shape, device=greedy.device) < self.epsilon_schedule.get_current_value()
+        random = torch.randint_like(greedy, self.action_space.n)
+        return {Columns.ACTIONS: torch.where(explore, random, greedy)}
+
+    def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        obs, next_obs = batch[Columns.OBS], batch[Columns.NEXT_OBS]
+        out = {}
+        if self.uses_double_q:
+            # One pass over this and the next observations: double Q picks the next move with the online net.
+            both = {Columns.OBS: {k: torch.cat([obs[k], next_obs[k]], 0) for k in obs}}
+            out[QF_PREDS], out[QF_NEXT_PREDS] = torch.chunk(self.compute_q_values(both)[QF_PREDS], 2, 0)
+        else:
+            out[QF_PREDS] = self.compute_q_values(batch)[QF_PREDS]
+        out[QF_TARGET_NEXT_PREDS] = self.forward_target({Columns.OBS: next_obs})[QF_PREDS]
+        return out
 
 
 def latest_checkpoint(path: str | Path) -> Path:

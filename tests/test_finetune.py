@@ -234,12 +234,13 @@ def test_env_runners_sample_with_the_restored_policy(bootstrap_run):
     import json
     import time
 
-    from rayjobs.ppo import PPOSettings, build_ppo_config, restore
+    from rayjobs.algorithms import build_config
+    from rayjobs.ppo import PPOSettings, restore
     from rlhf.policy import MODULE_SUBDIR, CropPolicy, latest_checkpoint
 
     env = {**json.loads((bootstrap_run / "config.json").read_text())["env"], "reward": {"kind": "aesthetic"}}
-    algo = build_ppo_config(PPOSettings(num_env_runners=1, num_envs_per_env_runner=1, train_batch_size=128,
-                                        minibatch_size=64), env).build_algo()
+    algo = build_config(PPOSettings(num_env_runners=1, num_envs_per_env_runner=1, train_batch_size=128,
+                                    minibatch_size=64), env).build_algo()
     try:
         algo.env_runner_group.foreach_env_runner_async(lambda r: time.sleep(5))
         restore(algo, latest_checkpoint(bootstrap_run) / MODULE_SUBDIR, component=MODULE_SUBDIR.as_posix())

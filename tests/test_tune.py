@@ -131,7 +131,7 @@ def test_cli_flags_map_onto_the_config():
 
 def test_trial_resources_follow_the_cluster(inputs):
     """Plumbing of placement (no GPU here): what a trial asks Ray for, per settings."""
-    from rayjobs.ppo import build_ppo_config
+    from rayjobs.algorithms import build_config
     from rayjobs.tune_weights import trial_resources
 
     env = {"images": TRAIN}
@@ -142,7 +142,7 @@ def test_trial_resources_follow_the_cluster(inputs):
     # A GPU asked for by a process that sees none (a job driver on a CPU head node): the learner
     # becomes one remote actor that Ray places on a GPU node, and the trial reserves that GPU.
     cfg = _cfg(inputs, num_env_runners=2, num_gpus_per_learner=1)
-    assert build_ppo_config(cfg.ppo, env).num_learners == 1
+    assert build_config(cfg.ppo, env).num_learners == 1
     bundles = trial_resources(cfg, env).bundles
     assert sum(b.get("GPU", 0) for b in bundles) == 1 and sum(b.get("CPU", 0) for b in bundles) == 3
 
