@@ -43,7 +43,7 @@ from rlhf.kept import KEPT, KeptCropEnv
 from rlhf.policy import FROZEN_PARTS, MODULE_SUBDIR, CropPolicyModule, CropQModule, latest_checkpoint
 
 if TYPE_CHECKING:
-    from rayjobs.ppo import PPOSettings
+    from rayjobs.training import PPOSettings
 
 ALGOS = ("ppo", "appo", "dqn")
 POLICY_GRADIENT = ("ppo", "appo")  # the algorithms whose head holds action logits (DQN's: Q-values)

@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rayjobs.ppo import CheckpointSettings, PPOSettings, train
+from rayjobs.training import CheckpointSettings, PPOSettings, train
 from rlhf.config import parse_config, run_dir, save_config
 from rlhf.env import CropEnvConfig
 from rlhf.images import TRAIN_PHOTOS, bundled_photos, resolve_paths
@@ -100,7 +100,7 @@ def save_run_config(cfg, env: dict, out: Path) -> None:
 
 
 def run(cfg: BootstrapConfig) -> Path:
-    from rayjobs.ppo import init_ray
+    from rayjobs.training import init_ray
 
     out = run_dir(cfg.out, "bootstrap")
     init_ray()

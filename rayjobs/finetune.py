@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rayjobs.bootstrap import ScorerSettings, release, reward_spec, save_run_config
-from rayjobs.ppo import CheckpointSettings, PPOSettings, init_ray, train
+from rayjobs.training import CheckpointSettings, PPOSettings, init_ray, train
 from rlhf.config import load_run_config, parse_config_given, run_dir
 from rlhf.env import CropEnvConfig
 from rlhf.images import resolve_paths

@@ -377,7 +377,7 @@ def run(cfg: RoundConfig) -> Path:
         if step in r.state:
             continue
         t0 = time.perf_counter()
-        # Rollouts and the head's fit: one thread (see one_torch_thread); stage 3 sets its own (rayjobs.ppo).
+        # Rollouts and the head's fit: one thread (see one_torch_thread); stage 3 sets its own (rayjobs.training).
         with one_torch_thread() if step != "policy" else contextlib.nullcontext():
             result = STEP_FUNCTIONS[step](r)
         if result is None:  # waiting for answers

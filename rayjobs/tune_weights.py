@@ -4,7 +4,7 @@
         --num_samples 8 --timesteps 10000 [--preference_data heldout.sqlite] [--search_lr] [--out DIR]
     python -m rayjobs.tune_weights ...          # what `ray job submit` runs
 
-Each trial is a stage-3 fine-tune (rayjobs.ppo.train from the bootstrap policy, reporting through
+Each trial is a stage-3 fine-tune (rayjobs.training.train from the bootstrap policy, reporting through
 its ``on_iteration`` hook) on
 
     reward = w_nima * (nima - 1) / 9 + w_human * human,    w_nima = 1 - w_human,
@@ -55,7 +55,7 @@ from typing import Any
 from rayjobs.algorithms import build_config
 from rayjobs.bootstrap import ScorerSettings, save_run_config
 from rayjobs.finetune import FROM_POLICY, Stage3Settings, combined_reward, finetune_env, stage3_ppo
-from rayjobs.ppo import STATE_FILE, CheckpointSettings, PPOSettings, init_ray, train
+from rayjobs.training import STATE_FILE, CheckpointSettings, PPOSettings, init_ray, train
 from rlhf.config import CONFIG_VERSION, parse_config_given, run_dir
 from rlhf.env import CropEnvConfig
 from rlhf.evaluation import _finite
@@ -211,7 +211,7 @@ def _load_models(setup: TrialSetup):
 
 
 def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
-    """Tune's function trainable: a fine-tune with this trial's weights through rayjobs.ppo.train, which
+    """Tune's function trainable: a fine-tune with this trial's weights through rayjobs.training.train, which
     checkpoints every eval_every iterations; each checkpoint is evaluated and reported to Tune."""
     from ray import tune
 

@@ -184,7 +184,7 @@ def test_ref_kl_keeps_stage3_near_the_bootstrap(bootstrap_run, tmp_path):
 
 def test_lr_warmup_schedule():
     """--lr_warmup_steps ramps the lr from 0 (RLlib's piecewise-linear schedule), alone or before --anneal_lr."""
-    from rayjobs.ppo import PPOSettings
+    from rayjobs.training import PPOSettings
 
     assert PPOSettings(lr=1e-3).lr_schedule() == 1e-3
     assert PPOSettings(lr=1e-3, lr_warmup_steps=100).lr_schedule() == [[0, 0.0], [100, 1e-3]]
@@ -235,7 +235,7 @@ def test_env_runners_sample_with_the_restored_policy(bootstrap_run):
     import time
 
     from rayjobs.algorithms import build_config
-    from rayjobs.ppo import PPOSettings, restore
+    from rayjobs.training import PPOSettings, restore
     from rlhf.policy import MODULE_SUBDIR, CropPolicy, latest_checkpoint
 
     env = {**json.loads((bootstrap_run / "config.json").read_text())["env"], "reward": {"kind": "aesthetic"}}

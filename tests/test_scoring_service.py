@@ -235,7 +235,7 @@ def test_combined_reward_costs_one_round_trip(ray_local, photos, human_model):
 def test_stage1_ppo_survives_killing_the_scoring_actor(service, photos, local, tmp_path):
     """A short real PPO run (stage 1 with --service: through the actor); the actor is killed mid-run."""
     from rayjobs import bootstrap
-    from rayjobs.ppo import train
+    from rayjobs.training import train
     from rlhf.config import from_flat
 
     cfg = from_flat(bootstrap.BootstrapConfig,

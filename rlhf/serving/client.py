@@ -56,12 +56,12 @@ def ensure_service(spec: RewardSpec | dict[str, Any], name: str | None = None, m
                    timeout_s: float = 600.0) -> str:
     """Start the scoring actor for `spec` (or find the running one) and wait until its models load.
 
-    Returns its name, to put into ``spec.service``. Needs Ray initialised (rayjobs.ppo.init_ray).
+    Returns its name, to put into ``spec.service``. Needs Ray initialised (rayjobs.training.init_ray).
     Raises ScoringServiceError naming the model file when the models cannot be loaded.
     """
     spec = spec if isinstance(spec, RewardSpec) else RewardSpec(**spec)
     if not ray.is_initialized():
-        raise ScoringServiceError("ensure_service needs Ray: call ray.init() (rayjobs.ppo.init_ray) first")
+        raise ScoringServiceError("ensure_service needs Ray: call ray.init() (rayjobs.training.init_ray) first")
     held = held_models(spec)
     for key in ("scorer_weights", "human_reward_model"):
         if held.get(key) and not Path(held[key]).is_file():
