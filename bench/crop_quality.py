@@ -63,6 +63,32 @@ def same_size_boxes(photo: Photo, box, n: int, rng: np.random.Generator, centre:
     return [(int(x), int(y), int(x) + w, int(y) + h) for x, y in zip(xs, ys, strict=True)]
 
 
+def held_out_photos(names: list[str], variants: int, rng: np.random.Generator) -> list[Photo]:
+    """The bundled photos `names`, then `variants` fixed sub-photo/mirror framings of each."""
+    photos = load_collection(bundled_photos(names))
+    return photos + [v for p in photos for v in augmented_variants(p, variants, rng)]
+
+
+def measure(policy: CropPolicy, photos: list[Photo], rng: np.random.Generator,
+            verbose: bool = False) -> tuple[list[float], list[float], list[float], list[float], float]:
+    """Per photo, the default scorer's score of the policy's crop, of random crops (mean of 16), of the
+    centred crop of the same size and of random positions at that size (mean of 16); and the policy's
+    seconds per photo."""
+    boxes, sec = crop_photos(policy, photos)
+    scorer = create_scorer("default")
+    min_area = float(policy.env_config.get("min_area", 0.25))
+    pol, rand, cent, same = [], [], [], []
+    for photo, box in zip(photos, boxes, strict=True):
+        pol.append(scorer.score_boxes(photo, [box])[0])
+        rand.append(scorer.score_boxes(photo, random_boxes(photo, 16, min_area, rng)).mean())
+        cent.append(scorer.score_boxes(photo, same_size_boxes(photo, box, 1, rng, centre=True))[0])
+        same.append(scorer.score_boxes(photo, same_size_boxes(photo, box, 16, rng)).mean())
+        if verbose:
+            print(f"{Path(photo.id).name:<40} policy {pol[-1]:.2f}  random {rand[-1]:.2f}  centre {cent[-1]:.2f}"
+                  f"  random same size {same[-1]:.2f}  box {list(box)}")
+    return pol, rand, cent, same, sec
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--policy", help="stage-1 run folder or checkpoint (default: train one now)")
@@ -84,19 +110,8 @@ def main() -> None:
         policy_path = str(out)
     policy = CropPolicy.load(policy_path)
     rng = np.random.default_rng(args.seed)
-    photos = load_collection(bundled_photos(args.photos or HELDOUT_PHOTOS))
-    photos = photos + [v for p in photos for v in augmented_variants(p, args.variants, rng)]
-    boxes, sec = crop_photos(policy, photos)
-    scorer = create_scorer("default")
-    min_area = float(policy.env_config.get("min_area", 0.25))
-    pol, rand, cent, same = [], [], [], []
-    for photo, box in zip(photos, boxes, strict=True):
-        pol.append(scorer.score_boxes(photo, [box])[0])
-        rand.append(scorer.score_boxes(photo, random_boxes(photo, 16, min_area, rng)).mean())
-        cent.append(scorer.score_boxes(photo, same_size_boxes(photo, box, 1, rng, centre=True))[0])
-        same.append(scorer.score_boxes(photo, same_size_boxes(photo, box, 16, rng)).mean())
-        print(f"{Path(photo.id).name:<40} policy {pol[-1]:.2f}  random {rand[-1]:.2f}  centre {cent[-1]:.2f}"
-              f"  random same size {same[-1]:.2f}  box {list(box)}")
+    photos = held_out_photos(args.photos or HELDOUT_PHOTOS, args.variants, rng)
+    pol, rand, cent, same, sec = measure(policy, photos, rng, verbose=True)
     vs_random, vs_center, vs_same = np.mean(pol) / np.mean(rand), np.mean(pol) / np.mean(cent), np.mean(pol) / np.mean(same)
     stems = [Path(p.id.split("#")[0]).stem for p in photos]
     pol, rand, cent = np.array(pol), np.array(rand), np.array(cent)

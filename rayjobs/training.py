@@ -31,7 +31,7 @@ from rlhf.policy import MODULE_SUBDIR, latest_checkpoint
 STATE_FILE = "photographer_state.json"  # in every checkpoint: its iteration, env steps and kept_lambda
 CSV_FIELDS = ["iteration", "timesteps", "episode_return_mean", "final_score_mean", "start_score_mean",
               "episode_len_mean", "policy_entropy", "vf_explained_var", "lr", "entropy_coeff", "ref_kl", "kept",
-              "kept_lambda", "seconds"]
+              "kept_lambda", "trained", "seconds"]
 
 
 def default_env_runners() -> int:
@@ -201,6 +201,8 @@ def summarize(result: dict, iteration: int, seconds: float) -> dict[str, float]:
         "lr": _get(result, "learners/default_policy/default_optimizer_learning_rate"),
         "entropy_coeff": _get(result, "learners/default_policy/curr_entropy_coeff"),
         "ref_kl": _get(result, "learners/default_policy/ref_kl"),
+        # Samples the learner trained on (an env step counts once per epoch or replay).
+        "trained": _get(result, "learners/default_policy/num_module_steps_trained", default=0.0),
         "seconds": round(seconds, 2),
     }
 
