@@ -90,6 +90,9 @@ def test_stage3_continues_a_bootstrap_of_its_kind_and_refuses_the_other(stopped_
         with pytest.raises(ValueError, match="trained with ppo or appo .* use --algo ppo or appo"):
             _stage3(tmp_path, out, "dqn")
     else:
+        _stage3(tmp_path, out, "dqn")
+        (row,) = _rows(tmp_path / "stage3_dqn")
+        assert float(row["kept_lambda"]) >= 0 and float(row["trained"]) > 0
         with pytest.raises(ValueError, match="--ref_kl is a KL term of a policy loss, which dqn has not"):
             _stage3(tmp_path, out, "dqn", "--ref_kl", "0.1")
         with pytest.raises(ValueError, match="trained with dqn .*Q-values.* use --algo dqn"):
@@ -102,3 +105,24 @@ def test_an_unknown_algorithm_fails_at_the_command_line():
 
     with pytest.raises((SystemExit, ValueError)):
         parse_config(BootstrapConfig, ["--algo", "sac"], prog="photographer bootstrap")
+
+
+def test_appo_resumes_after_a_kill(tmp_path):
+    """As tests/test_bootstrap.py's PPO run: killed (driver and local Ray) once a checkpoint is on disk,
+    then --resume goes on from it."""
+    import os
+    import signal
+
+    from tests.test_bootstrap import _bootstrap as bootstrap_process
+    from tests.test_bootstrap import _wait_for_checkpoint
+
+    proc = bootstrap_process(tmp_path, "--algo", "appo")
+    _wait_for_checkpoint(proc, tmp_path)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = int(sorted(p.name for p in (tmp_path / "checkpoints").glob("ckpt_*"))[-1].split("_")[1])
+    resumed = bootstrap_process(tmp_path, "--algo", "appo", "--resume")
+    log, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0 and f"at iteration {killed_at}" in log, log
+    iters = [int(r["iteration"]) for r in _rows(tmp_path)]
+    assert iters == list(range(1, len(iters) + 1)) and int(_rows(tmp_path)[-1]["timesteps"]) >= 768
