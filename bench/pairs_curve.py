@@ -184,7 +184,7 @@ def summary(cfg: CurveConfig, rows: list[dict]) -> dict[str, float]:
 
     reached = [n for n in cfg.answers if worst(n, "accuracy") >= 0.80]
     kept = [v for r in first for k, v in r.items() if k.startswith("kept_") and v == v]
-    return {"pairs_to_080": float(reached[0]) if reached else nan,
+    return {"pairs_to_080": reached[0] if reached else nan,
             "preferred_at_25_frozen": worst(25, "preferred_frozen"),
             "preferred_at_25_finetuned": worst(25, "preferred_finetuned"),
             "preferred_at_100_finetuned": worst(100, "preferred_finetuned"),
@@ -278,9 +278,12 @@ def run(cfg: CurveConfig) -> dict[str, float]:
 
 
 def _f(v: Any) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "nan" if v is not None else "—"
-    return f"{v:.3f}" if isinstance(v, float) and not float(v).is_integer() else f"{v:g}"
+    """A table cell: "—" for a number not measured, floats with 3 decimals, counts as they are."""
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.3f}"
+    return str(v)
 
 
 def _plain(o: Any) -> Any:
