@@ -28,7 +28,7 @@ import sys
 import time
 import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from rlhf.images import HELDOUT_PHOTOS, Box, ImageLoadError, Photo, bundled_phot
 
 JOURNAL = "crops.jsonl"
 # What decides a run's boxes and scores: a resumed run must keep them.
-RESULT_FIELDS = ("policy", "human_reward_model", "w_human", "scorer", "scorer_weights", "score", "deterministic",
+RESULT_FIELDS = ("policy", "human_reward_model", "w_human", "min_kept", "scorer", "scorer_weights", "score", "deterministic",
                  "seed", "write_crops")
 # Paths among them, compared resolved.
 _PATH_FIELDS = ("policy", "human_reward_model")
@@ -62,8 +62,13 @@ class CropConfig:
     human_reward_model: str | None = field(default=None, metadata={
         "help": "steer the policy with this human_reward_model.pth, no fine-tuning (the few-pairs path): its "
                 "lookahead then observes (1 - w_human) * aesthetic + w_human * human score; default none"})
-    w_human: float = field(default=0.3, metadata={
-        "help": "with --human_reward_model: the human score's weight in what steers the policy"})
+    w_human: float | None = field(default=None, metadata={
+        "help": "with --human_reward_model: the human score's weight in what steers the policy; default: the "
+                "largest of 0.1, 0.2, ..., 0.9 whose crops keep --min_kept of the aesthetic score on up to 16 of "
+                "the photos (rlhf.kept.steering_weight; written to steering.json)"})
+    min_kept: float = field(default=0.95, metadata={
+        "help": "with --human_reward_model and no --w_human: the share of the policy's own aesthetic score the "
+                "steered crops must keep"})
     image: list[str] = field(default_factory=_heldout, metadata={"help": "photos: files, folders or globs",
                                                                          "help_default": "the bundled held-out photos"})
     out: str | None = field(default=None, metadata={"help": "output folder (default results/crop-<time>)"})
@@ -95,8 +100,10 @@ class CropConfig:
             raise ValueError("--policy is required: a checkpoint or a run folder")
         if self.sheet_rows < 1 or self.actors < 1 or self.batch_size < 1:
             raise ValueError("--sheet_rows, --actors and --batch_size must be at least 1")
-        if not 0.0 <= self.w_human <= 1.0:
+        if self.w_human is not None and not 0.0 <= self.w_human <= 1.0:
             raise ValueError(f"--w_human must be in [0, 1], got {self.w_human}")
+        if not 0.0 < self.min_kept <= 1.0:
+            raise ValueError(f"--min_kept must be in (0, 1], got {self.min_kept}")
         if self.human_reward_model and not Path(self.human_reward_model).is_file():
             raise ValueError(f"--human_reward_model {self.human_reward_model}: no such file")
 
@@ -114,6 +121,34 @@ def check_resumable(cfg: CropConfig, out: Path) -> None:
     if changed:
         raise ValueError(f"--resume: {out} was cropped with {', '.join(f'--{k} {before[k]}' for k in changed)}; "
                          "resume with the same settings, or give a new --out")
+
+
+def steering(cfg: CropConfig, source: Path, paths: list[Path], out: Path) -> float:
+    """The steering weight: --w_human, or the one chosen for this run (steering.json, kept for --resume)."""
+    from rlhf.images import ImageLoadError
+    from rlhf.kept import steering_weight
+    from rlhf.policy import CropPolicy
+
+    policy = CropPolicy.load(source)
+    if cfg.w_human is not None:
+        policy.steered(cfg.human_reward_model, cfg.w_human)
+        return cfg.w_human
+    record = out / "steering.json"
+    if record.is_file():
+        return float(json.loads(record.read_text())["w_human"])
+    photos = []
+    for p in paths:
+        try:
+            photos.append(Photo.from_path(p))
+        except ImageLoadError:
+            continue  # reported when its turn comes
+    policy.steered(cfg.human_reward_model, 0.1)  # a policy that cannot be steered fails before any rollout
+    w, kept = steering_weight(policy, cfg.human_reward_model, photos, cfg.min_kept)
+    print(f"steering weight w_human {w:g}: the largest that keeps {kept:.3f} >= {cfg.min_kept} of the aesthetic "
+          f"score on {min(len(photos), 16)} of the photos", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"w_human": w, "kept": kept, "min_kept": cfg.min_kept}) + "\n")
+    return w
 
 
 def _resolved(path: str | None) -> str | None:
@@ -262,14 +297,12 @@ def run(cfg: CropConfig) -> Path:
     from rlhf.policy import latest_checkpoint
 
     source = latest_checkpoint(cfg.policy)  # fails now, not in an actor, when there is no policy
-    if cfg.human_reward_model:  # and when it cannot be steered, or the reward model is unusable
-        from rlhf.policy import CropPolicy
-
-        CropPolicy.load(source).steered(cfg.human_reward_model, cfg.w_human)
     out = run_dir(cfg.out, "crop")
     check_resumable(cfg, out)
-    save_config(cfg, out)
     paths = resolve_paths(cfg.image)
+    w_human = steering(cfg, source, paths, out) if cfg.human_reward_model else cfg.w_human
+    save_config(cfg, out)  # as given: a resumed run compares its flags with these
+    cfg = replace(cfg, w_human=w_human)
     names = crop_names(paths)
     title = f"{source} steered by {cfg.human_reward_model} (w_human {cfg.w_human})" if cfg.human_reward_model \
         else str(source)

@@ -68,7 +68,7 @@ class Cropper:
 
     def __init__(self, policy: str, scorer: str = "default", scorer_weights: str | None = None,
                  score: bool = True, deterministic: bool = True, seed: int = 0, device: str = "cpu",
-                 write_crops: bool = True, human_reward_model: str | None = None, w_human: float = 0.3):
+                 write_crops: bool = True, human_reward_model: str | None = None, w_human: float | None = None):
         # oneDNN keeps compiled kernels per input shape (1024 by default); every photo's aspect is a new
         # shape for the backbone, so the default lets a long crop grow by a few hundred MB. Read lazily,
         # at the first convolution, so setting it here still counts.
@@ -77,6 +77,8 @@ class Cropper:
 
         self.policy = CropPolicy.load(policy)
         if human_reward_model:  # the few-pairs path: the reward model steers the lookahead
+            if w_human is None:
+                raise ValueError("a steered Cropper needs w_human (photographer crop chooses it)")
             self.policy = self.policy.steered(human_reward_model, w_human)
         if self.policy.reward and device != "cpu":
             self.policy.reward = {**self.policy.reward, "device": device}  # the lookahead's models on the GPU

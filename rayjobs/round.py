@@ -16,7 +16,8 @@ Each call finishes the run's newest unfinished round, or starts the next one, in
                the pairs are answered; with --simulate TASTE a SIMULATED annotator answers them
   3. reward    a reward model on all the answers so far (photographer train-reward)
   4. policy    under --finetune_from answers, the bootstrap steered by the reward model with no
-               fine-tuning (the few-pairs path, photographer crop --human_reward_model); from then on,
+               fine-tuning (the few-pairs path, photographer crop --human_reward_model), as hard as keeps
+               --min_kept of the aesthetic score on --image; from then on,
                stage 3 fine-tunes the bootstrap on the reward model (photographer finetune)
   5. evaluate  this round's policy against the previous round's (round 1: the bootstrap) on held-out
                photos: the aesthetic score kept, the reward model's human score, and with --simulate how
@@ -50,7 +51,7 @@ STATE = "state.json"
 TABLE = "rounds.md"
 STEPS = ("pairs", "answers", "reward", "policy", "evaluate")
 # What decides a round's results: an unfinished round goes on only with the settings it started with.
-RESULT_FIELDS = ("pairs", "image", "heldout", "simulate", "noise", "annotator", "finetune_from", "w_human",
+RESULT_FIELDS = ("pairs", "image", "heldout", "simulate", "noise", "annotator", "finetune_from", "w_human", "min_kept",
                  "reward_args", "finetune_args", "seed")
 
 
@@ -76,9 +77,13 @@ class RoundConfig:
         "help": "answers from which the round fine-tunes the bootstrap (stage 3); with fewer, the bootstrap is "
                 "steered by the reward model with no fine-tuning (a few dozen pairs teach a reward model, not "
                 "a policy)"})
-    w_human: float = field(default=0.3, metadata={
-        "help": "the human score's weight in the policy's reward, steered or fine-tuned (the aesthetic score's "
-                "is 1 - w_human)"})
+    w_human: float | None = field(default=None, metadata={
+        "help": "the human score's weight in the policy's reward (the aesthetic score's is 1 - w_human); default: "
+                "steered, the largest of 0.1, ..., 0.9 that keeps --min_kept of the aesthetic score on --image "
+                "(rlhf.kept.steering_weight); fine-tuned, finetune's own"})
+    min_kept: float = field(default=0.95, metadata={
+        "help": "the share of the bootstrap's aesthetic score the round's policy must keep: the steering weight's "
+                "bound, and stage 3's constraint (finetune --min_kept)"})
     simulate: str | None = field(default=None, metadata={
         "help": "a SIMULATED taste of rlhf/simulated.py (e.g. tight) that answers the pairs and judges the "
                 "evaluation, for tests and benchmarks; default none: a person answers"})
@@ -102,8 +107,10 @@ class RoundConfig:
             raise ValueError("--run is required: the run folder that holds the rounds")
         if self.pairs < 1 or self.finetune_from < 1:
             raise ValueError("--pairs and --finetune_from must be at least 1")
-        if not 0.0 <= self.w_human <= 1.0:
+        if self.w_human is not None and not 0.0 <= self.w_human <= 1.0:
             raise ValueError(f"--w_human must be in [0, 1], got {self.w_human}")
+        if not 0.0 < self.min_kept <= 1.0:
+            raise ValueError(f"--min_kept must be in (0, 1], got {self.min_kept}")
         if not 0.0 <= self.noise <= 1.0:
             raise ValueError(f"--noise must be in [0, 1], got {self.noise}")
         if self.simulate is not None:
@@ -217,7 +224,8 @@ def step_pairs(r: Round) -> dict[str, Any] | None:
         pairs_job.run(pairs_job.PairsConfig(
             policy=current["policy"], image=r.cfg.image, num_pairs=r.cfg.pairs, out=str(out), store=str(r.store),
             select=select, human_reward_model=current.get("human_reward_model") or model,
-            steer=bool(current.get("human_reward_model")), w_human=current.get("w_human", r.cfg.w_human),
+            steer=bool(current.get("human_reward_model")),
+            **({"w_human": current["w_human"]} if current.get("human_reward_model") else {}),
             seed=r.cfg.seed + r.k - 1))
         made = load_pairs(path)
     PreferenceStore(r.store).add_pairs(made)  # known ids are skipped: a kill after the file is made up here
@@ -264,7 +272,18 @@ def step_reward(r: Round) -> dict[str, Any]:
 def step_policy(r: Round) -> dict[str, Any]:
     model, answers = r.state["reward"]["model"], r.state["answers"]["answers"]
     if answers < r.cfg.finetune_from:
-        desc = {"kind": "steered", "policy": r.bootstrap, "human_reward_model": model, "w_human": r.cfg.w_human}
+        w = r.cfg.w_human
+        if w is None:
+            from rlhf.images import load_collection
+            from rlhf.kept import steering_weight
+            from rlhf.policy import CropPolicy
+
+            boot = CropPolicy.load(r.bootstrap)
+            boot.steered(model, 0.1)  # fails now if the bootstrap cannot be steered
+            w, kept = steering_weight(boot, model, load_collection(r.cfg.image), r.cfg.min_kept)
+            print(f"round {r.k}: steering weight w_human {w:g} (keeps {kept:.3f} of the aesthetic score on --image)",
+                  flush=True)
+        desc = {"kind": "steered", "policy": r.bootstrap, "human_reward_model": model, "w_human": w}
         load_policy(desc)  # fails now if the bootstrap cannot be steered
         print(f"round {r.k}: {answers} answers (< --finetune_from {r.cfg.finetune_from}): the bootstrap steered by "
               f"the reward model, no fine-tuning", flush=True)
@@ -272,8 +291,9 @@ def step_policy(r: Round) -> dict[str, Any]:
     from rayjobs import finetune
 
     out = r.folder / "finetune"
-    argv = ["--policy", r.bootstrap, "--human_reward_model", model, "--w_nima", str(1.0 - r.cfg.w_human),
-            "--w_human", str(r.cfg.w_human), "--out", str(out), "--seed", str(r.cfg.seed),
+    weights = [] if r.cfg.w_human is None else ["--w_nima", str(1.0 - r.cfg.w_human), "--w_human", str(r.cfg.w_human)]
+    argv = ["--policy", r.bootstrap, "--human_reward_model", model, *weights, "--min_kept", str(r.cfg.min_kept),
+            "--out", str(out), "--seed", str(r.cfg.seed),
             "--resume" if out.exists() else "--no-resume", *r.cfg.finetune_args]
     print(f"round {r.k}: {answers} answers: stage 3 fine-tunes the bootstrap", flush=True)
     finetune.run(*parse_config_given(finetune.FinetuneConfig, argv, prog="photographer finetune"))

@@ -1,4 +1,5 @@
-"""Stage 3 keeps the aesthetic score by itself: a Lagrange multiplier on "keep >= min_kept of it".
+"""The product keeps the aesthetic score by itself: stage 3 by a Lagrange multiplier on "keep >= min_kept
+of it", the few-pairs path by its steering weight (``steering_weight``, at the end).
 
 A taste that pulls against the aesthetic score (a tight crop, a subject on the left third) can cost
 more of it than the fixed weights w_nima / w_human foresee, and how much depends on the taste. So,
@@ -174,3 +175,42 @@ def reference_scores(policy: str | Path, env_config: dict[str, Any]) -> dict[str
     spec = RewardSpec(**env_config["reward"])
     scorer = create_scorer(spec.scorer, weights=spec.scorer_weights, device=spec.device)
     return {p.id: float(scorer.score_boxes(p, [b])[0]) for p, b in zip(photos, boxes, strict=True)}
+
+
+# The few-pairs path's candidate weights of the human score, tried upward, and the photos it tries them on.
+STEER_WEIGHTS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+STEER_PHOTOS = 16
+
+
+def steering_weight(policy: Any, human_reward_model: str | Path, photos: Sequence[Photo], min_kept: float = 0.95,
+                    weights: Sequence[float] = STEER_WEIGHTS) -> tuple[float, float]:
+    """The few-pairs path's (w_human, kept): the largest weight of `weights`, tried upward and stopping at
+    the first that fails, whose steered crops keep at least `min_kept` of the policy's own aesthetic score
+    (its mean over the policy's unsteered crops, ``rlhf.evaluation.aesthetic_kept``) on up to STEER_PHOTOS
+    of `photos`, spread over them; (0.0, 1.0), not steered, when even the smallest fails.
+
+    Why: how hard a reward model may pull depends on the taste (a tight crop costs more of the score than
+    a warm one); kept needs no answers, only the aesthetic scorer, so it is measured on the person's own
+    photos. Greedy rollouts: deterministic, so the same photos give the same weight.
+    """
+    from rlhf.evaluation import aesthetic_kept, evaluate_policy
+    from rlhf.scorers import create_scorer
+
+    if not 0.0 < min_kept <= 1.0:
+        raise ValueError(f"min_kept must be in (0, 1], got {min_kept}")
+    photos = list(photos)
+    if not photos:
+        raise ValueError("choosing the steering weight needs at least one photo")
+    step = max(1, len(photos) // STEER_PHOTOS)
+    sample = photos[::step][:STEER_PHOTOS]
+    spec = policy.reward or {}
+    scorer = create_scorer(spec.get("scorer", "default"), weights=spec.get("scorer_weights"))
+    base = evaluate_policy(policy, sample, scorer, name="unsteered")
+    best = (0.0, 1.0)
+    for w in sorted(weights):
+        kept = aesthetic_kept(evaluate_policy(policy.steered(human_reward_model, w), sample, scorer,
+                                              name=f"w_human {w:g}"), base)
+        if not kept >= min_kept:
+            break
+        best = (float(w), float(kept))
+    return best

@@ -241,3 +241,34 @@ def test_steering_needs_a_lookahead_policy_and_a_reward_model_file(policy, folde
         CropConfig(policy=str(policy), human_reward_model=str(tmp_path / "missing.pth"))
     with pytest.raises(ValueError, match="--w_human must be in"):
         CropConfig(policy=str(policy), human_reward_model=str(wide_model), w_human=1.5)
+
+
+def test_steering_weight_is_chosen_to_keep_the_aesthetic_score(policy, folder, wide_model, tmp_path):
+    """Without --w_human the few-pairs path picks the largest weight whose crops keep --min_kept of the
+    policy's own aesthetic score on the photos (rlhf.kept.steering_weight); recorded for --resume."""
+    from dataclasses import replace
+
+    from rlhf.evaluation import aesthetic_kept, evaluate_policy
+    from rlhf.images import Photo, resolve_paths
+    from rlhf.kept import STEER_WEIGHTS, steering_weight
+    from rlhf.policy import CropPolicy
+    from rlhf.scorers import create_scorer
+
+    boot = CropPolicy.load(policy)
+    photos = [Photo.from_path(p) for p in resolve_paths([str(folder)])]
+    assert steering_weight(boot, wide_model, photos, min_kept=0.01)[0] == max(STEER_WEIGHTS)
+    w, kept = steering_weight(boot, wide_model, photos, min_kept=0.99)
+    assert w in (0.0, *STEER_WEIGHTS) and kept >= 0.99
+    if w > 0:  # the chosen weight's crops do keep that much, measured again
+        scorer = create_scorer("default")
+        assert aesthetic_kept(evaluate_policy(boot.steered(wide_model, w), photos, scorer),
+                              evaluate_policy(boot, photos, scorer)) == pytest.approx(kept)
+    cfg = CropConfig(policy=str(policy), image=[str(folder)], out=str(tmp_path / "auto"), sheet_rows=3, ray=False,
+                     human_reward_model=str(wide_model), min_kept=0.99, score=False)
+    out = run(cfg)
+    chosen = json.loads((out / "steering.json").read_text())
+    assert chosen["w_human"] == w and json.loads((out / "config.json").read_text())["w_human"] is None
+    (out / "steering.json").write_text(json.dumps({**chosen, "w_human": 0.7}))  # resume uses the recorded one
+    run(replace(cfg, resume=True))
+    with pytest.raises(ValueError, match="was cropped with --min_kept 0.99"):
+        run(replace(cfg, resume=True, min_kept=0.9))
