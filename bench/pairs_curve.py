@@ -5,8 +5,9 @@ For each SIMULATED taste (rlhf/simulated.py) and each way of choosing pairs, ans
 
   reward     a reward model on all the answers so far (rayjobs.train_reward); its accuracy on held-out
              pairs (the bootstrap's pairs on the unseen photos, labelled by the taste WITHOUT noise)
-  frozen     the bootstrap steered by that reward model, no fine-tuning (the few-pairs path,
-             rlhf.policy.CropPolicy.steered, what `photographer crop --human_reward_model` runs)
+  frozen     the bootstrap steered by that reward model, no fine-tuning (the few-pairs path, what
+             `photographer crop --human_reward_model` runs: as hard as keeps 0.95 of the aesthetic score on
+             the training photos, rlhf.kept.steering_weight, unless --w_human fixes the weight)
   finetuned  at the steps in --finetune_at only (stage 3 takes minutes): stage 3 from the bootstrap on the
              reward model (rayjobs.finetune, its defaults: 0.7 / 0.3 and the aesthetic-kept constraint)
 
@@ -76,8 +77,10 @@ class CurveConfig:
     variants: int = field(default=23, metadata={
         "help": "fixed framings per held-out photo besides the photo itself (9 photos x 24 = 216 unseen crops)"})
     noise: float = field(default=0.1, metadata={"help": "label noise of the simulated annotator"})
-    w_human: float = field(default=0.3, metadata={
-        "help": "the human score's weight, steered and fine-tuned (the aesthetic score's is 1 - w_human)"})
+    w_human: float | None = field(default=None, metadata={
+        "help": "the human score's weight, steered and fine-tuned (the aesthetic score's is 1 - w_human); default: "
+                "steered, the product's choice (rlhf.kept.steering_weight on the training photos, keeping 0.95), "
+                "fine-tuned, finetune's own. Each setting keeps its own results in a step's folder"})
     finetune_timesteps: int = field(default=6144, metadata={"help": "stage-3 env steps"})
     reward_args: list[str] = field(default_factory=list, metadata={
         "help": "extra flags for train-reward, one per --reward_args=FLAG"})
@@ -105,7 +108,8 @@ class CurveConfig:
         return BenchConfig(out=self.out, bootstrap=self.bootstrap, bootstrap_timesteps=self.bootstrap_timesteps,
                            tastes=self.tastes, heldout_pairs=self.heldout_pairs, variants=self.variants,
                            noise=self.noise, finetune_timesteps=self.finetune_timesteps,
-                           w_nima=1.0 - self.w_human, w_human=self.w_human, finetune_args=self.finetune_args,
+                           **({} if self.w_human is None else {"w_nima": 1.0 - self.w_human, "w_human": self.w_human}),
+                           finetune_args=self.finetune_args,
                            num_env_runners=self.num_env_runners, service=False, seed=self.seed)
 
 
@@ -115,6 +119,7 @@ def curve(cfg: CurveConfig, out: Path, taste: str, selection: str, policy: str, 
 
     from rayjobs import pairs, train_reward
     from rlhf.evaluation import aesthetic_kept, evaluate_policy, photo_key, reward_model_accuracy
+    from rlhf.kept import steering_weight
     from rlhf.policy import CropPolicy
     from rlhf.preference import PreferenceRewardModel
     from rlhf.simulated import SimulatedAnnotator, preferred_rate
@@ -129,11 +134,12 @@ def curve(cfg: CurveConfig, out: Path, taste: str, selection: str, policy: str, 
                        extra=dict(p.extra)) for p in shared["heldout"]]
     boot_eval, photos = shared["boot_eval"], shared["unseen"]
     rows, prev_model = [], None
+    result = RESULT if cfg.w_human is None else f"result_w{cfg.w_human:g}.json"
     for i, n in enumerate(cfg.answers):
         step = folder / f"answers_{n:03d}"
         model_path = step / "reward" / "human_reward_model.pth"
-        if (step / RESULT).exists():
-            rows.append(json.loads((step / RESULT).read_text()))
+        if (step / result).exists():
+            rows.append(json.loads((step / result).read_text()))
             prev_model = model_path
             continue
         t0 = time.time()
@@ -152,10 +158,12 @@ def curve(cfg: CurveConfig, out: Path, taste: str, selection: str, policy: str, 
                                "--out", str(step / "reward"), "--seed", str(cfg.seed), *cfg.reward_args])
         model = PreferenceRewardModel.load(model_path)
         accuracy, _ = reward_model_accuracy(model, heldout, shared["unseen_by_id"])
-        frozen = evaluate_policy(shared["boot_policy"].steered(model_path, cfg.w_human), photos, shared["scorer"],
-                                 name="frozen")
+        w = cfg.w_human
+        if w is None:
+            w = steering_weight(shared["boot_policy"], model_path, shared["train_photos"])[0]
+        frozen = evaluate_policy(shared["boot_policy"].steered(model_path, w), photos, shared["scorer"], name="frozen")
         row: dict[str, Any] = {
-            "taste": taste, "selection": selection, "answers": answered, "step": n, "accuracy": accuracy,
+            "taste": taste, "selection": selection, "answers": answered, "step": n, "accuracy": accuracy, "w_human": w,
             "preferred_frozen": preferred_rate(truth, photos, boot_eval.boxes, frozen.boxes),
             "kept_frozen": aesthetic_kept(frozen, boot_eval)}
         if n in cfg.finetune_at and selection == cfg.selections[0]:
@@ -165,7 +173,7 @@ def curve(cfg: CurveConfig, out: Path, taste: str, selection: str, policy: str, 
             row["preferred_finetuned"] = preferred_rate(truth, photos, boot_eval.boxes, tuned.boxes)
             row["kept_finetuned"] = aesthetic_kept(tuned, boot_eval)
         row["seconds"] = round(time.time() - t0, 1)
-        (step / RESULT).write_text(json.dumps(row, indent=2, default=_plain) + "\n")
+        (step / result).write_text(json.dumps(row, indent=2, default=_plain) + "\n")
         print(f"[{taste}/{selection}] {answered} answers: " + ", ".join(
             f"{k} {v:.3f}" for k, v in row.items() if isinstance(v, float) and k != "seconds"), flush=True)
         rows.append(row)
