@@ -51,8 +51,9 @@ class EvalConfig:
     steer: bool = field(default=False, metadata={
         "help": "also evaluate the first policy steered by --human_reward_model, no fine-tuning (the few-pairs "
                 "path, photographer crop --human_reward_model), as one more policy named '<first>+steered'"})
-    w_human: float = field(default=0.3, metadata={"help": "with --steer: the human score's weight in what "
-                                                          "steers the policy"})
+    w_human: float | None = field(default=None, metadata={
+        "help": "with --steer: the human score's weight in what steers the policy; default: as photographer crop "
+                "chooses it (the largest that keeps 0.95 of the aesthetic score on the photos)"})
     taste: str | None = field(default=None, metadata={
         "help": "a SIMULATED taste of rlhf/simulated.py (e.g. tight) whose verdict to report: the share of "
                 "photos where it prefers each policy's crop to the first policy's, ties half (default: none)"})
@@ -235,7 +236,13 @@ def run(cfg: EvalConfig) -> Path:
     names = cfg.names or [_name(p) for p in cfg.policies]
     policies = [CropPolicy.load(path) for path in cfg.policies]
     if cfg.steer:
-        policies.append(policies[0].steered(cfg.human_reward_model, cfg.w_human))
+        w = cfg.w_human
+        if w is None:
+            from rlhf.kept import steering_weight
+
+            w = steering_weight(policies[0], cfg.human_reward_model, photos)[0]
+            print(f"steering weight w_human {w:g} (the largest that keeps 0.95 of the aesthetic score)", flush=True)
+        policies.append(policies[0].steered(cfg.human_reward_model, w))
         names = [*names, f"{names[0]}+steered"]
     evals = []
     for policy, name in zip(policies, names, strict=True):

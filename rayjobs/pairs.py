@@ -75,8 +75,9 @@ class PairsConfig:
     steer: bool = field(default=False, metadata={
         "help": "propose crops with the policy steered by --human_reward_model (the few-pairs path's policy, "
                 "photographer crop --human_reward_model)"})
-    w_human: float = field(default=0.3, metadata={"help": "with --steer: the human score's weight in what "
-                                                          "steers the policy"})
+    w_human: float | None = field(default=None, metadata={
+        "help": "with --steer: the human score's weight in what steers the policy; default: as photographer crop "
+                "chooses it (the largest that keeps 0.95 of the aesthetic score on the photos)"})
     thumb_size: int = field(default=320, metadata={"help": "longest side of the crop thumbnails"})
     sheet_pairs: int = field(default=8, metadata={"help": "pairs shown in pairs_sheet.png"})
     seed: int = field(default=0, metadata={"help": "random seed (rollouts, perturbations, A/B order)"})
@@ -317,9 +318,14 @@ def run(cfg: PairsConfig) -> Path:
     store = PreferenceStore(store_path)  # opened first: a bad store fails before any work
     known = _known_pairs(store)
     policy = CropPolicy.load(cfg.policy)
-    if cfg.steer:
-        policy = policy.steered(cfg.human_reward_model, cfg.w_human)
     photos = load_collection(cfg.image)
+    if cfg.steer:
+        w = cfg.w_human
+        if w is None:
+            from rlhf.kept import steering_weight
+
+            w = steering_weight(policy, cfg.human_reward_model, photos)[0]
+        policy = policy.steered(cfg.human_reward_model, w)
     env = policy_env(policy, photos)
     min_area = float(env.cfg.min_area) * 0.8  # perturbations may go a little below the policy's floor
     rng = np.random.default_rng(cfg.seed)
