@@ -152,7 +152,8 @@ def curve(cfg: CurveConfig, out: Path, taste: str, selection: str, policy: str, 
                 store=str(store.path), seed=cfg.seed + i, select=select,
                 human_reward_model=str(prev_model) if select == "uncertain" else None))
         annotator.annotate_store(store, shared["train_photos"])
-        answered = len(store.pairs(answered=True, annotator=annotator.name))
+        # The store may hold later steps' answers already (a resumed run): this step's model saw n at most.
+        answered = min(n, len(store.pairs(answered=True, annotator=annotator.name)))
         if not model_path.exists():
             train_reward.main(["--preference_data", str(store.path), "--annotator", annotator.name,
                                "--out", str(step / "reward"), "--seed", str(cfg.seed), *cfg.reward_args])
