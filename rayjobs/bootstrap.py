@@ -95,7 +95,9 @@ def release(service: str | None) -> None:
 
 def save_run_config(cfg, env: dict, out: Path) -> None:
     """config.json: the stage's config, its env as run, and the reward (which CropPolicy.load reads)."""
-    env_settings = {k: v for k, v in env.items() if k != "reward"}
+    # The env's settings only: what else travels in env_config (the reward, stage 3's aesthetic reference
+    # scores) is saved as the reward or made again from the stage's own settings.
+    env_settings = {k: v for k, v in env.items() if k in CropEnvConfig.__dataclass_fields__}
     save_config(dataclasses.replace(cfg, env=CropEnvConfig(**env_settings)), out, reward=env["reward"])
 
 
