@@ -142,7 +142,6 @@ def steering(cfg: CropConfig, source: Path, paths: list[Path], out: Path) -> flo
             photos.append(Photo.from_path(p))
         except ImageLoadError:
             continue  # reported when its turn comes
-    policy.steered(cfg.human_reward_model, 0.1)  # a policy that cannot be steered fails before any rollout
     w, kept = steering_weight(policy, cfg.human_reward_model, photos, cfg.min_kept)
     print(f"steering weight w_human {w:g}: the largest that keeps {kept:.3f} >= {cfg.min_kept} of the aesthetic "
           f"score on {min(len(photos), 16)} of the photos", flush=True)

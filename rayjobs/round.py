@@ -278,9 +278,7 @@ def step_policy(r: Round) -> dict[str, Any]:
             from rlhf.kept import steering_weight
             from rlhf.policy import CropPolicy
 
-            boot = CropPolicy.load(r.bootstrap)
-            boot.steered(model, 0.1)  # fails now if the bootstrap cannot be steered
-            w, kept = steering_weight(boot, model, load_collection(r.cfg.image), r.cfg.min_kept)
+            w, kept = steering_weight(CropPolicy.load(r.bootstrap), model, load_collection(r.cfg.image), r.cfg.min_kept)
             print(f"round {r.k}: steering weight w_human {w:g} (keeps {kept:.3f} of the aesthetic score on --image)",
                   flush=True)
         desc = {"kind": "steered", "policy": r.bootstrap, "human_reward_model": model, "w_human": w}

@@ -201,6 +201,8 @@ def steering_weight(policy: Any, human_reward_model: str | Path, photos: Sequenc
     photos = list(photos)
     if not photos:
         raise ValueError("choosing the steering weight needs at least one photo")
+    # A policy that cannot be steered, or an unreadable reward model, fails here, before any rollout.
+    policy.steered(human_reward_model, min(weights))
     step = max(1, len(photos) // STEER_PHOTOS)
     sample = photos[::step][:STEER_PHOTOS]
     spec = policy.reward or {}
