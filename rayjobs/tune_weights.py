@@ -4,11 +4,8 @@
         --num_samples 8 --timesteps 10000 [--preference_data heldout.sqlite] [--search_lr] [--out DIR]
     python -m rayjobs.tune_weights ...          # what `ray job submit` runs
 
-Each trial is a stage-3 fine-tune (rayjobs.training.train from the bootstrap policy, reporting through
-its ``on_iteration`` hook) on
-
-    reward = w_nima * (nima - 1) / 9 + w_human * human,    w_nima = 1 - w_human,
-
+Each trial is a stage-3 fine-tune (rayjobs.training.train from the bootstrap, reporting through its
+``on_iteration`` hook) on  reward = w_nima * (nima - 1) / 9 + w_human * human,  w_nima = 1 - w_human,
 with ``w_human`` drawn from [w_human_min, w_human_max]. The seed's 60/40, 70/30 and 80/20 mixes are
 the first points tried (``--points 0.4 0.3 0.2``); the rest are uniform draws. ``--search_lr`` also
 draws PPO's learning rate, log-uniform in [lr_min, lr_max].
@@ -22,9 +19,8 @@ trial's greedy crops of the held-out photos (``--eval_image``) with ``rlhf.evalu
     aesthetic_kept = aesthetic_mean / aesthetic_mean of the bootstrap policy on the same photos
     objective      = personal - penalty * max(0, aesthetic_keep - aesthetic_kept)
 
-i.e. the person's taste, subject to keeping ``aesthetic_keep`` of the bootstrap's aesthetic score
-(the personal term alone would favour w_human = 1, a policy that chases the reward model blind to
-what makes a crop good in general). The bootstrap's objective (baseline.json) is the bar to clear.
+i.e. the person's taste, keeping ``aesthetic_keep`` of the bootstrap's aesthetic score (the personal
+term alone would favour w_human = 1); the bootstrap's objective (baseline.json) is the bar to clear.
 ASHA (``--asha``) compares trials at every evaluation and stops the bottom ``1 - 1/reduction_factor``.
 
 ``--out`` gets config.json, baseline.json, trials.csv (one row per trial), best.json (the best
@@ -34,9 +30,9 @@ Each trial checkpoint is a complete policy (the trial's run folder: config.json 
 RLlib checkpoint), which `photographer evaluate --policies` and `finetune --policy` take as it is.
 ``--resume --out DIR`` restores a crashed sweep (``Tuner.restore``).
 
-Placement: each trial asks for RLlib's own resource request for its PPO (one CPU, one per env
-runner, the learner's GPU when the cluster has one), so ``--num_env_runners`` scales a trial out.
-With ``--service`` every trial's env runners score through one shared actor.
+Placement: each trial asks for RLlib's own resource request for its algorithm (``--algo``; one CPU, one
+per env runner, the learner's GPU when the cluster has one), so ``--num_env_runners`` scales a trial
+out. With ``--service`` every trial's env runners score through one shared actor.
 """
 
 from __future__ import annotations
@@ -52,7 +48,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rayjobs.algorithms import build_config
+from rayjobs.algorithms import build_config, check_algo, check_init_policy
 from rayjobs.bootstrap import ScorerSettings, save_run_config
 from rayjobs.finetune import FROM_POLICY, Stage3Settings, combined_reward, finetune_env, stage3_ppo
 from rayjobs.training import STATE_FILE, CheckpointSettings, PPOSettings, init_ray, train
@@ -308,10 +304,13 @@ def _baseline(cfg: TuneWeightsConfig, out: Path, photos_paths: list[str], pairs:
 
 
 def build_setup(cfg: TuneWeightsConfig, out: Path, given: Set[str] = frozenset()) -> tuple[TrialSetup, dict[str, Any]]:
-    """The trials' shared setup and the bootstrap baseline; starts the scoring actor with --service."""
+    """The trials' shared setup and the bootstrap baseline; starts the scoring actor with --service.
+    Fails before any work where --algo cannot continue the bootstrap (not once per trial)."""
     from rlhf.policy import latest_checkpoint
     from rlhf.store import load_preference_data
 
+    check_algo(cfg.ppo.algo, cfg.stage3.ref_kl)
+    check_init_policy(cfg.ppo.algo, cfg.stage3.policy)
     spec = combined_reward(cfg.scoring, cfg.stage3.human_reward_model)
     env = finetune_env(cfg.stage3.policy, cfg.env, cfg.ppo.seed, given, spec)
     cfg.stage3.keep_aesthetic(env, out, cfg.resume)  # the trials' env_config carries the constraint

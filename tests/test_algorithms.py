@@ -107,21 +107,23 @@ def test_an_unknown_algorithm_fails_at_the_command_line():
         parse_config(BootstrapConfig, ["--algo", "sac"], prog="photographer bootstrap")
 
 
-def test_appo_resumes_after_a_kill(tmp_path):
+@pytest.mark.parametrize("algo", ["appo", "dqn"])
+def test_resumes_after_a_kill(algo, tmp_path):
     """As tests/test_bootstrap.py's PPO run: killed (driver and local Ray) once a checkpoint is on disk,
-    then --resume goes on from it."""
+    then --resume goes on from it (DQN's replay buffer is not checkpointed: it refills from the resumed
+    policy)."""
     import os
     import signal
 
     from tests.test_bootstrap import _bootstrap as bootstrap_process
     from tests.test_bootstrap import _wait_for_checkpoint
 
-    proc = bootstrap_process(tmp_path, "--algo", "appo")
+    proc = bootstrap_process(tmp_path, "--algo", algo)
     _wait_for_checkpoint(proc, tmp_path)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     killed_at = int(sorted(p.name for p in (tmp_path / "checkpoints").glob("ckpt_*"))[-1].split("_")[1])
-    resumed = bootstrap_process(tmp_path, "--algo", "appo", "--resume")
+    resumed = bootstrap_process(tmp_path, "--algo", algo, "--resume")
     log, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0 and f"at iteration {killed_at}" in log, log
     iters = [int(r["iteration"]) for r in _rows(tmp_path)]

@@ -172,6 +172,21 @@ def test_asha_stops_trials_that_fall_behind(inputs, tmp_path):
     assert all(r["status"] == "ok" for r in rows.values())
 
 
+def test_a_sweep_trains_with_another_algorithm_and_refuses_the_other_head(inputs, tmp_path):
+    """--algo reaches every trial: one APPO trial from the (PPO) bootstrap finishes and reports; DQN, whose
+    head holds Q-values, is refused before the baseline or any trial runs."""
+    from rayjobs.tune_weights import run
+
+    with pytest.raises(ValueError, match="trained with ppo or appo .* use --algo ppo or appo"):
+        run(_cfg(inputs, algo="dqn", out=str(tmp_path / "dqn")))
+    assert not (tmp_path / "dqn" / "baseline.json").exists()
+    best = run(_cfg(inputs, algo="appo", num_samples=1, points=[0.3], timesteps=128, train_batch_size=64,
+                    minibatch_size=32, eval_every=1, asha=False, service=False, image=TRAIN, eval_image=UNSEEN,
+                    out=str(tmp_path / "appo")))
+    assert best["trials"] == 1 and best["errored"] == 0 and best["w_human"] == 0.3
+    assert json.loads((tmp_path / "appo" / "config.json").read_text())["ppo"]["algo"] == "appo"
+
+
 # --- a real sweep, killed and restored ------------------------------------------------------------
 
 def _sweep(inputs, out: Path, *extra: str) -> subprocess.Popen:
