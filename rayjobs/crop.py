@@ -33,9 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from rayjobs.cropper import SHEET_HEIGHT, Cropper, CropResult, sheet_pictures, unjpeg
-from rlhf.config import load_run_config, parse_config, run_dir, save_config
+from rlhf.config import flat_settings, load_run_config, parse_config, run_dir, save_config
 from rlhf.contact_sheet import SheetCell, contact_sheet
 from rlhf.images import HELDOUT_PHOTOS, Box, ImageLoadError, Photo, bundled_photos, resolve_paths
+from rlhf.kept import SteeringSettings
 
 JOURNAL = "crops.jsonl"
 # What decides a run's boxes and scores: a resumed run must keep them.
@@ -62,13 +63,7 @@ class CropConfig:
     human_reward_model: str | None = field(default=None, metadata={
         "help": "steer the policy with this human_reward_model.pth, no fine-tuning (the few-pairs path): its "
                 "lookahead then observes (1 - w_human) * aesthetic + w_human * human score; default none"})
-    w_human: float | None = field(default=None, metadata={
-        "help": "with --human_reward_model: the human score's weight in what steers the policy; default: the "
-                "largest of 0.1, 0.2, ..., 0.9 whose crops keep --min_kept of the aesthetic score on up to 16 of "
-                "the photos (rlhf.kept.steering_weight; written to steering.json)"})
-    min_kept: float = field(default=0.95, metadata={
-        "help": "with --human_reward_model and no --w_human: the share of the policy's own aesthetic score the "
-                "steered crops must keep"})
+    steering: SteeringSettings = field(default_factory=SteeringSettings)
     image: list[str] = field(default_factory=_heldout, metadata={"help": "photos: files, folders or globs",
                                                                          "help_default": "the bundled held-out photos"})
     out: str | None = field(default=None, metadata={"help": "output folder (default results/crop-<time>)"})
@@ -100,10 +95,6 @@ class CropConfig:
             raise ValueError("--policy is required: a checkpoint or a run folder")
         if self.sheet_rows < 1 or self.actors < 1 or self.batch_size < 1:
             raise ValueError("--sheet_rows, --actors and --batch_size must be at least 1")
-        if self.w_human is not None and not 0.0 <= self.w_human <= 1.0:
-            raise ValueError(f"--w_human must be in [0, 1], got {self.w_human}")
-        if not 0.0 < self.min_kept <= 1.0:
-            raise ValueError(f"--min_kept must be in (0, 1], got {self.min_kept}")
         if self.human_reward_model and not Path(self.human_reward_model).is_file():
             raise ValueError(f"--human_reward_model {self.human_reward_model}: no such file")
 
@@ -115,8 +106,9 @@ def check_resumable(cfg: CropConfig, out: Path) -> None:
     if not cfg.resume:
         raise ValueError(f"{out} holds a crop run: add --resume to continue it, or give a new --out")
     saved = load_run_config(out) if (out / "config.json").is_file() else {}
-    now = {**asdict(cfg), **{k: _resolved(getattr(cfg, k)) for k in _PATH_FIELDS}}
-    before = {**saved, **{k: _resolved(saved[k]) for k in _PATH_FIELDS if k in saved}}
+    now, before = flat_settings(CropConfig, asdict(cfg)), flat_settings(CropConfig, saved)
+    now.update({k: _resolved(now[k]) for k in _PATH_FIELDS})
+    before.update({k: _resolved(before[k]) for k in _PATH_FIELDS if k in before})
     changed = [k for k in RESULT_FIELDS if k in before and before[k] != now[k]]
     if changed:
         raise ValueError(f"--resume: {out} was cropped with {', '.join(f'--{k} {before[k]}' for k in changed)}; "
@@ -130,9 +122,10 @@ def steering(cfg: CropConfig, source: Path, paths: list[Path], out: Path) -> flo
     from rlhf.policy import CropPolicy
 
     policy = CropPolicy.load(source)
-    if cfg.w_human is not None:
-        policy.steered(cfg.human_reward_model, cfg.w_human)
-        return cfg.w_human
+    steer = cfg.steering
+    if steer.w_human is not None:
+        policy.steered(cfg.human_reward_model, steer.w_human)
+        return steer.w_human
     record = out / "steering.json"
     if record.is_file():
         return float(json.loads(record.read_text())["w_human"])
@@ -142,11 +135,11 @@ def steering(cfg: CropConfig, source: Path, paths: list[Path], out: Path) -> flo
             photos.append(Photo.from_path(p))
         except ImageLoadError:
             continue  # reported when its turn comes
-    w, kept = steering_weight(policy, cfg.human_reward_model, photos, cfg.min_kept)
-    print(f"steering weight w_human {w:g}: the largest that keeps {kept:.3f} >= {cfg.min_kept} of the aesthetic "
+    w, kept = steering_weight(policy, cfg.human_reward_model, photos, steer.min_kept)
+    print(f"steering weight w_human {w:g}: the largest that keeps {kept:.3f} >= {steer.min_kept} of the aesthetic "
           f"score on {min(len(photos), 16)} of the photos", flush=True)
     out.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps({"w_human": w, "kept": kept, "min_kept": cfg.min_kept}) + "\n")
+    record.write_text(json.dumps({"w_human": w, "kept": kept, "min_kept": steer.min_kept}) + "\n")
     return w
 
 
@@ -285,7 +278,8 @@ class RunFolder:
 
 def results_in_process(cfg: CropConfig, todo: Iterable[tuple[str, str]]) -> Iterator[CropResult]:
     cropper = Cropper(cfg.policy, cfg.scorer, cfg.scorer_weights, cfg.score, cfg.deterministic, cfg.seed,
-                      write_crops=cfg.write_crops, human_reward_model=cfg.human_reward_model, w_human=cfg.w_human)
+                      write_crops=cfg.write_crops, human_reward_model=cfg.human_reward_model,
+                      w_human=cfg.steering.w_human)
     for path, name in todo:
         yield cropper.crop(path, name)
 
@@ -299,11 +293,11 @@ def run(cfg: CropConfig) -> Path:
     out = run_dir(cfg.out, "crop")
     check_resumable(cfg, out)
     paths = resolve_paths(cfg.image)
-    w_human = steering(cfg, source, paths, out) if cfg.human_reward_model else cfg.w_human
+    w_human = steering(cfg, source, paths, out) if cfg.human_reward_model else cfg.steering.w_human
     save_config(cfg, out)  # as given: a resumed run compares its flags with these
-    cfg = replace(cfg, w_human=w_human)
+    cfg = replace(cfg, steering=replace(cfg.steering, w_human=w_human))
     names = crop_names(paths)
-    title = f"{source} steered by {cfg.human_reward_model} (w_human {cfg.w_human})" if cfg.human_reward_model \
+    title = f"{source} steered by {cfg.human_reward_model} (w_human {w_human})" if cfg.human_reward_model \
         else str(source)
     folder = RunFolder(out, cfg.sheet_rows, f"{title}  ({cfg.scorer} scorer, 1-10)" if cfg.score else title)
     todo = [(str(p), names[str(p)]) for p in paths if str(p) not in folder.done]
@@ -315,7 +309,7 @@ def run(cfg: CropConfig) -> Path:
         settings = {"policy": _resolved(cfg.policy), "scorer": cfg.scorer,
                     "scorer_weights": cfg.scorer_weights, "score": cfg.score, "deterministic": cfg.deterministic,
                     "seed": cfg.seed, "write_crops": cfg.write_crops,
-                    "human_reward_model": _resolved(cfg.human_reward_model), "w_human": cfg.w_human}
+                    "human_reward_model": _resolved(cfg.human_reward_model), "w_human": w_human}
         results = results_with_ray(settings, todo, cfg.actors, cfg.batch_size, cfg.num_gpus_per_actor)
     else:
         results = results_in_process(cfg, todo)

@@ -25,6 +25,7 @@ from pathlib import Path
 from rlhf.config import RESULTS_DIR, parse_config, save_config
 from rlhf.evaluation import aesthetic_kept
 from rlhf.images import HELDOUT_PHOTOS, bundled_photos
+from rlhf.kept import MIN_KEPT, SteeringSettings
 
 
 def _heldout() -> list[str]:
@@ -51,9 +52,7 @@ class EvalConfig:
     steer: bool = field(default=False, metadata={
         "help": "also evaluate the first policy steered by --human_reward_model, no fine-tuning (the few-pairs "
                 "path, photographer crop --human_reward_model), as one more policy named '<first>+steered'"})
-    w_human: float | None = field(default=None, metadata={
-        "help": "with --steer: the human score's weight in what steers the policy; default: as photographer crop "
-                "chooses it (the largest that keeps 0.95 of the aesthetic score on the photos)"})
+    steering: SteeringSettings = field(default_factory=SteeringSettings)
     taste: str | None = field(default=None, metadata={
         "help": "a SIMULATED taste of rlhf/simulated.py (e.g. tight) whose verdict to report: the share of "
                 "photos where it prefers each policy's crop to the first policy's, ties half (default: none)"})
@@ -194,7 +193,7 @@ def write_report(evals, photos, cfg: EvalConfig, out: Path, extra: dict | None =
               "- **aesthetic**: the scorer's 1-10 score of the policy's greedy crop; the whole photo's score "
               "is shown for reference.",
               f"- **aesthetic kept**: the policy's mean aesthetic score over {evals[0].name}'s (the first policy's) "
-              "on the same photos; fine-tuning aims to keep at least 0.95 of it (finetune --min_kept).",
+              f"on the same photos; fine-tuning aims to keep at least {MIN_KEPT} of it (finetune --min_kept).",
               "- **human score**: sigmoid of the human reward model's centred reward, in [0, 1]; 0.5 is an "
               "average crop of the reward model's training pairs.",
               "- **agreement**: over held-out answered pairs on these photos (ties excluded), the fraction "
@@ -236,12 +235,13 @@ def run(cfg: EvalConfig) -> Path:
     names = cfg.names or [_name(p) for p in cfg.policies]
     policies = [CropPolicy.load(path) for path in cfg.policies]
     if cfg.steer:
-        w = cfg.w_human
+        w = cfg.steering.w_human
         if w is None:
             from rlhf.kept import steering_weight
 
-            w = steering_weight(policies[0], cfg.human_reward_model, photos)[0]
-            print(f"steering weight w_human {w:g} (the largest that keeps 0.95 of the aesthetic score)", flush=True)
+            w = steering_weight(policies[0], cfg.human_reward_model, photos, cfg.steering.min_kept)[0]
+            print(f"steering weight w_human {w:g} (the largest that keeps {cfg.steering.min_kept} of the aesthetic "
+                  "score)", flush=True)
         policies.append(policies[0].steered(cfg.human_reward_model, w))
         names = [*names, f"{names[0]}+steered"]
     evals = []

@@ -28,7 +28,7 @@ from rayjobs.training import CheckpointSettings, PPOSettings, init_ray, train
 from rlhf.config import load_run_config, parse_config_given, run_dir
 from rlhf.env import CropEnvConfig
 from rlhf.images import resolve_paths
-from rlhf.kept import KEPT, reference_scores
+from rlhf.kept import KEPT, MIN_KEPT, reference_scores
 from rlhf.policy import FROZEN_PARTS, latest_checkpoint, run_folder_of
 from rlhf.reward import COMBINED, RewardSpec
 
@@ -67,7 +67,7 @@ class Stage3Settings:
         "help": "parts of the bootstrap policy kept fixed in stage 3: none | features (the conv tower and the Lite0 "
                 "projection: what it learned to see in stage 1) | trunk (all but the policy and value heads)",
         "choices": list(FROZEN_PARTS)})
-    min_kept: float = field(default=0.95, metadata={
+    min_kept: float = field(default=MIN_KEPT, metadata={
         "help": "share of the bootstrap's aesthetic score (1-10, its greedy crops of the training photos) stage 3 "
                 "keeps: a Lagrange multiplier added to w_nima rises while the crops keep less (rlhf/kept.py); "
                 "0 = off, the fixed weights alone. Logged as kept and kept_lambda in progress.csv"})

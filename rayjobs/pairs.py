@@ -41,6 +41,7 @@ from rlhf.config import parse_config, run_dir, save_config
 from rlhf.contact_sheet import contact_sheet, crop_row
 from rlhf.evaluation import policy_env
 from rlhf.images import TRAIN_PHOTOS, Box, bundled_photos, clip_box, load_collection
+from rlhf.kept import SteeringSettings
 from rlhf.pairs import Pair, pair_id, save_pairs
 
 SELECT_MODES = ("diverse", "uncertain")
@@ -75,9 +76,7 @@ class PairsConfig:
     steer: bool = field(default=False, metadata={
         "help": "propose crops with the policy steered by --human_reward_model (the few-pairs path's policy, "
                 "photographer crop --human_reward_model)"})
-    w_human: float | None = field(default=None, metadata={
-        "help": "with --steer: the human score's weight in what steers the policy; default: as photographer crop "
-                "chooses it (the largest that keeps 0.95 of the aesthetic score on the photos)"})
+    steering: SteeringSettings = field(default_factory=SteeringSettings)
     thumb_size: int = field(default=320, metadata={"help": "longest side of the crop thumbnails"})
     sheet_pairs: int = field(default=8, metadata={"help": "pairs shown in pairs_sheet.png"})
     seed: int = field(default=0, metadata={"help": "random seed (rollouts, perturbations, A/B order)"})
@@ -320,11 +319,11 @@ def run(cfg: PairsConfig) -> Path:
     policy = CropPolicy.load(cfg.policy)
     photos = load_collection(cfg.image)
     if cfg.steer:
-        w = cfg.w_human
+        w = cfg.steering.w_human
         if w is None:
             from rlhf.kept import steering_weight
 
-            w = steering_weight(policy, cfg.human_reward_model, photos)[0]
+            w = steering_weight(policy, cfg.human_reward_model, photos, cfg.steering.min_kept)[0]
         policy = policy.steered(cfg.human_reward_model, w)
     env = policy_env(policy, photos)
     min_area = float(env.cfg.min_area) * 0.8  # perturbations may go a little below the policy's floor

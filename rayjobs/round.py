@@ -39,8 +39,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rlhf.config import load_run_config, parse_config, parse_config_given, save_config
+from rlhf.config import flat_settings, load_run_config, parse_config, parse_config_given, save_config
 from rlhf.images import HELDOUT_PHOTOS, TRAIN_PHOTOS, bundled_photos
+from rlhf.kept import SteeringSettings
 from rlhf.preference.training import one_torch_thread
 
 if TYPE_CHECKING:
@@ -65,7 +66,11 @@ def _heldout_photos() -> list[str]:
 
 @dataclass
 class RoundConfig:
-    """One improvement round: pairs from the current policy, answers, reward model, policy, evaluation."""
+    """One improvement round: pairs from the current policy, answers, reward model, policy, evaluation.
+
+    The steering settings (--w_human, --min_kept) also set stage 3 when the round fine-tunes: --w_human its
+    weights (--w_nima 1 - w_human; without it, finetune's own) and --min_kept its constraint.
+    """
 
     run: str = field(default="", metadata={"help": "the run folder that holds the rounds and the preference "
                                                    "store; required"})
@@ -77,13 +82,7 @@ class RoundConfig:
         "help": "answers from which the round fine-tunes the bootstrap (stage 3); with fewer, the bootstrap is "
                 "steered by the reward model with no fine-tuning (a few dozen pairs teach a reward model, not "
                 "a policy)"})
-    w_human: float | None = field(default=None, metadata={
-        "help": "the human score's weight in the policy's reward (the aesthetic score's is 1 - w_human); default: "
-                "steered, the largest of 0.1, ..., 0.9 that keeps --min_kept of the aesthetic score on --image "
-                "(rlhf.kept.steering_weight); fine-tuned, finetune's own"})
-    min_kept: float = field(default=0.95, metadata={
-        "help": "the share of the bootstrap's aesthetic score the round's policy must keep: the steering weight's "
-                "bound, and stage 3's constraint (finetune --min_kept)"})
+    steering: SteeringSettings = field(default_factory=SteeringSettings)
     simulate: str | None = field(default=None, metadata={
         "help": "a SIMULATED taste of rlhf/simulated.py (e.g. tight) that answers the pairs and judges the "
                 "evaluation, for tests and benchmarks; default none: a person answers"})
@@ -107,10 +106,6 @@ class RoundConfig:
             raise ValueError("--run is required: the run folder that holds the rounds")
         if self.pairs < 1 or self.finetune_from < 1:
             raise ValueError("--pairs and --finetune_from must be at least 1")
-        if self.w_human is not None and not 0.0 <= self.w_human <= 1.0:
-            raise ValueError(f"--w_human must be in [0, 1], got {self.w_human}")
-        if not 0.0 < self.min_kept <= 1.0:
-            raise ValueError(f"--min_kept must be in (0, 1], got {self.min_kept}")
         if not 0.0 <= self.noise <= 1.0:
             raise ValueError(f"--noise must be in [0, 1], got {self.noise}")
         if self.simulate is not None:
@@ -164,8 +159,8 @@ def _bootstrap(cfg: RoundConfig, run: Path) -> str:
 
 
 def _check_same(cfg: RoundConfig, folder: Path) -> None:
-    saved = load_run_config(folder)
-    now = asdict(cfg)
+    saved = flat_settings(RoundConfig, load_run_config(folder))
+    now = flat_settings(RoundConfig, asdict(cfg))
     changed = [k for k in RESULT_FIELDS if k in saved and saved[k] != now[k]]
     if changed:
         raise ValueError(f"{folder.name} was started with {', '.join(f'--{k} {saved[k]}' for k in changed)}: "
@@ -225,7 +220,7 @@ def step_pairs(r: Round) -> dict[str, Any] | None:
             policy=current["policy"], image=r.cfg.image, num_pairs=r.cfg.pairs, out=str(out), store=str(r.store),
             select=select, human_reward_model=current.get("human_reward_model") or model,
             steer=bool(current.get("human_reward_model")),
-            **({"w_human": current["w_human"]} if current.get("human_reward_model") else {}),
+            **({"steering": SteeringSettings(w_human=current["w_human"])} if current.get("human_reward_model") else {}),
             seed=r.cfg.seed + r.k - 1))
         made = load_pairs(path)
     PreferenceStore(r.store).add_pairs(made)  # known ids are skipped: a kill after the file is made up here
@@ -272,13 +267,14 @@ def step_reward(r: Round) -> dict[str, Any]:
 def step_policy(r: Round) -> dict[str, Any]:
     model, answers = r.state["reward"]["model"], r.state["answers"]["answers"]
     if answers < r.cfg.finetune_from:
-        w = r.cfg.w_human
+        w = r.cfg.steering.w_human
         if w is None:
             from rlhf.images import load_collection
             from rlhf.kept import steering_weight
             from rlhf.policy import CropPolicy
 
-            w, kept = steering_weight(CropPolicy.load(r.bootstrap), model, load_collection(r.cfg.image), r.cfg.min_kept)
+            w, kept = steering_weight(CropPolicy.load(r.bootstrap), model, load_collection(r.cfg.image),
+                                      r.cfg.steering.min_kept)
             print(f"round {r.k}: steering weight w_human {w:g} (keeps {kept:.3f} of the aesthetic score on --image)",
                   flush=True)
         desc = {"kind": "steered", "policy": r.bootstrap, "human_reward_model": model, "w_human": w}
@@ -289,13 +285,14 @@ def step_policy(r: Round) -> dict[str, Any]:
     from rayjobs import finetune
 
     out = r.folder / "finetune"
-    weights = [] if r.cfg.w_human is None else ["--w_nima", str(1.0 - r.cfg.w_human), "--w_human", str(r.cfg.w_human)]
-    argv = ["--policy", r.bootstrap, "--human_reward_model", model, *weights, "--min_kept", str(r.cfg.min_kept),
+    w = r.cfg.steering.w_human
+    weights = [] if w is None else ["--w_nima", str(1.0 - w), "--w_human", str(w)]
+    argv = ["--policy", r.bootstrap, "--human_reward_model", model, *weights, "--min_kept", str(r.cfg.steering.min_kept),
             "--out", str(out), "--seed", str(r.cfg.seed),
             "--resume" if out.exists() else "--no-resume", *r.cfg.finetune_args]
     print(f"round {r.k}: {answers} answers: stage 3 fine-tunes the bootstrap", flush=True)
     finetune.run(*parse_config_given(finetune.FinetuneConfig, argv, prog="photographer finetune"))
-    return {"kind": "fine-tuned", "policy": str(out), "human_reward_model": None, "w_human": r.cfg.w_human}
+    return {"kind": "fine-tuned", "policy": str(out), "human_reward_model": None, "w_human": w}
 
 
 def _label(k: int, desc: dict[str, Any]) -> str:

@@ -150,6 +150,24 @@ def _leaf_names(cls: type) -> set[str]:
     return names
 
 
+def flat_settings(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """A saved config's settings (``asdict`` of a `cls`, or its config.json) by flag name, parts flattened.
+
+    A setting that a config.json holds at its top level rather than in its part (written before the
+    setting moved into the part) is read there, so an old run folder compares like a new one.
+    """
+    flat: dict[str, Any] = {}
+    for path, f, *_ in leaf_fields(cls):
+        node: Any = data
+        for key in path[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict) and f.name in node:
+            flat[f.name] = node[f.name]
+        elif f.name in data:
+            flat[f.name] = data[f.name]
+    return flat
+
+
 def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
     return from_flat(cls, vars(args))
 

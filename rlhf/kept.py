@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,10 @@ import numpy as np
 from rlhf.env import CropEnv, CropEnvConfig
 from rlhf.images import Box, Photo
 from rlhf.reward import AESTHETIC, COMBINED, HUMAN, RewardSpec, combine, with_multiplier
+
+# The share of the aesthetic score the product keeps by default: stage 3's constraint and the
+# few-pairs path's bound on its steering weight.
+MIN_KEPT = 0.95
 
 # The env_config key of the constraint: {"reference": {photo id: the bootstrap's greedy crop's aesthetic
 # score}, "min_kept": ..., "kept_lr": ...}. The envs read the reference, the training loop the rest.
@@ -182,7 +187,29 @@ STEER_WEIGHTS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 STEER_PHOTOS = 16
 
 
-def steering_weight(policy: Any, human_reward_model: str | Path, photos: Sequence[Photo], min_kept: float = 0.95,
+@dataclass
+class SteeringSettings:
+    """How hard the few-pairs path's reward model steers the frozen policy; every command that steers holds one."""
+
+    w_human: float | None = field(default=None, metadata={
+        "help": "the human score's weight in what steers the policy (the aesthetic score's is 1 - w_human); "
+                "default: chosen by rlhf.kept.steering_weight, the largest of 0.1, 0.2, ..., 0.9 whose greedy "
+                "crops keep --min_kept of the policy's own aesthetic score on up to 16 photos"})
+    min_kept: float = field(default=MIN_KEPT, metadata={
+        "help": "the share of the policy's own aesthetic score the steered crops must keep when the steering "
+                "weight is chosen (no --w_human)"})
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if self.w_human is not None and not 0.0 <= self.w_human <= 1.0:
+            raise ValueError(f"--w_human must be in [0, 1], got {self.w_human}")
+        if not 0.0 < self.min_kept <= 1.0:
+            raise ValueError(f"--min_kept must be in (0, 1], got {self.min_kept}")
+
+
+def steering_weight(policy: Any, human_reward_model: str | Path, photos: Sequence[Photo], min_kept: float = MIN_KEPT,
                     weights: Sequence[float] = STEER_WEIGHTS) -> tuple[float, float]:
     """The few-pairs path's (w_human, kept): the largest weight of `weights`, tried upward and stopping at
     the first that fails, whose steered crops keep at least `min_kept` of the policy's own aesthetic score

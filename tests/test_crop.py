@@ -15,6 +15,7 @@ from PIL import Image
 
 from rayjobs.crop import JOURNAL, CropConfig, read_journal, run
 from rlhf.images import bundled_photos, load_image
+from rlhf.kept import SteeringSettings
 from tests.test_pairs_job import tiny_bootstrap
 
 REPO = Path(__file__).resolve().parents[1]
@@ -205,18 +206,18 @@ def test_few_pairs_crop_is_steered_and_records_its_steering(policy, folder, refe
     """crop --human_reward_model: the bootstrap's lookahead observes the reward model too, so a 'wide' taste
     at full weight widens its crops; the steering is recorded in config.json, and --resume refuses a change."""
     steered = CropConfig(policy=str(policy), image=[str(folder)], out=str(tmp_path / "steered"), sheet_rows=3,
-                         ray=False, human_reward_model=str(wide_model), w_human=1.0)
+                         ray=False, human_reward_model=str(wide_model), steering=SteeringSettings(w_human=1.0))
     out = run(steered)
     records = read_journal(out / JOURNAL)
     assert len(records) == N_PHOTOS and all(1.0 <= r["score"] <= 10.0 for r in records)
     assert _boxes(out) != _boxes(reference)
     assert _area(out) > _area(reference)
     saved = json.loads((out / "config.json").read_text())
-    assert (saved["human_reward_model"], saved["w_human"]) == (str(wide_model), 1.0)
+    assert (saved["human_reward_model"], saved["steering"]["w_human"]) == (str(wide_model), 1.0)
     from dataclasses import replace
 
     with pytest.raises(ValueError, match="was cropped with --w_human 1.0"):
-        run(replace(steered, resume=True, w_human=0.5))
+        run(replace(steered, resume=True, steering=SteeringSettings(w_human=0.5)))
     with pytest.raises(ValueError, match="was cropped with --human_reward_model None"):
         run(CropConfig(policy=str(policy), image=[str(folder)], out=str(reference), sheet_rows=3, ray=False,
                        resume=True, human_reward_model=str(wide_model)))
@@ -240,7 +241,7 @@ def test_steering_needs_a_lookahead_policy_and_a_reward_model_file(policy, folde
     with pytest.raises(ValueError, match="no such file"):
         CropConfig(policy=str(policy), human_reward_model=str(tmp_path / "missing.pth"))
     with pytest.raises(ValueError, match="--w_human must be in"):
-        CropConfig(policy=str(policy), human_reward_model=str(wide_model), w_human=1.5)
+        CropConfig(policy=str(policy), human_reward_model=str(wide_model), steering=SteeringSettings(w_human=1.5))
 
 
 def test_steering_weight_is_chosen_to_keep_the_aesthetic_score(policy, folder, wide_model, tmp_path):
@@ -264,11 +265,11 @@ def test_steering_weight_is_chosen_to_keep_the_aesthetic_score(policy, folder, w
         assert aesthetic_kept(evaluate_policy(boot.steered(wide_model, w), photos, scorer),
                               evaluate_policy(boot, photos, scorer)) == pytest.approx(kept)
     cfg = CropConfig(policy=str(policy), image=[str(folder)], out=str(tmp_path / "auto"), sheet_rows=3, ray=False,
-                     human_reward_model=str(wide_model), min_kept=0.99, score=False)
+                     human_reward_model=str(wide_model), steering=SteeringSettings(min_kept=0.99), score=False)
     out = run(cfg)
     chosen = json.loads((out / "steering.json").read_text())
-    assert chosen["w_human"] == w and json.loads((out / "config.json").read_text())["w_human"] is None
+    assert chosen["w_human"] == w and json.loads((out / "config.json").read_text())["steering"]["w_human"] is None
     (out / "steering.json").write_text(json.dumps({**chosen, "w_human": 0.7}))  # resume uses the recorded one
     run(replace(cfg, resume=True))
     with pytest.raises(ValueError, match="was cropped with --min_kept 0.99"):
-        run(replace(cfg, resume=True, min_kept=0.9))
+        run(replace(cfg, resume=True, steering=SteeringSettings(min_kept=0.9)))

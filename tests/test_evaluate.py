@@ -262,13 +262,14 @@ def test_evaluate_steer_adds_the_first_policy_steered_by_the_reward_model(setup,
     cropping as the steered policy does (CropPolicy.steered) and as `crop --human_reward_model` would."""
     from rayjobs.evaluate import EvalConfig, run
     from rlhf.evaluation import policy_boxes
+    from rlhf.kept import SteeringSettings
     from rlhf.policy import CropPolicy
 
     run_dir, ckpts, model_path, _, photos = setup
     with pytest.raises(ValueError, match="--steer needs --human_reward_model"):
         EvalConfig(policies=[str(run_dir)], steer=True)
     out = run(EvalConfig(policies=[str(run_dir)], names=["boot"], image=UNSEEN, human_reward_model=str(model_path),
-                         steer=True, w_human=0.8, taste="wide", out=str(tmp_path / "ev")))
+                         steer=True, steering=SteeringSettings(w_human=0.8), taste="wide", out=str(tmp_path / "ev")))
     data = json.loads((out / "eval.json").read_text())
     assert [p["name"] for p in data["policies"]] == ["boot", "boot+steered"]
     steered = CropPolicy.load(run_dir).steered(model_path, 0.8)
