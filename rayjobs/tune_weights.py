@@ -50,7 +50,7 @@ from typing import Any
 
 from rayjobs.algorithms import build_config, check_algo, check_init_policy
 from rayjobs.bootstrap import ScorerSettings, save_run_config
-from rayjobs.finetune import FROM_POLICY, Stage3Settings, combined_reward, finetune_env, stage3_ppo
+from rayjobs.finetune import FROM_POLICY, MIN_KEPT, Stage3Settings, combined_reward, finetune_env, stage3_ppo
 from rayjobs.training import STATE_FILE, CheckpointSettings, PPOSettings, init_ray, train
 from rlhf.config import CONFIG_VERSION, parse_config_given, run_dir
 from rlhf.env import CropEnvConfig
@@ -104,7 +104,7 @@ class TuneWeightsConfig:
                 "them when they hold decided pairs on the --eval_image photos"})
     annotator: str | None = field(default=None, metadata={
         "help": "whose answers in --preference_data (default: consensus)"})
-    aesthetic_keep: float = field(default=0.95, metadata={
+    aesthetic_keep: float = field(default=MIN_KEPT, metadata={
         "help": "share of the bootstrap's aesthetic score a trial must keep before it is penalised"})
     penalty: float = field(default=5.0, metadata={
         "help": "objective lost per unit of aesthetic_kept below --aesthetic_keep"})
