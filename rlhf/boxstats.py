@@ -36,9 +36,15 @@ def spectral_residual(rgb: np.ndarray, blur_sigma: float) -> np.ndarray | None:
 def summed_area(m: np.ndarray) -> np.ndarray:
     """Summed-area table of (..., h, w) -> (..., h + 1, w + 1), float64, with a zero first row and column:
     the sum over any box is four look-ups."""
-    s = np.zeros((*m.shape[:-2], m.shape[-2] + 1, m.shape[-1] + 1), dtype=np.float64)
-    s[..., 1:, 1:] = m.astype(np.float64).cumsum(-2).cumsum(-1)
-    return s
+    h, w = m.shape[-2:]
+    flat = m.reshape(-1, h, w)
+    if len(flat) > 16:  # many small channels (a class-logit map): one vectorised pass beats a call each
+        s = np.zeros((len(flat), h + 1, w + 1), dtype=np.float64)
+        np.cumsum(flat, -2, dtype=np.float64, out=s[:, 1:, 1:])
+        np.cumsum(s[:, 1:, 1:], -1, out=s[:, 1:, 1:])
+    else:  # cv2.integral: one pass in C, several times faster than numpy's two strided cumsums
+        s = np.stack([cv2.integral(np.asarray(c, dtype=np.float64), sdepth=cv2.CV_64F) for c in flat])
+    return s.reshape(*m.shape[:-2], h + 1, w + 1)
 
 
 def moment_sat(m: np.ndarray) -> np.ndarray:

@@ -35,6 +35,16 @@ def test_box_sums_match_brute_force_on_integer_boxes():
     np.testing.assert_allclose(box_sums(sat, 2, 3, 9, 11), m[:, 3:11, 2:9].sum((1, 2)))
 
 
+@pytest.mark.parametrize("shape", [(7, 9), (3, 7, 9), (2, 2, 7, 9), (40, 7, 9)])
+def test_summed_area_of_any_leading_shape(shape):
+    """Few channels go through cv2.integral, many through numpy: the same table either way."""
+    m = np.random.default_rng(2).normal(size=shape).astype(np.float32)
+    sat = summed_area(m)
+    assert sat.shape == (*shape[:-2], 8, 10) and sat.dtype == np.float64
+    assert not sat[..., 0, :].any() and not sat[..., :, 0].any()
+    np.testing.assert_allclose(sat[..., 1:, 1:], m.astype(np.float64).cumsum(-2).cumsum(-1), atol=1e-9)
+
+
 def test_box_sums_are_exact_at_fractional_coordinates():
     rng = np.random.default_rng(1)
     m = rng.uniform(size=(9, 12))
