@@ -70,9 +70,10 @@ class Cropper:
                  score: bool = True, deterministic: bool = True, seed: int = 0, device: str = "cpu",
                  write_crops: bool = True, human_reward_model: str | None = None, w_human: float | None = None):
         # oneDNN keeps compiled kernels per input shape (1024 by default); every photo's aspect is a new
-        # shape for the backbone, so the default lets a long crop grow by a few hundred MB. Read lazily,
-        # at the first convolution, so setting it here still counts.
-        os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
+        # shape for the backbone, so the default lets a long crop grow by a few hundred MB. A bfloat16
+        # backbone pass (rlhf.feature_map.feature_precision) needs about 100 of them: fewer than that
+        # recompiles every photo. Read lazily, at the first convolution, so setting it here still counts.
+        os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "256")
         from rlhf.policy import CropPolicy
 
         self.policy = CropPolicy.load(policy)

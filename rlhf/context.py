@@ -104,10 +104,11 @@ def settings() -> dict[str, Any]:
     """What shapes a context: a cached file made under other settings is another file."""
     from rlhf.backbone import DEFAULT_BACKBONE
     from rlhf.faces import FACE_LONG_SIDE, FACE_SCALE_STEP
-    from rlhf.feature_map import FEATURE_LONG_SIDE
+    from rlhf.feature_map import FEATURE_LONG_SIDE, feature_precision
 
     return {"version": CONTEXT_VERSION, "work": WORK_LONG_SIDE, "feature_long_side": FEATURE_LONG_SIDE,
-            "backbone": DEFAULT_BACKBONE, "faces": [FACE_LONG_SIDE, FACE_SCALE_STEP]}
+            "backbone": DEFAULT_BACKBONE, "precision": feature_precision(),
+            "faces": [FACE_LONG_SIDE, FACE_SCALE_STEP]}
 
 
 def build_context(photo: Photo) -> PhotoContext:

@@ -7,6 +7,7 @@ The network loads lazily, on the first photo: importing this module loads no mod
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,6 +17,27 @@ from rlhf.images import fit_long_side
 
 FEATURE_DIM = 1280  # EfficientNet-Lite0's last feature map: channels
 FEATURE_LONG_SIDE = 320  # the photo's long side for that map (stride 32: about 10 x 7 cells)
+PRECISION_ENV = "PHOTOGRAPHER_PRECISION"
+PRECISIONS = ("bf16", "fp32")
+
+
+@functools.cache
+def feature_precision() -> str:
+    """The feature map's arithmetic on a CPU: 'bf16' where the CPU computes bfloat16 natively (AVX512-BF16
+    or AMX; torch's autocast), else 'fp32'. $PHOTOGRAPHER_PRECISION forces one.
+
+    bfloat16 moves the proxy scorer's scores by about 0.02 on its 1-10 scale (their spread over a photo's
+    boxes is about 1; correlation 0.999). A photo context records the precision it was made in, so a cache
+    shared by machines of both kinds keeps them apart."""
+    import torch
+
+    forced = os.environ.get(PRECISION_ENV)
+    if forced:
+        if forced not in PRECISIONS:
+            raise ValueError(f"${PRECISION_ENV} must be one of {PRECISIONS}, got {forced!r}")
+        return forced
+    native = [getattr(torch.cpu, f, lambda: False) for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return "bf16" if any(f() for f in native) else "fp32"
 
 
 @functools.cache
@@ -42,7 +64,8 @@ def feature_map(pixels: np.ndarray, model=None) -> np.ndarray:
     s = FEATURE_LONG_SIDE / max(h, w)
     small = fit_long_side(pixels, FEATURE_LONG_SIDE, size=(max(32, round(w * s)), max(32, round(h * s))))
     param = next(model.parameters())
-    with torch.inference_mode():
+    on_cpu_bf16 = param.device.type == "cpu" and feature_precision() == "bf16"
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=on_cpu_bf16):
         x = torch.from_numpy(np.ascontiguousarray(small)).permute(2, 0, 1)[None].float().div_(255.0)
         x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
         x = x.to(device=param.device, dtype=param.dtype, memory_format=torch.channels_last)
