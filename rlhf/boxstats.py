@@ -180,3 +180,9 @@ def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
     inter = iw * ih
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return float(inter / union) if union > 0 else 0.0
+
+
+def same_box(a: Sequence[float], b: Sequence[float]) -> bool:
+    """np.allclose(a, b) with its default tolerances, in plain Python: boxes have four numbers, and the
+    env asks this of every move at every step, where numpy's per-call overhead is the whole cost."""
+    return all(abs(x - y) <= 1e-8 + 1e-5 * abs(y) for x, y in zip(a, b, strict=True))

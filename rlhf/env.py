@@ -31,7 +31,7 @@ import cv2
 import gymnasium as gym
 import numpy as np
 
-from rlhf.boxstats import colour_cues, colour_sat, framing_cues, moment_sat, spectral_residual
+from rlhf.boxstats import colour_cues, colour_sat, framing_cues, moment_sat, same_box, spectral_residual
 from rlhf.context import PhotoContext, context_of
 from rlhf.feature_map import FEATURE_DIM, feature_sat, pooled_features
 from rlhf.images import (
@@ -344,7 +344,7 @@ class CropEnv(gym.Env):
         for action in Action:
             if action != Action.STOP:
                 new = self._apply(action)
-                if not self._too_small(new) and not np.allclose(new, self.box):
+                if not self._too_small(new) and not same_box(new, self.box):
                     moves[action] = new
         return moves
 
@@ -484,7 +484,7 @@ class CropEnv(gym.Env):
             new = self._apply(action)
             if self._too_small(new):
                 terminated = True  # the minimum size ends the episode; the box stays valid
-            elif np.allclose(new, self.box):
+            elif same_box(new, self.box):
                 reward = -self.cfg.noop_penalty
             else:
                 self.box = new
