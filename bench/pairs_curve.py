@@ -9,7 +9,8 @@ For each SIMULATED taste (rlhf/simulated.py) and each way of choosing pairs, ans
              `photographer crop --human_reward_model` runs: as hard as keeps 0.95 of the aesthetic score on
              the training photos, rlhf.kept.steering_weight, unless --w_human fixes the weight)
   finetuned  at the steps in --finetune_at only (stage 3 takes minutes): stage 3 from the bootstrap on the
-             reward model (rayjobs.finetune, its defaults: 0.7 / 0.3 and the aesthetic-kept constraint)
+             reward model at the frozen path's weight, with the aesthetic-kept constraint (what
+             `photographer round` fine-tunes with)
 
 each judged on the unseen photos (the bundled held-out photos and fixed framings of them) against the
 bootstrap: `preferred` (how often the taste prefers the policy's crop; no preference counts half) and
@@ -52,7 +53,7 @@ from rlhf.images import TRAIN_PHOTOS, bundled_photos  # noqa: E402
 
 TARGETS = {"pairs_to_080": 30, "preferred_at_25_frozen": 0.70, "preferred_at_100_finetuned": 0.80, "kept": 0.95}
 SELECTIONS = ("uncertain", "diverse")
-RESULT = "result.json"  # one step's numbers, in its folder once evaluated
+RESULT = "result_chosen.json"  # one step's numbers at the chosen weight (both paths), in its folder
 
 
 @dataclass
@@ -79,8 +80,8 @@ class CurveConfig:
     noise: float = field(default=0.1, metadata={"help": "label noise of the simulated annotator"})
     w_human: float | None = field(default=None, metadata={
         "help": "the human score's weight, steered and fine-tuned (the aesthetic score's is 1 - w_human); default: "
-                "steered, the product's choice (rlhf.kept.steering_weight on the training photos, keeping 0.95), "
-                "fine-tuned, finetune's own. Each setting keeps its own results in a step's folder"})
+                "the product's choice (rlhf.kept.steering_weight on the training photos, keeping 0.95) for both. "
+                "Each setting keeps its own results in a step's folder"})
     finetune_timesteps: int = field(default=6144, metadata={"help": "stage-3 env steps"})
     reward_args: list[str] = field(default_factory=list, metadata={
         "help": "extra flags for train-reward, one per --reward_args=FLAG"})
@@ -169,8 +170,9 @@ def curve(cfg: CurveConfig, out: Path, taste: str, selection: str, policy: str, 
             "kept_frozen": aesthetic_kept(frozen, boot_eval)}
         if n in cfg.finetune_at and selection == cfg.selections[0]:
             print(f"\n=== [{taste}/{selection}] stage 3 on the reward model of {answered} answers ===", flush=True)
-            stage3(cfg.personalization(), policy, model_path, step / "finetune", cfg.finetune_timesteps)
-            tuned = evaluate_policy(CropPolicy.load(step / "finetune"), photos, shared["scorer"], name="finetuned")
+            stage3(replace(cfg.personalization(), w_nima=1.0 - w, w_human=w), policy, model_path,
+                   step / f"finetune_w{w:g}", cfg.finetune_timesteps)
+            tuned = evaluate_policy(CropPolicy.load(step / f"finetune_w{w:g}"), photos, shared["scorer"], name="finetuned")
             row["preferred_finetuned"] = preferred_rate(truth, photos, boot_eval.boxes, tuned.boxes)
             row["kept_finetuned"] = aesthetic_kept(tuned, boot_eval)
         row["seconds"] = round(time.time() - t0, 1)

@@ -17,8 +17,8 @@ Each call finishes the run's newest unfinished round, or starts the next one, in
   3. reward    a reward model on all the answers so far (photographer train-reward)
   4. policy    under --finetune_from answers, the bootstrap steered by the reward model with no
                fine-tuning (the few-pairs path, photographer crop --human_reward_model), as hard as keeps
-               --min_kept of the aesthetic score on --image; from then on,
-               stage 3 fine-tunes the bootstrap on the reward model (photographer finetune)
+               --min_kept of the aesthetic score on --image; from then on, stage 3 fine-tunes the
+               bootstrap on the reward model at that weight (photographer finetune --w_human)
   5. evaluate  this round's policy against the previous round's (round 1: the bootstrap) on held-out
                photos: the aesthetic score kept, the reward model's human score, and with --simulate how
                often the taste prefers this round's crop; report and pictures in round_NNN/eval/
@@ -68,8 +68,9 @@ def _heldout_photos() -> list[str]:
 class RoundConfig:
     """One improvement round: pairs from the current policy, answers, reward model, policy, evaluation.
 
-    The steering settings (--w_human, --min_kept) also set stage 3 when the round fine-tunes: --w_human its
-    weights (--w_nima 1 - w_human; without it, finetune's own) and --min_kept its constraint.
+    The steering settings (--w_human, --min_kept) also set stage 3 when the round fine-tunes: the weight
+    (given, or chosen as for steering) is stage 3's --w_human (--w_nima 1 - w_human), --min_kept its
+    constraint.
     """
 
     run: str = field(default="", metadata={"help": "the run folder that holds the rounds and the preference "
@@ -264,19 +265,26 @@ def step_reward(r: Round) -> dict[str, Any]:
     return {"model": str(out / train_reward.MODEL_FILE), "accuracy": metrics.get("val_accuracy")}
 
 
+def _weight(r: Round, model: str) -> float:
+    """--w_human, else the largest steering weight whose crops keep --min_kept on --image (both paths use
+    it: stage 3 at the fixed 0.3 trailed the bootstrap steered at this weight)."""
+    if r.cfg.steering.w_human is not None:
+        return r.cfg.steering.w_human
+    from rlhf.images import load_collection
+    from rlhf.kept import steering_weight
+    from rlhf.policy import CropPolicy
+
+    w, kept = steering_weight(CropPolicy.load(r.bootstrap), model, load_collection(r.cfg.image),
+                              r.cfg.steering.min_kept)
+    print(f"round {r.k}: steering weight w_human {w:g} (keeps {kept:.3f} of the aesthetic score on --image)",
+          flush=True)
+    return w
+
+
 def step_policy(r: Round) -> dict[str, Any]:
     model, answers = r.state["reward"]["model"], r.state["answers"]["answers"]
+    w = _weight(r, model)
     if answers < r.cfg.finetune_from:
-        w = r.cfg.steering.w_human
-        if w is None:
-            from rlhf.images import load_collection
-            from rlhf.kept import steering_weight
-            from rlhf.policy import CropPolicy
-
-            w, kept = steering_weight(CropPolicy.load(r.bootstrap), model, load_collection(r.cfg.image),
-                                      r.cfg.steering.min_kept)
-            print(f"round {r.k}: steering weight w_human {w:g} (keeps {kept:.3f} of the aesthetic score on --image)",
-                  flush=True)
         desc = {"kind": "steered", "policy": r.bootstrap, "human_reward_model": model, "w_human": w}
         load_policy(desc)  # fails now if the bootstrap cannot be steered
         print(f"round {r.k}: {answers} answers (< --finetune_from {r.cfg.finetune_from}): the bootstrap steered by "
@@ -285,9 +293,8 @@ def step_policy(r: Round) -> dict[str, Any]:
     from rayjobs import finetune
 
     out = r.folder / "finetune"
-    w = r.cfg.steering.w_human
-    weights = [] if w is None else ["--w_nima", str(1.0 - w), "--w_human", str(w)]
-    argv = ["--policy", r.bootstrap, "--human_reward_model", model, *weights, "--min_kept", str(r.cfg.steering.min_kept),
+    argv = ["--policy", r.bootstrap, "--human_reward_model", model, "--w_nima", str(1.0 - w), "--w_human", str(w),
+            "--min_kept", str(r.cfg.steering.min_kept),
             "--out", str(out), "--seed", str(r.cfg.seed),
             "--resume" if out.exists() else "--no-resume", *r.cfg.finetune_args]
     print(f"round {r.k}: {answers} answers: stage 3 fine-tunes the bootstrap", flush=True)

@@ -3,6 +3,8 @@ answered by a SIMULATED annotator or waiting for a person; resumed after a kill;
 
 from __future__ import annotations
 
+import json
+
 import sqlite3
 from dataclasses import replace
 from pathlib import Path
@@ -138,6 +140,10 @@ def test_a_second_round_asks_the_uncertain_pairs_and_compares_with_the_first(fir
     assert len(made) == 8 and all("margin" in p.extra for p in made)
     assert state["answers"]["answers"] == 16 and len(PreferenceStore(first / round_job.STORE)) == 16
     assert state["policy"]["kind"] == "fine-tuned" and (folder / "finetune" / "checkpoints").is_dir()
+    # Stage 3 at the weight chosen as for steering (finetune's fixed 0.3 trailed it), recorded by the round.
+    tuned = json.loads((folder / "finetune" / "config.json").read_text())
+    assert state["policy"]["w_human"] in [round(0.1 * i, 1) for i in range(1, 10)]
+    assert tuned["w_human"] == pytest.approx(state["policy"]["w_human"])
     report = (folder / "eval" / "report.md").read_text()
     assert "| round 1 |" in report and "| round 2 |" in report
     rows = _table_rows(first)
