@@ -161,3 +161,33 @@ def test_a_file_replaced_after_listing_by_another_shape_fails_clearly(photo_file
         photo.load(WORK_LONG_SIDE)
     with pytest.raises(ImageLoadError, match="changed on disk"):
         _ = photo.pixels
+
+
+def test_the_feature_maps_precision_is_chosen_once_forced_by_env_and_keys_the_cache(monkeypatch, photo_file):
+    """bfloat16 where the CPU computes it natively, else float32; $PHOTOGRAPHER_PRECISION forces one; a
+    context made in one precision is another cache entry than one made in the other."""
+    import torch
+
+    from rlhf import context, feature_map
+
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    monkeypatch.delenv(feature_map.PRECISION_ENV, raising=False)
+    feature_map.feature_precision.cache_clear()
+    assert feature_map.feature_precision() == ("bf16" if native else "fp32")
+    maps, keys = {}, {}
+    for forced in ("fp32", "bf16"):
+        monkeypatch.setenv(feature_map.PRECISION_ENV, forced)
+        feature_map.feature_precision.cache_clear()
+        assert feature_map.feature_precision() == forced and context.settings()["precision"] == forced
+        keys[forced] = context.settings()
+        maps[forced] = feature_map.feature_map(Photo.from_path(photo_file).load(WORK_LONG_SIDE))
+    assert keys["fp32"] != keys["bf16"]
+    # bfloat16 keeps 8 bits of mantissa: the map moves by a few percent, its structure stays.
+    rel = np.abs(maps["bf16"] - maps["fp32"]).mean() / np.abs(maps["fp32"]).mean()
+    assert 0 < rel < 0.1 and np.corrcoef(maps["bf16"].ravel(), maps["fp32"].ravel())[0, 1] > 0.99
+    monkeypatch.setenv(feature_map.PRECISION_ENV, "fp16")
+    feature_map.feature_precision.cache_clear()
+    with pytest.raises(ValueError, match="PHOTOGRAPHER_PRECISION must be one of"):
+        feature_map.feature_precision()
+    monkeypatch.delenv(feature_map.PRECISION_ENV)
+    feature_map.feature_precision.cache_clear()
