@@ -24,8 +24,6 @@ import ray
 import torch
 
 from rayjobs.algorithms import ALGOS, build_config, check_algo, check_init_policy
-from rlhf.allocator import ENV as MALLOC_ENV
-from rlhf.allocator import tune_malloc
 from rlhf.env import CropEnvConfig
 from rlhf.kept import KeptConstraint
 from rlhf.policy import MODULE_SUBDIR, latest_checkpoint
@@ -248,12 +246,11 @@ def init_ray() -> None:
     """Local single-node Ray by default; joins a running cluster when RAY_ADDRESS is set."""
     if ray.is_initialized():
         return
-    tune_malloc()
     if os.environ.get("RAY_ADDRESS"):
         ray.init()
     else:
         ray.init(include_dashboard=False, log_to_driver=True,
-                 runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning", **MALLOC_ENV}})
+                 runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning"}})
 
 
 def restore(algo, path: str | Path, component: str | None = None) -> None:

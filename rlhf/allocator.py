@@ -6,7 +6,9 @@ returns them to the kernel when freed, so each photo faults its working memory i
 page faults a photo, a sixth of a cold crop's time on a virtual machine. Raising the mmap and trim
 thresholds keeps those blocks in the heap (at most TRIM_THRESHOLD of free memory stays with a process).
 PyTorch's CPU performance guide makes the same point by preloading jemalloc or tcmalloc; these are the
-standard allocator's own knobs (mallopt), so nothing needs installing.
+standard allocator's own knobs (mallopt), so nothing needs installing. Every process that holds photo
+contexts (a command, an env runner, a Ray Data crop actor, the scoring actor) sets them as its context
+store starts (rlhf.context.ContextStore).
 """
 
 from __future__ import annotations
@@ -18,8 +20,6 @@ import platform
 
 MMAP_THRESHOLD = 64 << 20  # blocks below this come from the heap and are reused after free
 TRIM_THRESHOLD = 128 << 20  # free memory at the heap's top kept before it is returned to the kernel
-# The same settings for processes that start later (Ray workers): glibc reads them at start-up.
-ENV = {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD), "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD)}
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
 
 

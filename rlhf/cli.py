@@ -10,8 +10,6 @@ import importlib
 import os
 import sys
 
-from rlhf.allocator import tune_malloc
-
 # command -> (module, function, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "bootstrap": ("rayjobs.bootstrap", "main", "stage 1: PPO crop policy on the aesthetic reward"),
@@ -57,7 +55,6 @@ def main(argv: list[str] | None = None) -> None:
     if cmd not in COMMANDS:
         sys.exit(f"photographer: unknown command {cmd!r}\n\n{usage()}")
     module, func, _ = COMMANDS[cmd]
-    tune_malloc()
     try:
         rc = getattr(importlib.import_module(module), func)(rest)
     except (ValueError, FileNotFoundError) as e:

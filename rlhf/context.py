@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from rlhf.allocator import tune_malloc
 from rlhf.cache import LRUCache
 from rlhf.images import Photo, clip_box, resize
 
@@ -138,6 +139,7 @@ class ContextStore:
     """
 
     def __init__(self, root: str | Path | None, max_bytes: int = DEFAULT_MEMORY_BYTES):
+        tune_malloc()  # a process that holds photo contexts reuses their working memory (rlhf.allocator)
         self.root = None if root is None else Path(root)
         self._settings = settings()
         self._settings_key = hashlib.blake2b(json.dumps(self._settings, sort_keys=True).encode(),
