@@ -214,14 +214,11 @@ def steering_weight(policy: Any, human_reward_model: str | Path, photos: Sequenc
     """The few-pairs path's (w_human, kept): the largest weight of `weights`, tried upward and stopping at
     the first that fails, whose steered crops keep at least `min_kept` of the policy's own aesthetic score
     (its mean over the policy's unsteered crops, ``rlhf.evaluation.aesthetic_kept``) on up to STEER_PHOTOS
-    of `photos`, spread over them, by one standard error over those photos (kept_bound); (0.0, 1.0), not
-    steered, when even the smallest fails.
+    of `photos`, spread over them; (0.0, 1.0), not steered, when even the smallest fails.
 
     Why: how hard a reward model may pull depends on the taste (a tight crop costs more of the score than
     a warm one); kept needs no answers, only the aesthetic scorer, so it is measured on the person's own
-    photos. The margin is there because the weight must hold on photos it was not chosen on: without it,
-    a weight at the bound keeps a little less on others. Greedy rollouts: deterministic, so the same
-    photos give the same weight.
+    photos. Greedy rollouts: deterministic, so the same photos give the same weight.
     """
     from rlhf.evaluation import aesthetic_kept, evaluate_policy
     from rlhf.scorers import create_scorer
@@ -240,17 +237,9 @@ def steering_weight(policy: Any, human_reward_model: str | Path, photos: Sequenc
     base = evaluate_policy(policy, sample, scorer, name="unsteered")
     best = (0.0, 1.0)
     for w in sorted(weights):
-        steered = evaluate_policy(policy.steered(human_reward_model, w), sample, scorer, name=f"w_human {w:g}")
-        if not kept_bound(steered, base) >= min_kept:
+        kept = aesthetic_kept(evaluate_policy(policy.steered(human_reward_model, w), sample, scorer,
+                                              name=f"w_human {w:g}"), base)
+        if not kept >= min_kept:
             break
-        best = (float(w), float(aesthetic_kept(steered, base)))
+        best = (float(w), float(kept))
     return best
-
-
-def kept_bound(policy: Any, reference: Any) -> float:
-    """aesthetic_kept(policy, reference) less one standard error of it over the photos (each photo's
-    score difference over the reference's mean score): a lower confidence bound, as the 1se rule."""
-    diff = np.array([policy.aesthetic[p] - reference.aesthetic[p] for p in reference.photo_ids])
-    diff /= reference.aesthetic_mean
-    se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else 0.0
-    return float(1.0 + diff.mean() - se)

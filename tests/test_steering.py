@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from rayjobs import crop
@@ -63,22 +62,3 @@ def test_a_round_of_the_older_shape_goes_on(tmp_path):
     round_job._check_same(cfg, tmp_path)
     with pytest.raises(ValueError, match="was started with --w_human 0.3"):
         round_job._check_same(RoundConfig(run=str(tmp_path)), tmp_path)
-
-
-def test_kept_bound_is_kept_less_one_standard_error_over_the_photos():
-    from types import SimpleNamespace
-
-    from rlhf.kept import kept_bound
-
-    def ev(scores):
-        ids = [f"p{i}" for i in range(len(scores))]
-        return SimpleNamespace(photo_ids=ids, aesthetic=dict(zip(ids, scores, strict=True)),
-                               aesthetic_mean=float(sum(scores) / len(scores)))
-
-    base = ev([6.0, 7.0, 8.0, 7.0])
-    assert kept_bound(base, base) == 1.0
-    assert kept_bound(ev([5.65, 6.65, 7.65, 6.65]), base) == pytest.approx(1.0 - 0.35 / 7.0)  # the same loss on each
-    uneven = ev([6.0, 7.0, 8.0, 5.6])  # the same mean loss on one photo only: less sure
-    d = np.array([0.0, 0.0, 0.0, -1.4]) / 7.0
-    assert kept_bound(uneven, base) == pytest.approx(1.0 + d.mean() - d.std(ddof=1) / 2.0)
-    assert kept_bound(uneven, base) < kept_bound(ev([5.65, 6.65, 7.65, 6.65]), base)
