@@ -4,7 +4,6 @@ answered by a SIMULATED annotator or waiting for a person; resumed after a kill;
 from __future__ import annotations
 
 import json
-
 import sqlite3
 from dataclasses import replace
 from pathlib import Path
