@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 import ray
+from ray.exceptions import GetTimeoutError, RayActorError
 
 from rlhf.images import bundled_photos, clip_box, load_collection
 from rlhf.reward import LocalReward, RewardSpec, build_reward
@@ -180,7 +181,20 @@ def test_client_retries_until_the_actor_is_back(service, photos, local):
     pid0 = ray.get(ray.get_actor(service).ping.remote())
 
     # Killed for good, then started again a little later (as a new job step would): the client waits.
-    ray.kill(ray.get_actor(service), no_restart=True)
+    victim = ray.get_actor(service)
+    ray.kill(victim, no_restart=True)
+    # ray.kill only asks: a call sent before the actor is gone can still be answered by it, and the
+    # client would then rightly never retry. Wait until it is dead, as an outside kill would be.
+    for _ in range(200):
+        try:
+            ray.get(victim.ping.remote(), timeout=5)
+        except RayActorError:
+            break
+        except GetTimeoutError:
+            continue
+        time.sleep(0.05)
+    else:
+        pytest.fail("ray.kill did not stop the service")
     restarter = threading.Timer(1.0, lambda: ensure_service(RewardSpec(), cache_size=64))
     restarter.start()
     got = client(p, boxes[:2])
