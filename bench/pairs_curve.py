@@ -7,7 +7,8 @@ For each SIMULATED taste (rlhf/simulated.py) and each way of choosing pairs, ans
              pairs (the bootstrap's pairs on the unseen photos, labelled by the taste WITHOUT noise)
   frozen     the bootstrap steered by that reward model, no fine-tuning (the few-pairs path, what
              `photographer crop --human_reward_model` runs: as hard as keeps 0.95 of the aesthetic score on
-             the training photos, rlhf.kept.steering_weight, unless --w_human fixes the weight)
+             the training photos, rlhf.kept.steering_weight, unless --w_human fixes the weight; a photo whose
+             steered crop keeps less than 0.95 of the bootstrap crop's score gets the bootstrap's crop)
   finetuned  at the steps in --finetune_at only (stage 3 takes minutes): stage 3 from the bootstrap on the
              reward model at the frozen path's weight, with the aesthetic-kept constraint (what
              `photographer round` fine-tunes with)
@@ -120,7 +121,7 @@ def curve(cfg: CurveConfig, out: Path, taste: str, selection: str, policy: str, 
 
     from rayjobs import pairs, train_reward
     from rlhf.evaluation import aesthetic_kept, evaluate_policy, photo_key, reward_model_accuracy
-    from rlhf.kept import steering_weight
+    from rlhf.kept import MIN_KEPT, steering_weight
     from rlhf.policy import CropPolicy
     from rlhf.preference import PreferenceRewardModel
     from rlhf.simulated import SimulatedAnnotator, preferred_rate
@@ -163,11 +164,12 @@ def curve(cfg: CurveConfig, out: Path, taste: str, selection: str, policy: str, 
         w = cfg.w_human
         if w is None:
             w = steering_weight(shared["boot_policy"], model_path, shared["train_photos"])[0]
-        frozen = evaluate_policy(shared["boot_policy"].steered(model_path, w), photos, shared["scorer"], name="frozen")
+        steered = shared["boot_policy"].steered(model_path, w, MIN_KEPT)
+        frozen = evaluate_policy(steered, photos, shared["scorer"], name="frozen")
         row: dict[str, Any] = {
             "taste": taste, "selection": selection, "answers": answered, "step": n, "accuracy": accuracy, "w_human": w,
             "preferred_frozen": preferred_rate(truth, photos, boot_eval.boxes, frozen.boxes),
-            "kept_frozen": aesthetic_kept(frozen, boot_eval)}
+            "kept_frozen": aesthetic_kept(frozen, boot_eval), "unsteered_frozen": steered.fallbacks}
         if n in cfg.finetune_at and selection == cfg.selections[0]:
             print(f"\n=== [{taste}/{selection}] stage 3 on the reward model of {answered} answers ===", flush=True)
             stage3(replace(cfg.personalization(), w_nima=1.0 - w, w_human=w), policy, model_path,

@@ -12,8 +12,9 @@ run folder holds each crop (`<name>_crop.jpg`), `crops.jsonl` and contact sheets
 written when full). `crops.jsonl` has one line per photo, appended and synced to disk as each photo
 is done: ``{"image", "box": [l, t, r, b], "size": [w, h], "score", "whole_photo_score", "crop",
 "sheet"}`` (boxes in pixels of the photo as loaded, EXIF orientation applied; scores on the scorer's
-1-10 scale, left out with --no-score; "crop" left out with --no-write_crops), or ``{"image", "error"}``
-for a file that is not a usable photo.
+1-10 scale, left out with --no-score; "crop" left out with --no-write_crops; ``"unsteered": true`` on
+the few-pairs path where the steered crop kept less than --min_kept of the unsteered crop's aesthetic
+score, so the photo got the unsteered crop), or ``{"image", "error"}`` for a file that is not a usable photo.
 
 With `--ray` (on by default when RAY_ADDRESS is set) a Ray Data pipeline crops the photos over a pool
 of actors (rayjobs/crop_ray.py); this process writes the same files the same way, so --resume works
@@ -279,7 +280,7 @@ class RunFolder:
 def results_in_process(cfg: CropConfig, todo: Iterable[tuple[str, str]]) -> Iterator[CropResult]:
     cropper = Cropper(cfg.policy, cfg.scorer, cfg.scorer_weights, cfg.score, cfg.deterministic, cfg.seed,
                       write_crops=cfg.write_crops, human_reward_model=cfg.human_reward_model,
-                      w_human=cfg.steering.w_human)
+                      w_human=cfg.steering.w_human, min_kept=cfg.steering.min_kept)
     for path, name in todo:
         yield cropper.crop(path, name)
 
@@ -309,7 +310,8 @@ def run(cfg: CropConfig) -> Path:
         settings = {"policy": _resolved(cfg.policy), "scorer": cfg.scorer,
                     "scorer_weights": cfg.scorer_weights, "score": cfg.score, "deterministic": cfg.deterministic,
                     "seed": cfg.seed, "write_crops": cfg.write_crops,
-                    "human_reward_model": _resolved(cfg.human_reward_model), "w_human": w_human}
+                    "human_reward_model": _resolved(cfg.human_reward_model), "w_human": w_human,
+                    "min_kept": cfg.steering.min_kept}
         results = results_with_ray(settings, todo, cfg.actors, cfg.batch_size, cfg.num_gpus_per_actor)
     else:
         results = results_in_process(cfg, todo)

@@ -173,7 +173,9 @@ def load_policy(desc: dict[str, Any]) -> CropPolicy:
     from rlhf.policy import CropPolicy
 
     policy = CropPolicy.load(desc["policy"])
-    return policy.steered(desc["human_reward_model"], desc["w_human"]) if desc.get("human_reward_model") else policy
+    if not desc.get("human_reward_model"):
+        return policy
+    return policy.steered(desc["human_reward_model"], desc["w_human"], desc.get("min_kept"))
 
 
 # --- the steps -----------------------------------------------------------------------------------
@@ -285,7 +287,8 @@ def step_policy(r: Round) -> dict[str, Any]:
     model, answers = r.state["reward"]["model"], r.state["answers"]["answers"]
     w = _weight(r, model)
     if answers < r.cfg.finetune_from:
-        desc = {"kind": "steered", "policy": r.bootstrap, "human_reward_model": model, "w_human": w}
+        desc = {"kind": "steered", "policy": r.bootstrap, "human_reward_model": model, "w_human": w,
+                "min_kept": r.cfg.steering.min_kept}
         load_policy(desc)  # fails now if the bootstrap cannot be steered
         print(f"round {r.k}: {answers} answers (< --finetune_from {r.cfg.finetune_from}): the bootstrap steered by "
               f"the reward model, no fine-tuning", flush=True)

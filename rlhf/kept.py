@@ -1,5 +1,6 @@
 """The product keeps the aesthetic score by itself: stage 3 by a Lagrange multiplier on "keep >= min_kept
-of it", the few-pairs path by its steering weight (``steering_weight``, at the end).
+of it", the few-pairs path by its steering weight (``steering_weight``, at the end) and a guard on each
+crop (``CropPolicy.steered(..., min_kept)``).
 
 A taste that pulls against the aesthetic score (a tight crop, a subject on the left third) can cost
 more of it than the fixed weights w_nima / w_human foresee, and how much depends on the taste. So,
@@ -196,8 +197,9 @@ class SteeringSettings:
                 "default: chosen by rlhf.kept.steering_weight, the largest of 0.1, 0.2, ..., 0.9 whose greedy "
                 "crops keep --min_kept of the policy's own aesthetic score on up to 16 photos"})
     min_kept: float = field(default=MIN_KEPT, metadata={
-        "help": "the share of the policy's own aesthetic score the steered crops must keep when the steering "
-                "weight is chosen (no --w_human)"})
+        "help": "the share of the policy's own aesthetic score the steered crops keep: the steering weight (no "
+                "--w_human) is chosen to keep it on average, and a photo whose steered crop keeps less of its "
+                "unsteered crop's score gets the unsteered crop"})
 
     def __post_init__(self) -> None:
         self.validate()

@@ -244,11 +244,14 @@ class CropPolicy:
     """A trained policy, loaded without Ray, that crops photos greedily (or by sampling)."""
 
     def __init__(self, module: TorchRLModule, env_config: dict[str, Any], source: Path,
-                 reward: dict[str, Any] | None = None):
+                 reward: dict[str, Any] | None = None, guard: tuple[dict[str, Any], float] | None = None):
         self.module = module.eval()
         self.env_config = env_config
         self.source = source
         self.reward = reward  # the RewardSpec it was trained on (a lookahead policy observes it)
+        # A steered policy's per-photo guard: (the unsteered reward, min_kept); see steered().
+        self.guard = guard
+        self.fallbacks = 0  # greedy crops the guard gave back to the unsteered policy
 
     @classmethod
     def load(cls, path: str | Path) -> CropPolicy:
@@ -263,13 +266,19 @@ class CropPolicy:
         check_observation_space(module, env_config, ckpt)
         return cls(module, env_config, ckpt, config.get("reward"))
 
-    def steered(self, human_reward_model: str | Path, w_human: float = 0.3) -> CropPolicy:
+    def steered(self, human_reward_model: str | Path, w_human: float = 0.3,
+                min_kept: float | None = None) -> CropPolicy:
         """This policy with a person's reward model in its lookahead, no fine-tuning (the few-pairs path).
 
         A lookahead policy observes what each move pays; here that is ``(1 - w_human) * (score - 1) / 9
         + w_human * human_score`` (the combined reward of rlhf.reward, with this policy's own aesthetic
         scorer), so the gain it learned in stage 1 moves its crops toward the person's taste. The same
         module and env settings are shared with this policy; only the reward it observes differs.
+
+        With ``min_kept`` each greedy crop is guarded: the unsteered policy crops the photo too, and
+        where the steered crop's aesthetic score is below ``min_kept`` of that crop's, the unsteered crop
+        is kept (``fallbacks`` counts them). The aesthetic score is then kept photo by photo, not only on
+        average over the photos the steering weight was chosen on, at one more episode per photo.
         """
         from rlhf.reward import COMBINED, RewardSpec, build_reward
 
@@ -285,8 +294,11 @@ class CropPolicy:
         spec = RewardSpec(**{**self.reward, "kind": COMBINED, "service": None,
                              "human_reward_model": str(Path(human_reward_model).expanduser().resolve()),
                              "w_nima": 1.0 - w_human, "w_human": w_human})
+        if min_kept is not None and not 0.0 < min_kept <= 1.0:
+            raise ValueError(f"--min_kept must be in (0, 1], got {min_kept}")
         build_reward(spec)  # loads the reward model now: a bad file fails here, with its reason, not mid-crop
-        return CropPolicy(self.module, self.env_config, self.source, spec.to_dict())
+        guard = None if min_kept is None else (dict(self.reward), float(min_kept))
+        return CropPolicy(self.module, self.env_config, self.source, spec.to_dict(), guard)
 
     @torch.inference_mode()
     def act(self, obs: dict[str, np.ndarray], deterministic: bool = True,
@@ -300,7 +312,32 @@ class CropPolicy:
 
     def rollout(self, env, photo_index: int, deterministic: bool = True,
                 rng: np.random.Generator | None = None) -> list[tuple[int, int, int, int]]:
-        """Run one episode on env.photos[photo_index]; the boxes visited, first to last."""
+        """Run one episode on env.photos[photo_index]; the boxes visited, first to last.
+
+        A guarded steered policy (``steered(..., min_kept=...)``) returns the unsteered episode instead
+        where its greedy crop keeps less than min_kept of the unsteered crop's aesthetic score.
+        """
+        boxes = self._episode(env, photo_index, deterministic, rng)
+        if self.guard is None or not deterministic:
+            return boxes
+        from rlhf.reward import AESTHETIC, build_reward
+
+        unsteered, min_kept = self.guard
+        steered_fn = env.reward_fn
+        env.reward_fn = build_reward({**unsteered, "service": None})
+        try:
+            # The same module observing the reward it was trained on: the unsteered policy's greedy crop.
+            base = self._episode(env, photo_index, deterministic, rng)
+        finally:
+            env.reward_fn = steered_fn
+        score = steered_fn.terms(env.photos[photo_index], [boxes[-1], base[-1]])[AESTHETIC]  # 1-10
+        if score[0] >= min_kept * score[1]:
+            return boxes
+        self.fallbacks += 1
+        return base
+
+    def _episode(self, env, photo_index: int, deterministic: bool,
+                 rng: np.random.Generator | None) -> list[tuple[int, int, int, int]]:
         obs, info = env.reset(options={"photo_index": photo_index})
         boxes = [tuple(info["box"])]
         done = False

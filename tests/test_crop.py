@@ -204,9 +204,11 @@ def _area(out: Path) -> float:
 
 def test_few_pairs_crop_is_steered_and_records_its_steering(policy, folder, reference, wide_model, tmp_path):
     """crop --human_reward_model: the bootstrap's lookahead observes the reward model too, so a 'wide' taste
-    at full weight widens its crops; the steering is recorded in config.json, and --resume refuses a change."""
+    at full weight widens its crops; the steering is recorded in config.json, and --resume refuses a change.
+    (--min_kept 0.01: the per-crop guard, tested below, lets every steered crop through.)"""
     steered = CropConfig(policy=str(policy), image=[str(folder)], out=str(tmp_path / "steered"), sheet_rows=3,
-                         ray=False, human_reward_model=str(wide_model), steering=SteeringSettings(w_human=1.0))
+                         ray=False, human_reward_model=str(wide_model),
+                         steering=SteeringSettings(w_human=1.0, min_kept=0.01))
     out = run(steered)
     records = read_journal(out / JOURNAL)
     assert len(records) == N_PHOTOS and all(1.0 <= r["score"] <= 10.0 for r in records)
@@ -217,12 +219,36 @@ def test_few_pairs_crop_is_steered_and_records_its_steering(policy, folder, refe
     from dataclasses import replace
 
     with pytest.raises(ValueError, match="was cropped with --w_human 1.0"):
-        run(replace(steered, resume=True, steering=SteeringSettings(w_human=0.5)))
+        run(replace(steered, resume=True, steering=SteeringSettings(w_human=0.5, min_kept=0.01)))
     with pytest.raises(ValueError, match="was cropped with --human_reward_model None"):
         run(CropConfig(policy=str(policy), image=[str(folder)], out=str(reference), sheet_rows=3, ray=False,
                        resume=True, human_reward_model=str(wide_model)))
     run(replace(steered, resume=True))  # the same steering resumes (nothing left to do)
     assert len(read_journal(out / JOURNAL)) == N_PHOTOS
+
+
+def test_each_steered_crop_keeps_min_kept_of_its_photos_unsteered_crop(policy, folder, reference, wide_model,
+                                                                         tmp_path):
+    """--min_kept guards every crop of the few-pairs path: a steered crop scoring below min_kept of the
+    unsteered crop of the same photo is replaced by that crop, and the journal marks it "unsteered"."""
+    strict = run(CropConfig(policy=str(policy), image=[str(folder)], out=str(tmp_path / "strict"), sheet_rows=3,
+                            ray=False, human_reward_model=str(wide_model),
+                            steering=SteeringSettings(w_human=1.0, min_kept=1.0)))
+    free = run(CropConfig(policy=str(policy), image=[str(folder)], out=str(tmp_path / "free"), sheet_rows=3,
+                          ray=False, human_reward_model=str(wide_model),
+                          steering=SteeringSettings(w_human=1.0, min_kept=0.01)))
+    base = {r["image"]: r for r in read_journal(reference / JOURNAL)}
+    unguarded = {r["image"]: r for r in read_journal(free / JOURNAL)}
+    records = read_journal(strict / JOURNAL)
+    assert len(records) == N_PHOTOS
+    for r in records:
+        b, u = base[r["image"]], unguarded[r["image"]]
+        if u["score"] >= b["score"]:  # the steered crop keeps all of the score: it stays
+            assert r["box"] == u["box"] and "unsteered" not in r
+        else:  # it does not: the photo gets the unsteered crop
+            assert r["box"] == b["box"] and r["unsteered"] is True and r["score"] == b["score"]
+    assert any(r.get("unsteered") for r in records)  # a 'wide' taste at full weight costs some photos' score
+    assert not any(r.get("unsteered") for r in unguarded.values())
 
 
 def test_steering_needs_a_lookahead_policy_and_a_reward_model_file(policy, folder, wide_model, tmp_path):

@@ -276,6 +276,20 @@ def test_ties_train_towards_equal_rewards(featurizer, photos):
     assert model.metrics["val_log_loss"] == pytest.approx(math.log(2), abs=0.05)
 
 
+def test_answers_with_no_taste_give_an_indifferent_model(featurizer, photos):
+    """Answers drawn at random carry no taste: the model says so (every crop scored alike, the choice
+    naming it) rather than ranking crops by whichever feature the noise happened to favour."""
+    from rlhf.preference.training import NO_TASTE
+
+    rng = np.random.default_rng(3)
+    pairs = [PreferenceExample(e.pair_id, e.photo, e.box_a, e.box_b, float(rng.integers(2)))
+             for e in _pairs(photos, _area, 30, seed=TRAIN_SEED)]
+    model, hist = train_reward_model(pairs, RewardTrainConfig(epochs=20), featurizer, log=None)
+    assert hist.l1_choice == NO_TASTE
+    r = model.reward(photos[0], [e.box_a for e in pairs[:6]] + [photos[0].full_box])
+    assert np.ptp(r) == 0
+
+
 def test_mirrored_crop_has_mirrored_geometry(featurizer, photos):
     photo = photos[2]
     box = (40, 30, 300, 260)
@@ -529,8 +543,8 @@ def test_one_standard_error_rule_prefers_the_stronger_penalty_within_noise():
     assert chosen.l1 == 3.0 and se == pytest.approx(0.4 / 10, rel=0.01)
     assert _choose_l1(cands, "min")[0].l1 == 1.0
     assert _choose_l1([cand(1.0, 0.50), cand(3.0, 0.60)], "1se")[0].l1 == 1.0  # a real gap: the lowest
-    # Weak answers: an indifferent head (loss log 2) is never the tie-break's pick.
-    assert _choose_l1([cand(1.0, 0.67), cand(30.0, math.log(2))], "1se")[0].l1 == 1.0
+    # An indifferent head (loss log 2) is never the tie-break's pick, even within one standard error.
+    assert _choose_l1([cand(1.0, 0.64), cand(30.0, math.log(2))], "1se")[0].l1 == 1.0
     with pytest.raises(ValueError, match="l1_rule"):
         RewardTrainConfig(l1_rule="median")
 
@@ -538,8 +552,8 @@ def test_one_standard_error_rule_prefers_the_stronger_penalty_within_noise():
 def test_when_no_loss_beats_an_indifferent_head_accuracy_above_chance_decides():
     """Ties and label noise can hold every held-out log-loss at log 2 while one penalty ranks the
     pairs well (g30's warm: 0.6936 at accuracy 0.786 on 84 pairs); the indifferent head must not win
-    by a hair of loss. Accuracy at chance keeps the lowest loss. (Plumbing: candidates made by hand.)"""
-    from rlhf.preference.training import _Candidate, _choose_l1
+    by a hair of loss. Accuracy at chance too: the head is indifferent. (Plumbing: candidates made by hand.)"""
+    from rlhf.preference.training import NO_TASTE, _Candidate, _choose_l1
 
     def cand(l1: float, loss: float, acc: float, n: int = 84) -> _Candidate:
         c = _Candidate(l1)
@@ -554,8 +568,16 @@ def test_when_no_loss_beats_an_indifferent_head_accuracy_above_chance_decides():
     for rule in ("1se", "min"):
         chosen, _, why = _choose_l1([cand(3.0, 0.7065, 0.702), cand(10.0, 0.6936, 0.786), null], rule)
         assert chosen.l1 == 10.0 and "accuracy" in why
-    # 0.55 on 84 pairs is within chance (needs > 0.59): the lowest loss, the indifferent head.
+    # 0.55 on 84 pairs is within chance (needs > 0.59): an indifferent head, the strongest penalty's (zeroed
+    # by train_reward_model), whichever loss is lowest.
     assert _choose_l1([cand(10.0, 0.6936, 0.55), null], "1se")[0] is null
+    # A loss below log 2 by less than its standard error is no taste either (25 answers, one of them: that
+    # head ranked unseen crops against the taste).
+    weak, flat = cand(1.0, 0.6828, 0.526, n=19), cand(3.0, 0.6931, 0.5, n=19)
+    weak.best_pair_losses[::2] += 0.15  # per-pair spread 0.2 -> standard error 0.02
+    weak.best_pair_losses[1::2] -= 0.15
+    chosen, _, why = _choose_l1([weak, flat], "1se")
+    assert chosen.l1 == 3.0 and why == NO_TASTE
     # A loss clearly below log 2 keeps the loss-based rule, whatever the accuracies.
     assert _choose_l1([cand(3.0, 0.60, 0.70), cand(10.0, 0.6936, 0.80), null], "1se")[0].l1 == 3.0
 

@@ -218,6 +218,10 @@ def _try(cfg: RewardTrainConfig, l1: float, folds: Sequence[tuple[_Data, _Data]]
     return cand
 
 
+NO_TASTE = ("no held-out loss or accuracy clearly better than an indifferent head's: an indifferent head "
+            "(every crop scored alike; more answers are needed)")
+
+
 def _choose_l1(cands: Sequence[_Candidate], rule: str) -> tuple[_Candidate, float, str]:
     """The candidate --l1 value by `rule` (RewardTrainConfig.l1_rule), the standard error of the
     lowest held-out loss (nan without held-out pairs: then the lowest training loss wins), and why."""
@@ -240,7 +244,10 @@ def _choose_l1(cands: Sequence[_Candidate], rule: str) -> tuple[_Candidate, floa
             return (max(sure, key=lambda c: (c.best_accuracy, c.l1)), se,
                     "no held-out loss clearly below an indifferent head's log 2: the highest held-out accuracy, "
                     "above chance")
-        return best, se, "no held-out loss or accuracy clearly better than an indifferent head's: the lowest loss"
+        # The answers show no taste this head can find: an indifferent head, not the lowest of losses that
+        # differ by noise (such a head ranks crops by whatever the noise favoured: steering by it, or
+        # choosing the next pairs by it, would follow that).
+        return max(cands, key=lambda c: c.l1), se, NO_TASTE
     if rule == "min":
         return best, se, "min: the lowest held-out loss"
     return (max(tied, key=lambda c: c.l1), se,
@@ -341,6 +348,10 @@ def train_reward_model(examples: Sequence[PreferenceExample], cfg: RewardTrainCo
         head = RewardHead(norm.out_dim, cfg.hidden).to(fz.device)
         head.load_state_dict(chosen.best_state)
     head.eval()
+    if why == NO_TASTE:
+        with torch.no_grad():
+            for w in head.weights():
+                w.zero_()
 
     # TRL-style centring (--centring global): an average training crop gets r = 0, i.e. human_score 0.5.
     with torch.no_grad():
