@@ -8,7 +8,7 @@ For each SIMULATED taste (rlhf/simulated.py) and each way of choosing pairs, ans
   frozen     the bootstrap steered by that reward model, no fine-tuning (the few-pairs path, what
              `photographer crop --human_reward_model` runs: as hard as keeps 0.95 of the aesthetic score on
              the training photos, rlhf.kept.steering_weight, unless --w_human fixes the weight; a photo whose
-             steered crop keeps less than 0.95 of the bootstrap crop's score gets the bootstrap's crop)
+             steered crop keeps less than 0.85 of the bootstrap crop's score gets the bootstrap's crop)
   finetuned  at the steps in --finetune_at only (stage 3 takes minutes): stage 3 from the bootstrap on the
              reward model at the frozen path's weight, with the aesthetic-kept constraint (what
              `photographer round` fine-tunes with)
@@ -121,7 +121,7 @@ def curve(cfg: CurveConfig, out: Path, taste: str, selection: str, policy: str, 
 
     from rayjobs import pairs, train_reward
     from rlhf.evaluation import aesthetic_kept, evaluate_policy, photo_key, reward_model_accuracy
-    from rlhf.kept import MIN_KEPT, steering_weight
+    from rlhf.kept import PHOTO_MIN_KEPT, steering_weight
     from rlhf.policy import CropPolicy
     from rlhf.preference import PreferenceRewardModel
     from rlhf.simulated import SimulatedAnnotator, preferred_rate
@@ -164,7 +164,7 @@ def curve(cfg: CurveConfig, out: Path, taste: str, selection: str, policy: str, 
         w = cfg.w_human
         if w is None:
             w = steering_weight(shared["boot_policy"], model_path, shared["train_photos"])[0]
-        steered = shared["boot_policy"].steered(model_path, w, MIN_KEPT)
+        steered = shared["boot_policy"].steered(model_path, w, PHOTO_MIN_KEPT)
         frozen = evaluate_policy(steered, photos, shared["scorer"], name="frozen")
         row: dict[str, Any] = {
             "taste": taste, "selection": selection, "answers": answered, "step": n, "accuracy": accuracy, "w_human": w,

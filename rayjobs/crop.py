@@ -13,7 +13,7 @@ written when full). `crops.jsonl` has one line per photo, appended and synced to
 is done: ``{"image", "box": [l, t, r, b], "size": [w, h], "score", "whole_photo_score", "crop",
 "sheet"}`` (boxes in pixels of the photo as loaded, EXIF orientation applied; scores on the scorer's
 1-10 scale, left out with --no-score; "crop" left out with --no-write_crops; ``"unsteered": true`` on
-the few-pairs path where the steered crop kept less than --min_kept of the unsteered crop's aesthetic
+the few-pairs path where the steered crop kept less than --photo_min_kept of the unsteered crop's aesthetic
 score, so the photo got the unsteered crop), or ``{"image", "error"}`` for a file that is not a usable photo.
 
 With `--ray` (on by default when RAY_ADDRESS is set) a Ray Data pipeline crops the photos over a pool
@@ -41,7 +41,7 @@ from rlhf.kept import SteeringSettings
 
 JOURNAL = "crops.jsonl"
 # What decides a run's boxes and scores: a resumed run must keep them.
-RESULT_FIELDS = ("policy", "human_reward_model", "w_human", "min_kept", "scorer", "scorer_weights", "score", "deterministic",
+RESULT_FIELDS = ("policy", "human_reward_model", "w_human", "min_kept", "photo_min_kept", "scorer", "scorer_weights", "score", "deterministic",
                  "seed", "write_crops")
 # Paths among them, compared resolved.
 _PATH_FIELDS = ("policy", "human_reward_model")
@@ -280,7 +280,7 @@ class RunFolder:
 def results_in_process(cfg: CropConfig, todo: Iterable[tuple[str, str]]) -> Iterator[CropResult]:
     cropper = Cropper(cfg.policy, cfg.scorer, cfg.scorer_weights, cfg.score, cfg.deterministic, cfg.seed,
                       write_crops=cfg.write_crops, human_reward_model=cfg.human_reward_model,
-                      w_human=cfg.steering.w_human, min_kept=cfg.steering.min_kept)
+                      w_human=cfg.steering.w_human, photo_min_kept=cfg.steering.photo_min_kept)
     for path, name in todo:
         yield cropper.crop(path, name)
 
@@ -311,7 +311,7 @@ def run(cfg: CropConfig) -> Path:
                     "scorer_weights": cfg.scorer_weights, "score": cfg.score, "deterministic": cfg.deterministic,
                     "seed": cfg.seed, "write_crops": cfg.write_crops,
                     "human_reward_model": _resolved(cfg.human_reward_model), "w_human": w_human,
-                    "min_kept": cfg.steering.min_kept}
+                    "photo_min_kept": cfg.steering.photo_min_kept}
         results = results_with_ray(settings, todo, cfg.actors, cfg.batch_size, cfg.num_gpus_per_actor)
     else:
         results = results_in_process(cfg, todo)

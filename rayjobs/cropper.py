@@ -65,12 +65,12 @@ class Cropper:
     """The policy and its models, cropping one photo at a time (in this process, or in each Ray Data actor).
 
     With ``human_reward_model`` the policy is steered by it (CropPolicy.steered, weight ``w_human``, each crop
-    guarded by ``min_kept``; the journal marks a photo whose crop the guard gave back to the unsteered policy)."""
+    with the floor ``photo_min_kept``; the journal marks a photo whose crop went back to the unsteered policy)."""
 
     def __init__(self, policy: str, scorer: str = "default", scorer_weights: str | None = None,
                  score: bool = True, deterministic: bool = True, seed: int = 0, device: str = "cpu",
                  write_crops: bool = True, human_reward_model: str | None = None, w_human: float | None = None,
-                 min_kept: float | None = None):
+                 photo_min_kept: float = 0.0):
         # oneDNN keeps compiled kernels per input shape (1024 by default); every photo's aspect is a new
         # shape for the backbone, so the default lets a long crop grow by a few hundred MB. A bfloat16
         # backbone pass (rlhf.feature_map.feature_precision) needs about 100 of them: fewer than that
@@ -82,7 +82,7 @@ class Cropper:
         if human_reward_model:  # the few-pairs path: the reward model steers the lookahead
             if w_human is None:
                 raise ValueError("a steered Cropper needs w_human (photographer crop chooses it)")
-            self.policy = self.policy.steered(human_reward_model, w_human, min_kept)
+            self.policy = self.policy.steered(human_reward_model, w_human, photo_min_kept)
         if self.policy.reward and device != "cpu":
             self.policy.reward = {**self.policy.reward, "device": device}  # the lookahead's models on the GPU
         self.scorer_name, self.scorer_weights, self.device = scorer, scorer_weights, device
@@ -121,7 +121,7 @@ class Cropper:
             return CropResult({"image": path, "error": e.reason})
         record: dict[str, Any] = {"image": path, "box": list(box), "size": [photo.width, photo.height]}
         if self.policy.fallbacks > fallbacks:
-            record["unsteered"] = True  # the steered crop kept less than min_kept of the aesthetic score
+            record["unsteered"] = True  # the steered crop kept less than photo_min_kept of the aesthetic score
         if self.score:
             record["score"] = round(float(self.scorer.score_boxes(photo, [box])[0]), 4)
             record["whole_photo_score"] = round(float(self.scorer.score_boxes(photo, [photo.full_box])[0]), 4)

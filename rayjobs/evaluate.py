@@ -242,7 +242,7 @@ def run(cfg: EvalConfig) -> Path:
             w = steering_weight(policies[0], cfg.human_reward_model, photos, cfg.steering.min_kept)[0]
             print(f"steering weight w_human {w:g} (the largest that keeps {cfg.steering.min_kept} of the aesthetic "
                   "score)", flush=True)
-        policies.append(policies[0].steered(cfg.human_reward_model, w, cfg.steering.min_kept))
+        policies.append(policies[0].steered(cfg.human_reward_model, w, cfg.steering.photo_min_kept))
         names = [*names, f"{names[0]}+steered"]
     evals = []
     for policy, name in zip(policies, names, strict=True):

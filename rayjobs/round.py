@@ -52,7 +52,7 @@ STATE = "state.json"
 TABLE = "rounds.md"
 STEPS = ("pairs", "answers", "reward", "policy", "evaluate")
 # What decides a round's results: an unfinished round goes on only with the settings it started with.
-RESULT_FIELDS = ("pairs", "image", "heldout", "simulate", "noise", "annotator", "finetune_from", "w_human", "min_kept",
+RESULT_FIELDS = ("pairs", "image", "heldout", "simulate", "noise", "annotator", "finetune_from", "w_human", "min_kept", "photo_min_kept",
                  "reward_args", "finetune_args", "seed")
 
 
@@ -175,7 +175,7 @@ def load_policy(desc: dict[str, Any]) -> CropPolicy:
     policy = CropPolicy.load(desc["policy"])
     if not desc.get("human_reward_model"):
         return policy
-    return policy.steered(desc["human_reward_model"], desc["w_human"], desc.get("min_kept"))
+    return policy.steered(desc["human_reward_model"], desc["w_human"], desc.get("photo_min_kept", 0.0))
 
 
 # --- the steps -----------------------------------------------------------------------------------
@@ -288,7 +288,7 @@ def step_policy(r: Round) -> dict[str, Any]:
     w = _weight(r, model)
     if answers < r.cfg.finetune_from:
         desc = {"kind": "steered", "policy": r.bootstrap, "human_reward_model": model, "w_human": w,
-                "min_kept": r.cfg.steering.min_kept}
+                "photo_min_kept": r.cfg.steering.photo_min_kept}
         load_policy(desc)  # fails now if the bootstrap cannot be steered
         print(f"round {r.k}: {answers} answers (< --finetune_from {r.cfg.finetune_from}): the bootstrap steered by "
               f"the reward model, no fine-tuning", flush=True)

@@ -1,6 +1,6 @@
 """The product keeps the aesthetic score by itself: stage 3 by a Lagrange multiplier on "keep >= min_kept
 of it", the few-pairs path by its steering weight (``steering_weight``, at the end) and a guard on each
-crop (``CropPolicy.steered(..., min_kept)``).
+crop (``CropPolicy.steered(..., photo_min_kept)``).
 
 A taste that pulls against the aesthetic score (a tight crop, a subject on the left third) can cost
 more of it than the fixed weights w_nima / w_human foresee, and how much depends on the taste. So,
@@ -44,6 +44,12 @@ from rlhf.reward import AESTHETIC, COMBINED, HUMAN, RewardSpec, combine, with_mu
 # The share of the aesthetic score the product keeps by default: stage 3's constraint and the
 # few-pairs path's bound on its steering weight.
 MIN_KEPT = 0.95
+# The few-pairs path's floor on each photo: a steered crop keeping less of its photo's unsteered crop's
+# score gives way to that crop. Three times MIN_KEPT's average loss: on bench/pairs_curve (both seeds,
+# every taste and step) 0.85 lifted the few lowest photos enough that kept held 0.95 where the weight
+# alone gave 0.936-0.945, at <= 0.06 of preferred; a floor at 0.95 itself (each photo as the average)
+# gave up to a third of the photos back and cost up to 0.25 of preferred (docs/experiments.md).
+PHOTO_MIN_KEPT = 0.85
 
 # The env_config key of the constraint: {"reference": {photo id: the bootstrap's greedy crop's aesthetic
 # score}, "min_kept": ..., "kept_lr": ...}. The envs read the reference, the training loop the rest.
@@ -197,9 +203,11 @@ class SteeringSettings:
                 "default: chosen by rlhf.kept.steering_weight, the largest of 0.1, 0.2, ..., 0.9 whose greedy "
                 "crops keep --min_kept of the policy's own aesthetic score on up to 16 photos"})
     min_kept: float = field(default=MIN_KEPT, metadata={
-        "help": "the share of the policy's own aesthetic score the steered crops keep: the steering weight (no "
-                "--w_human) is chosen to keep it on average, and a photo whose steered crop keeps less of its "
-                "unsteered crop's score gets the unsteered crop"})
+        "help": "the share of the policy's own aesthetic score the steered crops must keep on average when the "
+                "steering weight is chosen (no --w_human)"})
+    photo_min_kept: float = field(default=PHOTO_MIN_KEPT, metadata={
+        "help": "the share of a photo's unsteered crop's aesthetic score its steered crop must keep, or the photo "
+                "gets the unsteered crop (an episode more per photo; 0 = no floor)"})
 
     def __post_init__(self) -> None:
         self.validate()
@@ -209,6 +217,8 @@ class SteeringSettings:
             raise ValueError(f"--w_human must be in [0, 1], got {self.w_human}")
         if not 0.0 < self.min_kept <= 1.0:
             raise ValueError(f"--min_kept must be in (0, 1], got {self.min_kept}")
+        if not 0.0 <= self.photo_min_kept <= 1.0:
+            raise ValueError(f"--photo_min_kept must be in [0, 1], got {self.photo_min_kept}")
 
 
 def steering_weight(policy: Any, human_reward_model: str | Path, photos: Sequence[Photo], min_kept: float = MIN_KEPT,

@@ -249,7 +249,7 @@ class CropPolicy:
         self.env_config = env_config
         self.source = source
         self.reward = reward  # the RewardSpec it was trained on (a lookahead policy observes it)
-        # A steered policy's per-photo guard: (the unsteered reward, min_kept); see steered().
+        # A steered policy's per-photo floor: (the unsteered reward, photo_min_kept); see steered().
         self.guard = guard
         self.fallbacks = 0  # greedy crops the guard gave back to the unsteered policy
 
@@ -267,7 +267,7 @@ class CropPolicy:
         return cls(module, env_config, ckpt, config.get("reward"))
 
     def steered(self, human_reward_model: str | Path, w_human: float = 0.3,
-                min_kept: float | None = None) -> CropPolicy:
+                photo_min_kept: float = 0.0) -> CropPolicy:
         """This policy with a person's reward model in its lookahead, no fine-tuning (the few-pairs path).
 
         A lookahead policy observes what each move pays; here that is ``(1 - w_human) * (score - 1) / 9
@@ -275,10 +275,11 @@ class CropPolicy:
         scorer), so the gain it learned in stage 1 moves its crops toward the person's taste. The same
         module and env settings are shared with this policy; only the reward it observes differs.
 
-        With ``min_kept`` each greedy crop is guarded: the unsteered policy crops the photo too, and
-        where the steered crop's aesthetic score is below ``min_kept`` of that crop's, the unsteered crop
-        is kept (``fallbacks`` counts them). The aesthetic score is then kept photo by photo, not only on
-        average over the photos the steering weight was chosen on, at one more episode per photo.
+        With ``photo_min_kept`` > 0 each greedy crop has a floor: the unsteered policy crops the photo too,
+        and where the steered crop's aesthetic score is below ``photo_min_kept`` of that crop's, the
+        unsteered crop is kept (``fallbacks`` counts them): the photos where a taste costs most of the
+        score, which the steering weight, chosen on average over a few photos, cannot see coming. One
+        more episode per photo.
         """
         from rlhf.reward import COMBINED, RewardSpec, build_reward
 
@@ -294,10 +295,10 @@ class CropPolicy:
         spec = RewardSpec(**{**self.reward, "kind": COMBINED, "service": None,
                              "human_reward_model": str(Path(human_reward_model).expanduser().resolve()),
                              "w_nima": 1.0 - w_human, "w_human": w_human})
-        if min_kept is not None and not 0.0 < min_kept <= 1.0:
-            raise ValueError(f"--min_kept must be in (0, 1], got {min_kept}")
+        if not 0.0 <= photo_min_kept <= 1.0:
+            raise ValueError(f"--photo_min_kept must be in [0, 1], got {photo_min_kept}")
         build_reward(spec)  # loads the reward model now: a bad file fails here, with its reason, not mid-crop
-        guard = None if min_kept is None else (dict(self.reward), float(min_kept))
+        guard = (dict(self.reward), float(photo_min_kept)) if photo_min_kept > 0 else None
         return CropPolicy(self.module, self.env_config, self.source, spec.to_dict(), guard)
 
     @torch.inference_mode()
@@ -314,15 +315,15 @@ class CropPolicy:
                 rng: np.random.Generator | None = None) -> list[tuple[int, int, int, int]]:
         """Run one episode on env.photos[photo_index]; the boxes visited, first to last.
 
-        A guarded steered policy (``steered(..., min_kept=...)``) returns the unsteered episode instead
-        where its greedy crop keeps less than min_kept of the unsteered crop's aesthetic score.
+        A steered policy with a floor (``steered(..., photo_min_kept=...)``) returns the unsteered episode
+        instead where its greedy crop keeps less than photo_min_kept of the unsteered crop's aesthetic score.
         """
         boxes = self._episode(env, photo_index, deterministic, rng)
         if self.guard is None or not deterministic:
             return boxes
         from rlhf.reward import AESTHETIC, build_reward
 
-        unsteered, min_kept = self.guard
+        unsteered, floor = self.guard
         steered_fn = env.reward_fn
         env.reward_fn = build_reward({**unsteered, "service": None})
         try:
@@ -331,7 +332,7 @@ class CropPolicy:
         finally:
             env.reward_fn = steered_fn
         score = steered_fn.terms(env.photos[photo_index], [boxes[-1], base[-1]])[AESTHETIC]  # 1-10
-        if score[0] >= min_kept * score[1]:
+        if score[0] >= floor * score[1]:
             return boxes
         self.fallbacks += 1
         return base

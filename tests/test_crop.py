@@ -205,10 +205,10 @@ def _area(out: Path) -> float:
 def test_few_pairs_crop_is_steered_and_records_its_steering(policy, folder, reference, wide_model, tmp_path):
     """crop --human_reward_model: the bootstrap's lookahead observes the reward model too, so a 'wide' taste
     at full weight widens its crops; the steering is recorded in config.json, and --resume refuses a change.
-    (--min_kept 0.01: the per-crop guard, tested below, lets every steered crop through.)"""
+    (--photo_min_kept 0: no floor on each photo, tested below.)"""
     steered = CropConfig(policy=str(policy), image=[str(folder)], out=str(tmp_path / "steered"), sheet_rows=3,
                          ray=False, human_reward_model=str(wide_model),
-                         steering=SteeringSettings(w_human=1.0, min_kept=0.01))
+                         steering=SteeringSettings(w_human=1.0, photo_min_kept=0.0))
     out = run(steered)
     records = read_journal(out / JOURNAL)
     assert len(records) == N_PHOTOS and all(1.0 <= r["score"] <= 10.0 for r in records)
@@ -219,7 +219,7 @@ def test_few_pairs_crop_is_steered_and_records_its_steering(policy, folder, refe
     from dataclasses import replace
 
     with pytest.raises(ValueError, match="was cropped with --w_human 1.0"):
-        run(replace(steered, resume=True, steering=SteeringSettings(w_human=0.5, min_kept=0.01)))
+        run(replace(steered, resume=True, steering=SteeringSettings(w_human=0.5, photo_min_kept=0.0)))
     with pytest.raises(ValueError, match="was cropped with --human_reward_model None"):
         run(CropConfig(policy=str(policy), image=[str(folder)], out=str(reference), sheet_rows=3, ray=False,
                        resume=True, human_reward_model=str(wide_model)))
@@ -227,16 +227,16 @@ def test_few_pairs_crop_is_steered_and_records_its_steering(policy, folder, refe
     assert len(read_journal(out / JOURNAL)) == N_PHOTOS
 
 
-def test_each_steered_crop_keeps_min_kept_of_its_photos_unsteered_crop(policy, folder, reference, wide_model,
+def test_each_steered_crop_keeps_photo_min_kept_of_its_photos_unsteered_crop(policy, folder, reference, wide_model,
                                                                          tmp_path):
-    """--min_kept guards every crop of the few-pairs path: a steered crop scoring below min_kept of the
-    unsteered crop of the same photo is replaced by that crop, and the journal marks it "unsteered"."""
+    """--photo_min_kept is a floor on every crop of the few-pairs path: a steered crop scoring below it, as a
+    share of the unsteered crop of the same photo, is replaced by that crop, and the journal marks it "unsteered"."""
     strict = run(CropConfig(policy=str(policy), image=[str(folder)], out=str(tmp_path / "strict"), sheet_rows=3,
                             ray=False, human_reward_model=str(wide_model),
-                            steering=SteeringSettings(w_human=1.0, min_kept=1.0)))
+                            steering=SteeringSettings(w_human=1.0, photo_min_kept=1.0)))
     free = run(CropConfig(policy=str(policy), image=[str(folder)], out=str(tmp_path / "free"), sheet_rows=3,
                           ray=False, human_reward_model=str(wide_model),
-                          steering=SteeringSettings(w_human=1.0, min_kept=0.01)))
+                          steering=SteeringSettings(w_human=1.0, photo_min_kept=0.0)))
     base = {r["image"]: r for r in read_journal(reference / JOURNAL)}
     unguarded = {r["image"]: r for r in read_journal(free / JOURNAL)}
     records = read_journal(strict / JOURNAL)

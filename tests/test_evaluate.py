@@ -262,7 +262,7 @@ def test_evaluate_steer_adds_the_first_policy_steered_by_the_reward_model(setup,
     cropping as the steered policy does (CropPolicy.steered) and as `crop --human_reward_model` would."""
     from rayjobs.evaluate import EvalConfig, run
     from rlhf.evaluation import policy_boxes
-    from rlhf.kept import MIN_KEPT, SteeringSettings
+    from rlhf.kept import PHOTO_MIN_KEPT, SteeringSettings
     from rlhf.policy import CropPolicy
 
     run_dir, ckpts, model_path, _, photos = setup
@@ -272,7 +272,7 @@ def test_evaluate_steer_adds_the_first_policy_steered_by_the_reward_model(setup,
                          steer=True, steering=SteeringSettings(w_human=0.8), taste="wide", out=str(tmp_path / "ev")))
     data = json.loads((out / "eval.json").read_text())
     assert [p["name"] for p in data["policies"]] == ["boot", "boot+steered"]
-    steered = CropPolicy.load(run_dir).steered(model_path, 0.8, MIN_KEPT)  # guarded, as crop's default
+    steered = CropPolicy.load(run_dir).steered(model_path, 0.8, PHOTO_MIN_KEPT)  # with crop's default floor
     assert steered.reward["kind"] == "combined" and steered.reward["w_nima"] == pytest.approx(0.2)
     boxes = policy_boxes(steered, photos)[0]
     assert data["policies"][1]["boxes"] == {p.id: list(b) for p, b in zip(photos, boxes, strict=True)}
