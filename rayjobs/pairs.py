@@ -324,7 +324,7 @@ def run(cfg: PairsConfig) -> Path:
             from rlhf.kept import steering_weight
 
             w = steering_weight(policy, cfg.human_reward_model, photos, cfg.steering.min_kept)[0]
-        policy = policy.steered(cfg.human_reward_model, w)
+        policy = policy.steered(cfg.human_reward_model, w, cfg.steering.photo_min_kept)  # greedy crops as `crop`'s
     env = policy_env(policy, photos)
     min_area = float(env.cfg.min_area) * 0.8  # perturbations may go a little below the policy's floor
     rng = np.random.default_rng(cfg.seed)
