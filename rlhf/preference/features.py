@@ -29,7 +29,12 @@ from rlhf.images import Box, Photo, clip_box, resize
 POOLING = f"roi{FEATURE_LONG_SIDE}"
 
 GEOMETRY_FEATURES = ("cx", "cy", "w", "h", "area", "log_aspect")
-COLOUR_FEATURES = ("mean_r", "mean_g", "mean_b", "warmth", "luminance", "contrast", "saturation")
+# The crop's colour on the axes a photo editor's basic panel adjusts: exposure (luminance), white
+# balance's temperature (warmth, amber - blue: R - B) and tint (green - magenta: G - (R + B) / 2),
+# contrast and saturation. Mean luminance, warmth and tint are three independent axes of the mean
+# colour; mean R, G and B beside them would repeat the same three dimensions, and L1 would pick
+# among equivalent features by chance.
+COLOUR_FEATURES = ("luminance", "warmth", "tint", "contrast", "saturation")
 # Shares of the subject below which the "..._below_NN" hinge cues start (see SALIENCY_CUES).
 SHARE_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9)
 # Framing cues, computed from each of two saliency maps of the whole photo (prefix "net_": the
@@ -267,15 +272,16 @@ def geometry_features(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def colour_features(crop: np.ndarray) -> np.ndarray:
-    """Mean RGB, warmth (R - B), luminance, its spread (contrast) and mean saturation, in [0, 1], of a
-    crop's pixels (the definition colour_box_features reads off tables). Summed in float64: a float32
-    mean over a large crop drifts by about 1e-4."""
+    """COLOUR_FEATURES of a crop's pixels (RGB in [0, 1]): mean luminance, warmth (R - B), tint
+    (G - (R + B) / 2), the luminance's spread (contrast) and mean saturation (the definition
+    colour_box_features reads off tables). Summed in float64: a float32 mean over a large crop drifts
+    by about 1e-4."""
     x = crop.reshape(-1, 3).astype(np.float64) / 255.0
     mean = x.mean(0)
     lum = x @ LUMA.astype(np.float64)
     mx, mn = x.max(1), x.min(1)
     sat = np.where(mx > 0, (mx - mn) / np.maximum(mx, 1e-6), 0.0)
-    return np.array([mean[0], mean[1], mean[2], mean[0] - mean[2], lum.mean(), lum.std(), sat.mean()],
+    return np.array([lum.mean(), mean[0] - mean[2], mean[1] - (mean[0] + mean[2]) / 2, lum.std(), sat.mean()],
                     np.float32)
 
 
@@ -315,7 +321,7 @@ def work_boxes(boxes: Sequence[Sequence[float]], width: int, height: int, work_w
 
 def colour_box_features(table: np.ndarray, boxes: Sequence[Sequence[float]], width: int, height: int
                         ) -> np.ndarray:
-    """(N, 7) colour_features of boxes (photo pixels of a `width` x `height` photo) read off a
+    """(N, 5) colour_features of boxes (photo pixels of a `width` x `height` photo) read off a
     colour_table: equal to colour_features of each box cut from the table's pixels (work_boxes)."""
     wb = work_boxes(boxes, width, height, table.shape[1] - 1, table.shape[0] - 1)
     l, t, r, b = wb.T
@@ -323,7 +329,7 @@ def colour_box_features(table: np.ndarray, boxes: Sequence[Sequence[float]], wid
     m = ((table[b, r] - table[t, r] - table[b, l] + table[t, l]) / n).T  # (5, N) box means
     lum = LUMA.astype(np.float64) @ m[:3]
     contrast = np.sqrt(np.maximum(m[3] - lum * lum, 0.0))
-    return np.stack([m[0], m[1], m[2], m[0] - m[2], lum, contrast, m[4]], axis=1).astype(np.float32)
+    return np.stack([lum, m[0] - m[2], m[1] - (m[0] + m[2]) / 2, contrast, m[4]], axis=1).astype(np.float32)
 
 
 def _sr_map(pixels: np.ndarray) -> np.ndarray:

@@ -18,8 +18,9 @@ from rlhf.preference.head import FeatureNormaliser, RewardHead
 
 # The file's layout and the features its normaliser and head were fit to. 2: the share hinge cues
 # joined the features; 3: the crop embedding is RoI-pooled from the photo's feature map (a version-2
-# model's PCA was fit to one backbone pass per crop, another feature).
-FORMAT_VERSION = 3
+# model's PCA was fit to one backbone pass per crop, another feature); 4: colour as luminance, warmth,
+# tint, contrast, saturation (no mean R, G, B).
+FORMAT_VERSION = 4
 # Photos whose centring offset a model keeps (a float each).
 MAX_CACHED_OFFSETS = 10_000
 
