@@ -226,7 +226,8 @@ def steering_weight(policy: Any, human_reward_model: str | Path, photos: Sequenc
     """The few-pairs path's (w_human, kept): the largest weight of `weights`, tried upward and stopping at
     the first that fails, whose steered crops keep at least `min_kept` of the policy's own aesthetic score
     (its mean over the policy's unsteered crops, ``rlhf.evaluation.aesthetic_kept``) on up to STEER_PHOTOS
-    of `photos`, spread over them; (0.0, 1.0), not steered, when even the smallest fails.
+    of `photos`, spread over them; (0.0, 1.0), not steered, when even the smallest fails or the reward
+    model is indifferent (it found no taste in its answers).
 
     Why: how hard a reward model may pull depends on the taste (a tight crop costs more of the score than
     a warm one); kept needs no answers, only the aesthetic scorer, so it is measured on the person's own
@@ -242,6 +243,12 @@ def steering_weight(policy: Any, human_reward_model: str | Path, photos: Sequenc
         raise ValueError("choosing the steering weight needs at least one photo")
     # A policy that cannot be steered, or an unreadable reward model, fails here, before any rollout.
     policy.steered(human_reward_model, min(weights))
+    from rlhf.preference import PreferenceRewardModel
+
+    if PreferenceRewardModel.load(human_reward_model).indifferent:
+        # Its human score is one constant: any weight would only scale down the aesthetic cues the
+        # policy reads, changing its crops with no taste behind the change.
+        return 0.0, 1.0
     step = max(1, len(photos) // STEER_PHOTOS)
     sample = photos[::step][:STEER_PHOTOS]
     spec = policy.reward or {}

@@ -284,6 +284,14 @@ def test_steering_weight_is_chosen_to_keep_the_aesthetic_score(policy, folder, w
     boot = CropPolicy.load(policy)
     photos = [Photo.from_path(p) for p in resolve_paths([str(folder)])]
     assert steering_weight(boot, wide_model, photos, min_kept=0.01)[0] == max(STEER_WEIGHTS)
+    # A reward model that found no taste steers nothing, however little kept asks.
+    from rlhf.preference import PreferenceRewardModel
+
+    flat = PreferenceRewardModel.load(wide_model)
+    for w_ in flat.head.weights():
+        w_.data.zero_()
+    assert flat.indifferent and not PreferenceRewardModel.load(wide_model).indifferent
+    assert steering_weight(boot, flat.save(tmp_path / "flat.pth"), photos, min_kept=0.01) == (0.0, 1.0)
     w, kept = steering_weight(boot, wide_model, photos, min_kept=0.99)
     assert w in (0.0, *STEER_WEIGHTS) and kept >= 0.99
     if w > 0:  # the chosen weight's crops do keep that much, measured again

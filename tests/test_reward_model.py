@@ -285,7 +285,7 @@ def test_answers_with_no_taste_give_an_indifferent_model(featurizer, photos):
     pairs = [PreferenceExample(e.pair_id, e.photo, e.box_a, e.box_b, float(rng.integers(2)))
              for e in _pairs(photos, _area, 30, seed=TRAIN_SEED)]
     model, hist = train_reward_model(pairs, RewardTrainConfig(epochs=20), featurizer, log=None)
-    assert hist.l1_choice == NO_TASTE
+    assert hist.l1_choice == NO_TASTE and model.indifferent
     r = model.reward(photos[0], [e.box_a for e in pairs[:6]] + [photos[0].full_box])
     assert np.ptp(r) == 0
 

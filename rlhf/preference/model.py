@@ -62,6 +62,12 @@ class PreferenceRewardModel:
     def device(self) -> torch.device:
         return self.featurizer.device
 
+    @property
+    def indifferent(self) -> bool:
+        """Whether it scores every crop alike: its training found no taste in the answers
+        (rlhf.preference.training.NO_TASTE), so there is nothing to steer or fine-tune towards."""
+        return all(not bool(w.detach().abs().sum()) for w in self.head.weights())
+
     def to(self, device: str | torch.device) -> PreferenceRewardModel:
         self.featurizer.to(device)
         self.head.to(device)
