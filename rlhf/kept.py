@@ -242,10 +242,9 @@ def steering_weight(policy: Any, human_reward_model: str | Path, photos: Sequenc
     if not photos:
         raise ValueError("choosing the steering weight needs at least one photo")
     # A policy that cannot be steered, or an unreadable reward model, fails here, before any rollout.
-    policy.steered(human_reward_model, min(weights))
-    from rlhf.preference import PreferenceRewardModel
+    from rlhf.reward import build_reward
 
-    if PreferenceRewardModel.load(human_reward_model).indifferent:
+    if build_reward(policy.steered(human_reward_model, min(weights)).reward).human.indifferent:
         # Its human score is one constant: any weight would only scale down the aesthetic cues the
         # policy reads, changing its crops with no taste behind the change.
         return 0.0, 1.0
