@@ -1,5 +1,5 @@
 """The product keeps the aesthetic score by itself: stage 3 by a Lagrange multiplier on "keep >= min_kept
-of it", the few-pairs path by its steering weight (``steering_weight``, at the end) and a guard on each
+of it", the few-pairs path by its steering weight (``steering_weight``, at the end) and a floor on each
 crop (``CropPolicy.steered(..., photo_min_kept)``).
 
 A taste that pulls against the aesthetic score (a tight crop, a subject on the left third) can cost

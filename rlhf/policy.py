@@ -244,14 +244,14 @@ class CropPolicy:
     """A trained policy, loaded without Ray, that crops photos greedily (or by sampling)."""
 
     def __init__(self, module: TorchRLModule, env_config: dict[str, Any], source: Path,
-                 reward: dict[str, Any] | None = None, guard: tuple[dict[str, Any], float] | None = None):
+                 reward: dict[str, Any] | None = None, floor: tuple[Any, float] | None = None):
         self.module = module.eval()
         self.env_config = env_config
         self.source = source
         self.reward = reward  # the RewardSpec it was trained on (a lookahead policy observes it)
-        # A steered policy's per-photo floor: (the unsteered reward, photo_min_kept); see steered().
-        self.guard = guard
-        self.fallbacks = 0  # greedy crops the guard gave back to the unsteered policy
+        # A steered policy's per-photo floor: (the unsteered reward function, photo_min_kept); see steered().
+        self.floor = floor
+        self.fallbacks = 0  # greedy crops the floor gave back to the unsteered policy
 
     @classmethod
     def load(cls, path: str | Path) -> CropPolicy:
@@ -298,8 +298,8 @@ class CropPolicy:
         if not 0.0 <= photo_min_kept <= 1.0:
             raise ValueError(f"--photo_min_kept must be in [0, 1], got {photo_min_kept}")
         build_reward(spec)  # loads the reward model now: a bad file fails here, with its reason, not mid-crop
-        guard = (dict(self.reward), float(photo_min_kept)) if photo_min_kept > 0 else None
-        return CropPolicy(self.module, self.env_config, self.source, spec.to_dict(), guard)
+        floor = (build_reward({**self.reward, "service": None}), float(photo_min_kept)) if photo_min_kept > 0 else None
+        return CropPolicy(self.module, self.env_config, self.source, spec.to_dict(), floor)
 
     @torch.inference_mode()
     def act(self, obs: dict[str, np.ndarray], deterministic: bool = True,
@@ -319,20 +319,20 @@ class CropPolicy:
         instead where its greedy crop keeps less than photo_min_kept of the unsteered crop's aesthetic score.
         """
         boxes = self._episode(env, photo_index, deterministic, rng)
-        if self.guard is None or not deterministic:
+        if self.floor is None or not deterministic:
             return boxes
-        from rlhf.reward import AESTHETIC, build_reward
+        from rlhf.reward import AESTHETIC
 
-        unsteered, floor = self.guard
+        unsteered_fn, share = self.floor
         steered_fn = env.reward_fn
-        env.reward_fn = build_reward({**unsteered, "service": None})
+        env.reward_fn = unsteered_fn
         try:
             # The same module observing the reward it was trained on: the unsteered policy's greedy crop.
             base = self._episode(env, photo_index, deterministic, rng)
         finally:
             env.reward_fn = steered_fn
         score = steered_fn.terms(env.photos[photo_index], [boxes[-1], base[-1]])[AESTHETIC]  # 1-10
-        if score[0] >= floor * score[1]:
+        if score[0] >= share * score[1]:
             return boxes
         self.fallbacks += 1
         return base
