@@ -128,10 +128,10 @@ def test_bradley_terry_loss_with_label_noise_by_hand():
 def test_learns_a_known_taste_with_label_noise(featurizer, photos, rule):
     """100 answered pairs with 10% flipped answers; judged on 120 fresh, clean pairs.
 
-    Defaults: 5-fold cross-validation by photo picks --l1, then the head trains on all 100 pairs."""
+    --selection l1: 5-fold cross-validation by photo picks --l1, then the head trains on all 100 pairs."""
     train = _pairs(photos, rule, 100, seed=TRAIN_SEED, noise=0.1)
     test = _pairs(photos, rule, 120, seed=TEST_SEED)
-    cfg = RewardTrainConfig(seed=0)
+    cfg = RewardTrainConfig(seed=0, selection="l1")
     model, hist = train_reward_model(train, cfg, featurizer, log=None)
     acc = _accuracy(model, test)
     assert acc >= 0.80, f"held-out accuracy {acc:.3f} on a {rule.__name__} taste"
@@ -157,12 +157,42 @@ def test_learns_a_known_taste_with_label_noise(featurizer, photos, rule):
     assert np.all((s >= 0) & (s <= 1))
 
 
+@pytest.mark.parametrize("rule, cue", [(_area, "area"), (_warmth, "warmth")], ids=["larger-wins", "warmer-wins"])
+def test_bayes_learns_a_known_taste_from_a_few_answers(featurizer, photos, rule, cue):
+    """The default (--selection bayes): from 25 answers, 10 % flipped, one of the three most probable input
+    sets is the taste's own cue, the head ranks 120 fresh clean pairs, and the held-out figures are
+    cross-validated."""
+    test = _pairs(photos, rule, 120, seed=TEST_SEED)
+    model, hist = train_reward_model(_pairs(photos, rule, 25, seed=TRAIN_SEED, noise=0.1), RewardTrainConfig(),
+                                     featurizer, log=None)
+    assert hist.selection == model.metrics["selection"] == "bayes" and hist.validation == "5-fold cross-validation"
+    assert [cue] in [t["inputs"] for t in hist.posterior["top"][:3]] and hist.posterior["size_share"][0] < 0.2
+    assert _accuracy(model, test) >= 0.8
+    assert 0.5 < model.metrics["val_accuracy"] <= 1 and model.metrics["val_log_loss"] < math.log(2)
+
+
+def test_subset_posterior_finds_the_input_the_answers_rest_on():
+    """Synthetic BT answers on input 3 of 12: the posterior puts most mass on sets holding it, its mean
+    weight has the right sign and the others stay near 0; coin-flip answers leave most mass on no input."""
+    from rlhf.preference.bayes import subset_posterior
+
+    gen = torch.Generator().manual_seed(0)
+    d = torch.randn(60, 12, generator=gen)
+    y = (torch.rand(60, generator=gen) < torch.sigmoid(2.0 * d[:, 3])).float()
+    post = subset_posterior(d, y, max_inputs=2, prior_scale=1.0)
+    assert sum(p for s, p in post.top if 3 in s) > 0.5 and post.weight[3] > 1.0
+    assert float(post.weight.abs().sum() - post.weight[3].abs()) < 0.5
+    assert sum(post.size_share) == pytest.approx(1.0) and len(post.size_share) == 3
+    coin = (torch.rand(60, generator=gen) < 0.5).float()
+    assert subset_posterior(d, coin, 2, 1.0).indifferent_share > 0.5
+
+
 def test_label_noise_is_chosen_by_held_out_log_loss(featurizer, photos):
     """Answers with 20 % flipped: each --label_noise value gets its --l1 candidates, the value whose best
     candidate has the lowest cross-validated log-loss is used, and the model still ranks clean pairs."""
     train = _pairs(photos, _area, 100, seed=TRAIN_SEED, noise=0.2)
     test = _pairs(photos, _area, 120, seed=TEST_SEED)
-    cfg = RewardTrainConfig(seed=0, label_noise=[0.0, 0.2], l1=[1.0, 10.0])
+    cfg = RewardTrainConfig(seed=0, selection="l1", label_noise=[0.0, 0.2], l1=[1.0, 10.0])
     model, hist = train_reward_model(train, cfg, featurizer, log=None)
     assert set(hist.label_noise_val_loss) == {"0", "0.2"}
     assert hist.label_noise_val_loss[f"{hist.label_noise:g}"] == min(hist.label_noise_val_loss.values())
@@ -185,7 +215,7 @@ def test_early_stopping_on_one_held_out_split(featurizer, photos):
     """--cv_folds 0 --patience N: one split, training stops when its loss stops improving, and the
     model keeps the best epoch's head (trained on the other 80 pairs)."""
     train = _pairs(photos, _area, 100, seed=TRAIN_SEED, noise=0.1)
-    cfg = RewardTrainConfig(cv_folds=0, val_fraction=0.2, patience=3, epochs=200, l1=[3.0])
+    cfg = RewardTrainConfig(selection="l1", cv_folds=0, val_fraction=0.2, patience=3, epochs=200, l1=[3.0])
     model, hist = train_reward_model(train, cfg, featurizer, log=None)
     assert hist.n_train == 80 and hist.n_val == 20 and hist.stopped_early
     assert hist.best_epoch == len(hist.epochs) - 3
@@ -223,12 +253,13 @@ def test_share_hinge_cues(featurizer, photos):
     assert featurizer.features(photo, [photo.full_box])[0][names.index("sr_kept_below_90")] == 0.0
 
 
-def test_random_answers_teach_nothing(featurizer, photos):
+@pytest.mark.parametrize("selection", ["bayes", "l1"])
+def test_random_answers_teach_nothing(featurizer, photos, selection):
     """The same pipeline on coin-flip answers stays near chance: the taste test is not a fluke."""
     rng = np.random.default_rng(5)
     train = [PreferenceExample(e.pair_id, e.photo, e.box_a, e.box_b, float(rng.integers(2)))
              for e in _pairs(photos, _area, 100, seed=TRAIN_SEED)]
-    model, _ = train_reward_model(train, RewardTrainConfig(), featurizer, log=None)
+    model, _ = train_reward_model(train, RewardTrainConfig(selection=selection), featurizer, log=None)
     assert _accuracy(model, _pairs(photos, _area, 120, seed=TEST_SEED)) < 0.7
 
 
@@ -236,7 +267,7 @@ def test_random_answers_teach_nothing(featurizer, photos):
 
 def test_save_load_round_trip_gives_identical_scores(featurizer, photos, tmp_path):
     train = _pairs(photos, _area, 30, seed=TRAIN_SEED)
-    model, _ = train_reward_model(train, RewardTrainConfig(epochs=5, hidden=8),
+    model, _ = train_reward_model(train, RewardTrainConfig(selection="l1", epochs=5, hidden=8),
                                   featurizer, log=None)
     path = model.save(tmp_path / "human_reward_model.pth")
     fresh = PreferenceRewardModel.load(path)  # its own backbone, loaded from the file's settings
@@ -270,10 +301,11 @@ def test_ties_train_towards_equal_rewards(featurizer, photos):
                                      featurizer, log=None)
     assert all(0.0 <= a <= 1.0 for a in hist.val_accuracy)
     # With nothing but ties the best model is indifferent: accuracy undefined, loss ln 2 at best.
-    model, hist = train_reward_model(ties, RewardTrainConfig(epochs=10, l1=0.0), featurizer, log=None)
-    assert all(math.isnan(a) for a in hist.val_accuracy)
-    assert min(hist.val_loss) >= math.log(2) - 1e-4
-    assert model.metrics["val_log_loss"] == pytest.approx(math.log(2), abs=0.05)
+    for cfg in (RewardTrainConfig(selection="l1", epochs=10, l1=0.0), RewardTrainConfig()):
+        model, hist = train_reward_model(ties, cfg, featurizer, log=None)
+        assert all(math.isnan(a) for a in hist.val_accuracy)
+        assert min(hist.val_loss) >= math.log(2) - 1e-4
+        assert model.metrics["val_log_loss"] == pytest.approx(math.log(2), abs=0.05)
 
 
 def test_answers_with_no_taste_give_an_indifferent_model(featurizer, photos):
@@ -284,7 +316,7 @@ def test_answers_with_no_taste_give_an_indifferent_model(featurizer, photos):
     rng = np.random.default_rng(3)
     pairs = [PreferenceExample(e.pair_id, e.photo, e.box_a, e.box_b, float(rng.integers(2)))
              for e in _pairs(photos, _area, 30, seed=TRAIN_SEED)]
-    model, hist = train_reward_model(pairs, RewardTrainConfig(epochs=20), featurizer, log=None)
+    model, hist = train_reward_model(pairs, RewardTrainConfig(selection="l1", epochs=20), featurizer, log=None)
     assert hist.l1_choice == NO_TASTE and model.indifferent
     r = model.reward(photos[0], [e.box_a for e in pairs[:6]] + [photos[0].full_box])
     assert np.ptp(r) == 0
@@ -343,10 +375,10 @@ def test_train_reward_job_from_a_store(photos, tmp_path, capsys):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_pairs"] == 30 and metrics["n_val"] == 30 and 0.0 <= metrics["val_accuracy"] <= 1.0
-    assert metrics["validation"] == "5-fold cross-validation" and metrics["l1"] in (1, 3, 10, 30)
+    assert metrics["validation"] == "5-fold cross-validation" and metrics["selection"] == "bayes"
     assert json.loads((out / "config.json").read_text())["annotator"] == "alice"
     printed = capsys.readouterr().out
-    assert "l1 3: held-out log-loss" in printed and "held-out accuracy" in printed
+    assert "bayes over sets of <= 2 inputs: P(no taste)" in printed and "held-out accuracy" in printed
     model = PreferenceRewardModel.load(out / "human_reward_model.pth")
     assert model.human_score(photos[0], [photos[0].full_box]).shape == (1,)
     # Someone with no answers yet: a clear error naming the store, and nothing trained.
@@ -393,9 +425,13 @@ def test_bad_preference_files_give_clear_errors(photos, tmp_path):
     with pytest.raises(ValueError, match="cv_folds"):
         RewardTrainConfig(cv_folds=1)
     with pytest.raises(ValueError, match="several --l1"):
-        RewardTrainConfig(cv_folds=0, val_fraction=0.0)
+        RewardTrainConfig(selection="l1", cv_folds=0, val_fraction=0.0)
+    with pytest.raises(ValueError, match="hidden layer needs --selection l1"):
+        RewardTrainConfig(hidden=8)
+    with pytest.raises(ValueError, match="selection must be one of"):
+        RewardTrainConfig(selection="lasso")
     with pytest.raises(ValueError, match="label_noise"):
-        RewardTrainConfig(cv_folds=0, val_fraction=0.0, l1=[1.0])
+        RewardTrainConfig(selection="l1", cv_folds=0, val_fraction=0.0, l1=[1.0])
     with pytest.raises(ValueError, match="label_noise"):
         RewardTrainConfig(label_noise=[0.5])
     assert RewardTrainConfig(cv_folds=0, val_fraction=0.0, l1=[1.0], label_noise=0.1).label_noise == [0.1]

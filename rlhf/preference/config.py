@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 # How rewards are centred (see PreferenceRewardModel).
 CENTRINGS = ("photo", "global")
+# How the head's inputs and weights are chosen (RewardTrainConfig.selection).
+SELECTIONS = ("bayes", "l1")
 # How held-out loss picks the L1 penalty (RewardTrainConfig.l1_rule).
 L1_RULES = ("1se", "min")
 
@@ -20,6 +22,19 @@ class RewardTrainConfig:
         "help": "run folder; None = results/reward-<time>/"})
     annotator: str | None = field(default=None, metadata={
         "help": "use this annotator's answers only; None = the store's consensus (majority vote) of all answers"})
+    selection: str = field(default="bayes", metadata={"choices": SELECTIONS, "help": (
+        "how the head's inputs and weights are found. 'bayes' = the posterior mean over every linear model of "
+        "at most --max_inputs inputs, each weighed by its Bradley-Terry evidence (rlhf.preference.bayes): no "
+        "penalty to choose, so it holds up with a few dozen answers; 'l1' = a head trained by Adam with the L1 "
+        "penalty and label noise chosen by cross-validation (--l1, --l1_rule, --label_noise, --epochs ...), "
+        "needed for a hidden layer. Either way --cv_folds measures the held-out figures")})
+    max_inputs: int = field(default=2, metadata={"help": (
+        "with --selection bayes: most inputs one model of the average uses (a taste resting on more cues is "
+        "approached by the average of models on a few each); 3 weighs about 20 times as many models")})
+    prior_scale: float = field(default=1.0, metadata={"help": (
+        "with --selection bayes: standard deviation of the Gaussian prior on a model's weights over "
+        "standardised inputs (1: a typical within-pair difference of one input moves an answer's log-odds by "
+        "about one)")})
     epochs: int = field(default=50, metadata={"help": "maximum training epochs over the pairs"})
     lr: float = field(default=0.03, metadata={"help": "Adam learning rate of the head (cosine-decayed to 0)"})
     l1: list[float] = field(default_factory=lambda: [1.0, 3.0, 10.0, 30.0], metadata={
@@ -83,6 +98,12 @@ class RewardTrainConfig:
     def __post_init__(self) -> None:
         if self.centring not in CENTRINGS:
             raise ValueError(f"centring must be one of {CENTRINGS}, got {self.centring!r}")
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
+        if self.selection == "bayes" and self.hidden:
+            raise ValueError("--selection bayes fits a linear head; a hidden layer needs --selection l1")
+        if self.max_inputs < 1 or self.prior_scale <= 0:
+            raise ValueError(f"max_inputs must be >= 1 and prior_scale > 0, got {self.max_inputs}, {self.prior_scale}")
         if self.l1_rule not in L1_RULES:
             raise ValueError(f"l1_rule must be one of {L1_RULES}, got {self.l1_rule!r}")
         if isinstance(self.l1, int | float):
@@ -100,7 +121,8 @@ class RewardTrainConfig:
                              f"l1={self.l1}, weight_decay={self.weight_decay}")
         if self.cv_folds < 0 or self.cv_folds == 1:
             raise ValueError(f"cv_folds must be 0 (one held-out split) or >= 2, got {self.cv_folds}")
-        if self.cv_folds == 0 and self.val_fraction == 0 and (len(self.l1) > 1 or len(self.label_noise) > 1):
+        if (self.selection == "l1" and self.cv_folds == 0 and self.val_fraction == 0
+                and (len(self.l1) > 1 or len(self.label_noise) > 1)):
             raise ValueError(f"several --l1 {self.l1} or --label_noise {self.label_noise} values need held-out "
                              "pairs to choose between them: use --cv_folds >= 2 or --val_fraction > 0, or give "
                              "one value of each")

@@ -1,5 +1,8 @@
-"""Training the head: Bradley-Terry with label noise and L1, the penalty and noise chosen by
-cross-validated held-out loss with folds by photo, the final head trained on every pair."""
+"""Training the head on every answered pair, with held-out figures from cross-validation (folds by photo).
+
+Two ways (RewardTrainConfig.selection): 'bayes', the posterior mean over linear models of a few inputs
+each (rlhf.preference.bayes), or 'l1', Bradley-Terry with label noise and L1 by Adam, the penalty and
+noise chosen by cross-validated held-out loss."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rlhf.preference.bayes import SubsetPosterior, subset_posterior
 from rlhf.preference.config import RewardTrainConfig
 from rlhf.preference.data import PreferenceDataError, PreferenceExample, pair_features
 from rlhf.preference.features import CropFeaturizer
@@ -45,6 +49,8 @@ class TrainHistory:
     l1_choice: str = ""  # why that --l1 value (see _choose_l1)
     label_noise: float = 0.0  # the --label_noise value used
     label_noise_val_loss: dict[str, float] = field(default_factory=dict)  # lowest held-out loss of each value
+    selection: str = "l1"  # RewardTrainConfig.selection
+    posterior: dict[str, Any] = field(default_factory=dict)  # with bayes: the final posterior (bayes_summary)
 
     def final(self) -> dict[str, Any]:
         i = self.epochs.index(self.best_epoch) if self.best_epoch in self.epochs else -1
@@ -58,7 +64,8 @@ class TrainHistory:
                 "ms_per_crop": round(self.ms_per_crop, 2), "validation": self.validation, "l1": self.l1,
                 "l1_val_loss": self.l1_val_loss, "l1_rule": self.l1_rule,
                 "l1_se": None if math.isnan(self.l1_se) else self.l1_se, "l1_choice": self.l1_choice,
-                "label_noise": self.label_noise, "label_noise_val_loss": self.label_noise_val_loss}
+                "label_noise": self.label_noise, "label_noise_val_loss": self.label_noise_val_loss,
+                "selection": self.selection, "posterior": self.posterior}
 
 
 def _evaluate(head: RewardHead, xa: torch.Tensor, xb: torch.Tensor, y: torch.Tensor, label_noise: float = 0.0
@@ -254,6 +261,51 @@ def _choose_l1(cands: Sequence[_Candidate], rule: str) -> tuple[_Candidate, floa
             f"1se: the strongest penalty within one standard error, {se:.4f}, of the lowest held-out loss")
 
 
+def _bayes_head(data: _Data, cfg: RewardTrainConfig) -> tuple[RewardHead, SubsetPosterior]:
+    """A linear head whose weights are the posterior mean over sets of <= cfg.max_inputs inputs; every view
+    of a pair (augmented copies) shares that pair's weight."""
+    views, n, dim = data.xa.shape
+    d = (data.xa - data.xb).reshape(views * n, dim)
+    post = subset_posterior(d, data.y.repeat(views), cfg.max_inputs, cfg.prior_scale,
+                            torch.full((views * n,), 1.0 / views))
+    head = RewardHead(dim, 0).to(data.y.device)
+    with torch.no_grad():
+        head.net.weight.copy_(post.weight.to(head.net.weight)[None])
+    head.eval()
+    return head, post
+
+
+def bayes_summary(post: SubsetPosterior, names: Sequence[str]) -> dict[str, Any]:
+    """The posterior in words: the share of each model size and the most probable input sets."""
+    return {"size_share": [round(v, 4) for v in post.size_share],
+            "top": [{"inputs": [names[i] for i in s], "share": round(p, 4)} for s, p in post.top]}
+
+
+def _train_bayes(folds: Sequence[tuple[_Data, _Data]], cfg: RewardTrainConfig, what: str, n: int
+                 ) -> TrainHistory:
+    """Held-out figures of the bayes head: one posterior per fold, scored on the fold's held-out pairs."""
+    held_losses, right, decided, train_losses, train_accs = [], 0.0, 0, [], []
+    for tr, va in folds:
+        head, _ = _bayes_head(tr, cfg)
+        tl, ta, _ = _evaluate(head, tr.xa[0], tr.xb[0], tr.y)
+        train_losses.append(float(tl.mean()))
+        train_accs.append(ta)
+        if len(va.y):
+            vl, va_acc, vn = _evaluate(head, va.xa[0], va.xb[0], va.y)
+            held_losses.append(vl.cpu())
+            if vn:
+                right, decided = right + va_acc * vn, decided + vn
+    held = torch.cat(held_losses) if held_losses else torch.zeros(0)
+    cv = len(folds) > 1
+    return TrainHistory(epochs=[1], train_loss=[sum(train_losses) / len(train_losses)],
+                        train_accuracy=[sum(train_accs) / len(train_accs)],
+                        val_loss=[float(held.mean()) if len(held) else float("nan")],
+                        val_accuracy=[right / decided if decided else float("nan")], best_epoch=1, n_pairs=n,
+                        n_train=n, n_val=len(held) if not cv else n, validation=what,
+                        l1_choice=f"bayes: the posterior mean over sets of <= {cfg.max_inputs} inputs",
+                        selection="bayes")
+
+
 @contextmanager
 def one_torch_thread() -> Iterator[None]:
     """Torch on one thread within the block, for work on tiny tensors (the head's fit here: a few dozen inputs,
@@ -267,12 +319,47 @@ def one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def _model(fz: CropFeaturizer, norm: FeatureNormaliser, head: RewardHead, data: _Data, cfg: RewardTrainConfig,
+           hist: TrainHistory) -> PreferenceRewardModel:
+    # TRL-style centring (--centring global): an average training crop gets r = 0, i.e. human_score 0.5.
+    with torch.no_grad():
+        offset = float(torch.cat([head(data.xa[0]), head(data.xb[0])]).mean())
+    return PreferenceRewardModel(fz, norm, head, offset, dataclasses.asdict(cfg), hist.final(), cfg.centring)
+
+
+def _finish_bayes(views: Sequence[tuple[np.ndarray, np.ndarray]], y: np.ndarray, folds: Sequence[tuple[_Data, _Data]],
+                  fz: CropFeaturizer, cfg: RewardTrainConfig, what: str, n: int, seconds_featurizing: float,
+                  n_new: int, s0: float, log: Callable[[str], None] | None
+                  ) -> tuple[PreferenceRewardModel, TrainHistory]:
+    """The bayes head: held-out figures from the folds, then the posterior on every pair."""
+    with one_torch_thread():
+        hist = _train_bayes(folds, cfg, what, n)
+        every = np.arange(n)
+        norm, data, _ = _standardised(views, y, every, every[:0], fz, cfg)
+        head, post = _bayes_head(data, cfg)
+    names = [f"pc{i}" for i in range(norm.out_dim - len(fz.feature_names) + fz.embed_dim)] + list(
+        fz.feature_names[fz.embed_dim:])
+    hist.posterior = bayes_summary(post, names)
+    hist.seconds_featurizing = seconds_featurizing
+    hist.ms_per_crop = 1000 * (fz.seconds_embedding - s0) / n_new if n_new else 0.0
+    if log:
+        f = hist.final()
+        top = ", ".join(f"{'+'.join(t['inputs']) or 'none'} {t['share']:.2f}" for t in hist.posterior["top"][:3])
+        log(f"bayes over sets of <= {cfg.max_inputs} inputs: P(no taste) {post.indifferent_share:.3f}, most "
+            f"probable {top}; held-out accuracy {f['val_accuracy']}, log-loss {f['val_log_loss']} on "
+            f"{hist.n_val} pairs ({what}); final head from all {n} pairs")
+    return _model(fz, norm, head, data, cfg, hist), hist
+
+
 def train_reward_model(examples: Sequence[PreferenceExample], cfg: RewardTrainConfig,
                        featurizer: CropFeaturizer | None = None,
                        log: Callable[[str], None] | None = print) -> tuple[PreferenceRewardModel, TrainHistory]:
-    """Fit the head with the Bradley-Terry loss; held-out loss picks --l1 and the epoch to stop at.
+    """Fit the head with the Bradley-Terry likelihood on every pair; report cross-validated held-out figures.
 
-    With --cv_folds k >= 2 every --l1 value is trained on k folds (each pair held out once); the
+    With --selection bayes (the default) the head is the posterior mean over linear models of at most
+    --max_inputs inputs (rlhf.preference.bayes), on every pair; the folds (--cv_folds, or one
+    --val_fraction split) only measure it. With --selection l1 held-out loss picks --l1, --label_noise
+    and the epoch to stop at: with --cv_folds k >= 2 every --l1 value is trained on k folds (each pair held out once); the
     value and epoch with the lowest pooled held-out loss win, and the head is then trained on all
     pairs for that many epochs; the reported held-out figures are the cross-validated ones. With
     --cv_folds 0 one --val_fraction split does the same, and the model keeps the best epoch's
@@ -304,6 +391,8 @@ def train_reward_model(examples: Sequence[PreferenceExample], cfg: RewardTrainCo
     folds = [(tr, va) for _, tr, va in prepared]
     cv = len(splits) > 1
     what = f"{len(splits)}-fold cross-validation" if cv else f"a held-out split of {len(splits[0][1])} pairs"
+    if cfg.selection == "bayes":
+        return _finish_bayes(views, y, folds, fz, cfg, what, n, seconds_featurizing, n_new, s0, log)
     by_noise: dict[float, list[_Candidate]] = {}
     for eps in cfg.label_noise:
         for l1 in cfg.l1:
@@ -353,10 +442,7 @@ def train_reward_model(examples: Sequence[PreferenceExample], cfg: RewardTrainCo
             for w in head.weights():
                 w.zero_()
 
-    # TRL-style centring (--centring global): an average training crop gets r = 0, i.e. human_score 0.5.
-    with torch.no_grad():
-        offset = float(torch.cat([head(data.xa[0]), head(data.xb[0])]).mean())
-    model = PreferenceRewardModel(fz, norm, head, offset, dataclasses.asdict(cfg), hist.final(), cfg.centring)
+    model = _model(fz, norm, head, data, cfg, hist)
     if log:
         f = hist.final()
         log(f"l1 {chosen.l1:g}, {hist.best_epoch} epochs: held-out accuracy {f['val_accuracy']}, "
