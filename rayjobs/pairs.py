@@ -351,8 +351,7 @@ def run(cfg: PairsConfig) -> Path:
         if max((m for ms in margins for m in ms), default=0.0) < 1e-6:
             # Every pair ties at zero margin, so "least sure" would pick by candidate order.
             print(f"warning: {cfg.human_reward_model} scores every candidate alike (it found no taste in "
-                  "the answers so far, e.g. its lowest held-out loss was the indifferent model's); picking "
-                  "diverse pairs instead", flush=True)
+                  "the answers so far); picking diverse pairs instead", flush=True)
             margins = None
     if margins is not None:
         picks = select_uncertain(pairs, margins, cfg.num_pairs)

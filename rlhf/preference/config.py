@@ -35,42 +35,40 @@ class RewardTrainConfig:
         "with --selection bayes: standard deviation of the Gaussian prior on a model's weights over "
         "standardised inputs (1: a typical within-pair difference of one input moves an answer's log-odds by "
         "about one)")})
-    epochs: int = field(default=50, metadata={"help": "maximum training epochs over the pairs"})
-    lr: float = field(default=0.03, metadata={"help": "Adam learning rate of the head (cosine-decayed to 0)"})
+    epochs: int = field(default=50, metadata={
+        "help": "with --selection l1: maximum training epochs over the pairs"})
+    lr: float = field(default=0.03, metadata={
+        "help": "with --selection l1: Adam learning rate of the head (cosine-decayed to 0)"})
     l1: list[float] = field(default_factory=lambda: [1.0, 3.0, 10.0, 30.0], metadata={
-        "help": "L1 penalty on the head's input weights (proximal steps): objective = mean BT loss + "
-                "(l1*|w|_1 + weight_decay*|w|^2) / n_train_pairs; selects the few features a taste rests "
-                "on. Several values: --l1_rule picks one by held-out loss (tastes differ: one "
+        "help": "with --selection l1: L1 penalty on the head's input weights (proximal steps): objective = "
+                "mean BT loss + (l1*|w|_1 + weight_decay*|w|^2) / n_train_pairs; selects the few features a "
+                "taste rests on. Several values: --l1_rule picks one by held-out loss (tastes differ: one "
                 "resting on a single cue wants a strong penalty, one that bends wants a weaker one)"})
     l1_rule: str = field(default="1se", metadata={"choices": L1_RULES, "help": (
-        "how held-out loss picks --l1: '1se' = the strongest penalty whose held-out loss lies within one "
-        "standard error of the lowest (Breiman's one-standard-error rule, glmnet's lambda.1se); 'min' = the "
-        "lowest loss. With a hundred noisy pairs two losses that close are a tie, and the weaker penalty keeps "
-        "features that only happen to go with the answers, which stage 3 then exploits on photos the person "
-        "never saw")})
+        "with --selection l1: how held-out loss picks --l1: '1se' = the strongest penalty whose held-out loss "
+        "lies within one standard error of the lowest (Breiman's one-standard-error rule, glmnet's "
+        "lambda.1se); 'min' = the lowest loss. With a hundred noisy pairs two losses that close are a tie, and "
+        "the weaker penalty keeps features that only happen to go with the answers")})
     label_noise: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2], metadata={
-        "help": "share of answers taken to be flipped (slips, changes of mind): the likelihood of an answer is "
-                "eps + (1 - 2 eps) * sigma(r_a - r_b) (bradley_terry_loss), so a few answers against the rest "
-                "cannot pull the head their way. Several values: the one whose best --l1 has the lowest "
-                "cross-validated held-out log-loss (the held-out answers' log-likelihood under that model) wins, "
-                "then --l1_rule picks --l1 under it"})
+        "help": "with --selection l1: share of answers taken to be flipped (slips, changes of mind): the "
+                "likelihood of an answer is eps + (1 - 2 eps) * sigma(r_a - r_b) (bradley_terry_loss), so a "
+                "few answers against the rest cannot pull the head their way. Several values: the one whose "
+                "best --l1 has the lowest cross-validated held-out log-loss wins, then --l1_rule picks --l1"})
     weight_decay: float = field(default=1.0, metadata={
-        "help": "L2 penalty on the head's weights (scaled by 1/n_train_pairs like l1)"})
-    batch_size: int = field(default=16, metadata={"help": "pairs per gradient step"})
+        "help": "with --selection l1: L2 penalty on the head's weights (scaled by 1/n_train_pairs like l1)"})
+    batch_size: int = field(default=16, metadata={"help": "with --selection l1: pairs per gradient step"})
     cv_folds: int = field(default=5, metadata={
         "help": "k-fold cross-validation, folds by photo (by pair when there are fewer photos than folds; "
-                "seeded): the held-out loss pooled over the folds picks --label_noise and --l1 (and with "
-                "--patience the epoch to stop at), then the head is trained on ALL pairs for that many epochs "
-                "(with 100 pairs, holding 20 out for good costs accuracy). 0 = one held-out split of "
-                "--val_fraction: early stopping on it, the head keeps the rest only"})
+                "seeded): the held-out accuracy and log-loss reported. With --selection l1 the held-out loss "
+                "pooled over the folds also picks --label_noise and --l1 (and with --patience the epoch to "
+                "stop at); the head is then trained on ALL pairs. 0 = one held-out split of --val_fraction"})
     val_fraction: float = field(default=0.2, metadata={
-        "help": "with --cv_folds 0: fraction of pairs held out (split by pair, seeded) for early stopping "
-                "and metrics"})
+        "help": "with --cv_folds 0: fraction of pairs held out (split by pair, seeded) for the metrics "
+                "(with --selection l1 also for early stopping, the head then trained on the rest only)"})
     patience: int = field(default=0, metadata={
-        "help": "early stopping: stop after this many epochs without a better held-out loss (pooled over "
-                "the folds) and use the best epoch. 0 = train every epoch: the L1 penalty chosen on "
-                "held-out loss regularises, and early stopping tends to stop a head before L1 has picked "
-                "the few features a taste rests on"})
+        "help": "with --selection l1: early stopping after this many epochs without a better held-out loss "
+                "(pooled over the folds), using the best epoch. 0 = train every epoch: early stopping tends "
+                "to stop a head before L1 has picked the few features a taste rests on"})
     seed: int = field(default=0, metadata={"help": "seed of the split, initialisation and augmentation"})
     backbone: str = field(default="efficientnet_lite0", metadata={
         "help": "timm model name of the frozen network whose last feature map a crop's embedding is RoI-pooled "
@@ -80,7 +78,8 @@ class RewardTrainConfig:
     embed_dim: int = field(default=4, metadata={
         "help": "PCA components of the crop embedding fed to the head (0 = none, -1 = all); few, since with a "
                 "hundred pairs more components let in features that fit the answered photos only"})
-    hidden: int = field(default=0, metadata={"help": "hidden units of the head (0 = linear head)"})
+    hidden: int = field(default=0, metadata={
+        "help": "hidden units of the head (0 = linear head); a hidden layer needs --selection l1"})
     augment_mirror: bool = field(default=False, metadata={
         "help": "add mirrored pairs (mirrored pixels and geometry); wrong for left/right tastes, so off"})
     augment_jitter: float = field(default=0.0, metadata={
