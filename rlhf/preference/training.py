@@ -50,7 +50,7 @@ class TrainHistory:
     label_noise: float = 0.0  # the --label_noise value used
     label_noise_val_loss: dict[str, float] = field(default_factory=dict)  # lowest held-out loss of each value
     selection: str = "l1"  # RewardTrainConfig.selection
-    posterior: dict[str, Any] = field(default_factory=dict)  # with bayes: the final posterior (bayes_summary)
+    posterior: dict[str, Any] = field(default_factory=dict)  # with bayes: the final posterior (_bayes_summary)
 
     def final(self) -> dict[str, Any]:
         i = self.epochs.index(self.best_epoch) if self.best_epoch in self.epochs else -1
@@ -275,7 +275,7 @@ def _bayes_head(data: _Data, cfg: RewardTrainConfig) -> tuple[RewardHead, Subset
     return head, post
 
 
-def bayes_summary(post: SubsetPosterior, names: Sequence[str]) -> dict[str, Any]:
+def _bayes_summary(post: SubsetPosterior, names: Sequence[str]) -> dict[str, Any]:
     """The posterior in words: the share of each model size and the most probable input sets."""
     return {"size_share": [round(v, 4) for v in post.size_share],
             "top": [{"inputs": [names[i] for i in s], "share": round(p, 4)} for s, p in post.top]}
@@ -302,7 +302,7 @@ def _train_bayes(folds: Sequence[tuple[_Data, _Data]], cfg: RewardTrainConfig, w
                         val_loss=[float(held.mean()) if len(held) else float("nan")],
                         val_accuracy=[right / decided if decided else float("nan")], best_epoch=1, n_pairs=n,
                         n_train=n, n_val=len(held) if not cv else n, validation=what,
-                        l1_choice=f"bayes: the posterior mean over sets of <= {cfg.max_inputs} inputs",
+                        l1_rule="", l1_choice=f"bayes: the posterior mean over sets of <= {cfg.max_inputs} inputs",
                         selection="bayes")
 
 
@@ -337,9 +337,9 @@ def _finish_bayes(views: Sequence[tuple[np.ndarray, np.ndarray]], y: np.ndarray,
         every = np.arange(n)
         norm, data, _ = _standardised(views, y, every, every[:0], fz, cfg)
         head, post = _bayes_head(data, cfg)
-    names = [f"pc{i}" for i in range(norm.out_dim - len(fz.feature_names) + fz.embed_dim)] + list(
-        fz.feature_names[fz.embed_dim:])
-    hist.posterior = bayes_summary(post, names)
+    hand = fz.feature_names[fz.embed_dim:]  # the normaliser's inputs: PCA components of the embedding, then these
+    names = [f"pc{i}" for i in range(norm.out_dim - len(hand))] + list(hand)
+    hist.posterior = _bayes_summary(post, names)
     hist.seconds_featurizing = seconds_featurizing
     hist.ms_per_crop = 1000 * (fz.seconds_embedding - s0) / n_new if n_new else 0.0
     if log:
@@ -359,8 +359,8 @@ def train_reward_model(examples: Sequence[PreferenceExample], cfg: RewardTrainCo
     With --selection bayes (the default) the head is the posterior mean over linear models of at most
     --max_inputs inputs (rlhf.preference.bayes), on every pair; the folds (--cv_folds, or one
     --val_fraction split) only measure it. With --selection l1 held-out loss picks --l1, --label_noise
-    and the epoch to stop at: with --cv_folds k >= 2 every --l1 value is trained on k folds (each pair held out once); the
-    value and epoch with the lowest pooled held-out loss win, and the head is then trained on all
+    and the epoch to stop at: with --cv_folds k >= 2 every --l1 value is trained on k folds (each pair
+    held out once); the value and epoch with the lowest pooled held-out loss win, and the head is then trained on all
     pairs for that many epochs; the reported held-out figures are the cross-validated ones. With
     --cv_folds 0 one --val_fraction split does the same, and the model keeps the best epoch's
     head trained on the rest.
