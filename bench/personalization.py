@@ -96,7 +96,7 @@ class BenchConfig:
                                                   "photographer finetune's"})
     w_human: float = field(default=0.3, metadata={"help": "stage-3 weight of the human score"})
     reward_args: list[str] = field(default_factory=list, metadata={
-        "help": "extra flags for train-reward, one per --reward_args=FLAG, repeated: --reward_args=--epochs=80"})
+        "help": "extra flags for train-reward, one per --reward_args=FLAG, repeated: --reward_args=--max_inputs=3"})
     finetune_args: list[str] = field(default_factory=list, metadata={
         "help": "extra flags for finetune, one per --finetune_args=FLAG, repeated: --finetune_args=--anneal_lr "
                 "--finetune_args=--ref_kl=0.3"})

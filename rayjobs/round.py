@@ -97,7 +97,7 @@ class RoundConfig:
         "help": "photos the round is evaluated on, none of them in --image",
         "help_default": "the bundled held-out photos"})
     reward_args: list[str] = field(default_factory=list, metadata={
-        "help": "extra flags for train-reward, one per --reward_args=FLAG: --reward_args=--epochs=30"})
+        "help": "extra flags for train-reward, one per --reward_args=FLAG: --reward_args=--max_inputs=3"})
     finetune_args: list[str] = field(default_factory=list, metadata={
         "help": "extra flags for finetune, one per --finetune_args=FLAG: --finetune_args=--timesteps=4096"})
     seed: int = field(default=0, metadata={"help": "random seed (pairs, answers' noise, training)"})
