@@ -8,7 +8,7 @@ For each SIMULATED taste (rlhf/simulated.py) and each way of choosing pairs, ans
   frozen     the bootstrap steered by that reward model, no fine-tuning (the few-pairs path, what
              `photographer crop --human_reward_model` runs: as hard as keeps 0.95 of the aesthetic score on
              the training photos, rlhf.kept.steering_weight, unless --w_human fixes the weight; a photo whose
-             steered crop keeps less than 0.85 of the bootstrap crop's score gets the bootstrap's crop)
+             steered crop keeps less than 0.95 of the bootstrap crop's score is steered at lower weights)
   finetuned  at the steps in --finetune_at only (stage 3 takes minutes): stage 3 from the bootstrap on the
              reward model at the frozen path's weight, with the aesthetic-kept constraint (what
              `photographer round` fine-tunes with)

@@ -12,9 +12,10 @@ run folder holds each crop (`<name>_crop.jpg`), `crops.jsonl` and contact sheets
 written when full). `crops.jsonl` has one line per photo, appended and synced to disk as each photo
 is done: ``{"image", "box": [l, t, r, b], "size": [w, h], "score", "whole_photo_score", "crop",
 "sheet"}`` (boxes in pixels of the photo as loaded, EXIF orientation applied; scores on the scorer's
-1-10 scale, left out with --no-score; "crop" left out with --no-write_crops; ``"unsteered": true`` on
-the few-pairs path where the steered crop kept less than --photo_min_kept of the unsteered crop's aesthetic
-score, so the photo got the unsteered crop), or ``{"image", "error"}`` for a file that is not a usable photo.
+1-10 scale, left out with --no-score; "crop" left out with --no-write_crops; on the few-pairs path
+``"w_human"``, the weight the photo was steered at: lower than the chosen one where that crop kept less
+than --photo_min_kept of the unsteered crop's aesthetic score, 0 with ``"unsteered": true`` where every
+weight did), or ``{"image", "error"}`` for a file that is not a usable photo.
 
 With `--ray` (on by default when RAY_ADDRESS is set) a Ray Data pipeline crops the photos over a pool
 of actors (rayjobs/crop_ray.py); this process writes the same files the same way, so --resume works

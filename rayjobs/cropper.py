@@ -65,7 +65,7 @@ class Cropper:
     """The policy and its models, cropping one photo at a time (in this process, or in each Ray Data actor).
 
     With ``human_reward_model`` the policy is steered by it (CropPolicy.steered, weight ``w_human``, each crop
-    with the floor ``photo_min_kept``; the journal marks a photo whose crop went back to the unsteered policy)."""
+    with the floor ``photo_min_kept``; the journal gives each photo's weight, backed off where the floor asked)."""
 
     def __init__(self, policy: str, scorer: str = "default", scorer_weights: str | None = None,
                  score: bool = True, deterministic: bool = True, seed: int = 0, device: str = "cpu",
@@ -120,8 +120,10 @@ class Cropper:
         except ImageLoadError as e:
             return CropResult({"image": path, "error": e.reason})
         record: dict[str, Any] = {"image": path, "box": list(box), "size": [photo.width, photo.height]}
+        if self.policy.floor is not None:  # steered: the weight this photo kept (rlhf.policy backs it off)
+            record["w_human"] = self.policy.last_weight
         if self.policy.fallbacks > fallbacks:
-            record["unsteered"] = True  # the steered crop kept less than photo_min_kept of the aesthetic score
+            record["unsteered"] = True  # every weight's crop kept less than photo_min_kept of the aesthetic score
         if self.score:
             record["score"] = round(float(self.scorer.score_boxes(photo, [box])[0]), 4)
             record["whole_photo_score"] = round(float(self.scorer.score_boxes(photo, [photo.full_box])[0]), 4)

@@ -1,6 +1,6 @@
 """The product keeps the aesthetic score by itself: stage 3 by a Lagrange multiplier on "keep >= min_kept
 of it", the few-pairs path by its steering weight (``steering_weight``, at the end) and a floor on each
-crop (``CropPolicy.steered(..., photo_min_kept)``).
+crop that backs the weight off photo by photo (``CropPolicy.steered(..., photo_min_kept)``).
 
 A taste that pulls against the aesthetic score (a tight crop, a subject on the left third) can cost
 more of it than the fixed weights w_nima / w_human foresee, and how much depends on the taste. So,
@@ -38,18 +38,19 @@ from typing import Any
 import numpy as np
 
 from rlhf.env import CropEnv, CropEnvConfig
-from rlhf.images import Box, Photo
-from rlhf.reward import AESTHETIC, COMBINED, HUMAN, RewardSpec, combine, with_multiplier
+from rlhf.images import Photo
+from rlhf.reward import AESTHETIC, COMBINED, Recombined, RewardSpec, with_multiplier
 
 # The share of the aesthetic score the product keeps by default: stage 3's constraint and the
 # few-pairs path's bound on its steering weight.
 MIN_KEPT = 0.95
 # The few-pairs path's floor on each photo: a steered crop keeping less of its photo's unsteered crop's
-# score gives way to that crop. Three times MIN_KEPT's average loss: on bench/pairs_curve (both seeds,
-# every taste and step) 0.85 lifted the few lowest photos enough that kept held 0.95 where the weight
-# alone gave 0.936-0.945, at <= 0.06 of preferred; a floor at 0.95 itself (each photo as the average)
-# gave up to a third of the photos back and cost up to 0.25 of preferred (docs/experiments.md).
-PHOTO_MIN_KEPT = 0.85
+# score is cropped again at lower weights (CropPolicy.steered). At MIN_KEPT itself every crop keeps
+# MIN_KEPT, so any collection does on average, whichever photos the weight was chosen on. On
+# bench/pairs_curve's stored reward models (both seeds, every taste and step) that held kept at
+# 0.974-0.987 for 0.00-0.06 of preferred, where a floor at 0.85 that gave the photo straight back to the
+# unsteered crop left 6 of 24 steps at 0.939-0.949 (docs/experiments.md).
+PHOTO_MIN_KEPT = MIN_KEPT
 
 # The env_config key of the constraint: {"reference": {photo id: the bootstrap's greedy crop's aesthetic
 # score}, "min_kept": ..., "kept_lr": ...}. The envs read the reference, the training loop the rest.
@@ -64,13 +65,15 @@ def update_multiplier(multiplier: float, kept: float, min_kept: float, kept_lr: 
     return max(0.0, multiplier + kept_lr * (min_kept - kept))
 
 
-class MultiplierReward:
-    """A combined reward whose aesthetic weight carries the multiplier (``rlhf.reward.with_multiplier``)."""
+class MultiplierReward(Recombined):
+    """A combined reward whose aesthetic weight carries the multiplier (``rlhf.reward.with_multiplier``);
+    ``base_spec`` holds the weights without it."""
 
     def __init__(self, base: Any, spec: RewardSpec, multiplier: float = 0.0):
         if spec.kind != COMBINED:
             raise ValueError(f"keeping the aesthetic score needs the combined reward, got {spec.kind!r}")
-        self.base, self.spec = base, spec
+        super().__init__(base, spec)
+        self.base_spec = spec
         self.multiplier = multiplier
 
     @property
@@ -79,14 +82,7 @@ class MultiplierReward:
 
     @multiplier.setter
     def multiplier(self, value: float) -> None:
-        self._multiplier, self._weighted = float(value), with_multiplier(self.spec, float(value))
-
-    def terms(self, photo: Photo, boxes: Sequence[Box]) -> dict[str, np.ndarray]:
-        return self.base.terms(photo, boxes)
-
-    def __call__(self, photo: Photo, boxes: Sequence[Box]) -> np.ndarray:
-        t = self.base.terms(photo, boxes)
-        return combine(t.get(AESTHETIC), t.get(HUMAN), self._weighted)
+        self._multiplier, self.spec = float(value), with_multiplier(self.base_spec, float(value))
 
 
 class KeptCropEnv(CropEnv):
@@ -207,7 +203,8 @@ class SteeringSettings:
                 "steering weight is chosen (no --w_human)"})
     photo_min_kept: float = field(default=PHOTO_MIN_KEPT, metadata={
         "help": "the share of a photo's unsteered crop's aesthetic score its steered crop must keep, or the photo "
-                "gets the unsteered crop (an episode more per photo; 0 = no floor)"})
+                "is cropped again at the next lower weight (0.1 steps), down to the unsteered crop (an episode "
+                "more per photo, one per step backed off; 0 = no floor)"})
 
     def __post_init__(self) -> None:
         self.validate()

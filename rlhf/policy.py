@@ -14,6 +14,7 @@ parameters under the same names and ``CropPolicy`` acts greedily on any of them.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -252,6 +253,7 @@ class CropPolicy:
         # A steered policy's per-photo floor: (the unsteered reward function, photo_min_kept); see steered().
         self.floor = floor
         self.fallbacks = 0  # greedy crops the floor gave back to the unsteered policy
+        self.last_weight = 0.0  # the human score's weight in the last greedy crop (steered ones back off)
 
     @classmethod
     def load(cls, path: str | Path) -> CropPolicy:
@@ -276,10 +278,12 @@ class CropPolicy:
         module and env settings are shared with this policy; only the reward it observes differs.
 
         With ``photo_min_kept`` > 0 each greedy crop has a floor: the unsteered policy crops the photo too,
-        and where the steered crop's aesthetic score is below ``photo_min_kept`` of that crop's, the
-        unsteered crop is kept (``fallbacks`` counts them): the photos where a taste costs most of the
-        score, which the steering weight, chosen on average over a few photos, cannot see coming. One
-        more episode per photo.
+        and where the steered crop's aesthetic score is below ``photo_min_kept`` of that crop's, the photo
+        is cropped again at the next lower weight of ``rlhf.kept.STEER_WEIGHTS``, down to the unsteered crop
+        (``fallbacks`` counts those; ``last_weight`` is the weight of the last greedy crop). So every crop
+        keeps that share of its own photo's score, and a photo where the taste costs little keeps the full
+        weight. Why per photo: the cost of a taste varies by photo more than any weight chosen on average over
+        a few photos can see. One episode more per photo, and one per weight backed off.
         """
         from rlhf.reward import COMBINED, RewardSpec, build_reward
 
@@ -315,26 +319,37 @@ class CropPolicy:
                 rng: np.random.Generator | None = None) -> list[tuple[int, int, int, int]]:
         """Run one episode on env.photos[photo_index]; the boxes visited, first to last.
 
-        A steered policy with a floor (``steered(..., photo_min_kept=...)``) returns the unsteered episode
-        instead where its greedy crop keeps less than photo_min_kept of the unsteered crop's aesthetic score.
+        A steered policy with a floor (``steered(..., photo_min_kept=...)``) backs off on a photo where its
+        greedy crop keeps less than photo_min_kept of the unsteered crop's aesthetic score: the episode of
+        the highest lower weight whose crop keeps it, else the unsteered episode.
         """
         boxes = self._episode(env, photo_index, deterministic, rng)
+        self.last_weight = float(self.reward["w_human"]) if (self.reward or {}).get("kind") == "combined" else 0.0
         if self.floor is None or not deterministic:
             return boxes
-        from rlhf.reward import AESTHETIC
+        from rlhf.kept import STEER_WEIGHTS
+        from rlhf.reward import AESTHETIC, Recombined, RewardSpec
 
         unsteered_fn, share = self.floor
-        steered_fn = env.reward_fn
-        env.reward_fn = unsteered_fn
+        steered_fn, photo = env.reward_fn, env.photos[photo_index]
+        spec = RewardSpec(**self.reward)
         try:
             # The same module observing the reward it was trained on: the unsteered policy's greedy crop.
+            env.reward_fn = unsteered_fn
             base = self._episode(env, photo_index, deterministic, rng)
+            need = share * float(steered_fn.terms(photo, [base[-1]])[AESTHETIC][0])  # 1-10
+            top = self.last_weight
+            for w in [top] + sorted((v for v in STEER_WEIGHTS if v < top), reverse=True):
+                if w < top:  # backing off: the same terms, scored once, mixed at the lower weight
+                    env.reward_fn = Recombined(steered_fn, replace(spec, w_nima=1.0 - w, w_human=w))
+                    boxes = self._episode(env, photo_index, deterministic, rng)
+                if float(steered_fn.terms(photo, [boxes[-1]])[AESTHETIC][0]) >= need:
+                    self.last_weight = w
+                    return boxes
         finally:
             env.reward_fn = steered_fn
-        score = steered_fn.terms(env.photos[photo_index], [boxes[-1], base[-1]])[AESTHETIC]  # 1-10
-        if score[0] >= share * score[1]:
-            return boxes
         self.fallbacks += 1
+        self.last_weight = 0.0
         return base
 
     def _episode(self, env, photo_index: int, deterministic: bool,

@@ -12,6 +12,7 @@ from rlhf.reward.spec import (
     COMBINED,
     HUMAN,
     KINDS,
+    Recombined,
     RewardSpec,
     combine,
     rescale_aesthetic,
@@ -20,6 +21,6 @@ from rlhf.reward.spec import (
 )
 
 __all__ = [
-    "AESTHETIC", "COMBINED", "HUMAN", "KINDS", "LocalReward", "RewardSpec", "build_reward", "combine",
+    "AESTHETIC", "COMBINED", "HUMAN", "KINDS", "LocalReward", "Recombined", "RewardSpec", "build_reward", "combine",
     "rescale_aesthetic", "terms_of", "with_multiplier",
 ]

@@ -13,6 +13,7 @@ scoring actor: `rlhf.serving.client`), which compute the terms and combine them 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -84,3 +85,20 @@ def with_multiplier(spec: RewardSpec, multiplier: float) -> RewardSpec:
     total = spec.w_nima + spec.w_human
     return replace(spec, w_nima=total * (spec.w_nima + multiplier) / (total + multiplier),
                    w_human=total * spec.w_human / (total + multiplier))
+
+
+class Recombined:
+    """A reward's terms combined under other weights: ``base.terms`` (aesthetic, human) mixed by ``spec``.
+
+    Why: trying a reward at several weights (the few-pairs path backing off on one photo, stage 3's
+    multiplier) loads no model twice, and every weight shares the base's scoring caches."""
+
+    def __init__(self, base: Any, spec: RewardSpec):
+        self.base, self.spec = base, spec
+
+    def terms(self, photo: Any, boxes: Sequence[Any]) -> dict[str, np.ndarray]:
+        return self.base.terms(photo, boxes)
+
+    def __call__(self, photo: Any, boxes: Sequence[Any]) -> np.ndarray:
+        t = self.base.terms(photo, boxes)
+        return combine(t.get(AESTHETIC), t.get(HUMAN), self.spec)
