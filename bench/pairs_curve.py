@@ -169,7 +169,8 @@ def curve(cfg: CurveConfig, out: Path, taste: str, selection: str, policy: str, 
         row: dict[str, Any] = {
             "taste": taste, "selection": selection, "answers": answered, "step": n, "accuracy": accuracy, "w_human": w,
             "preferred_frozen": preferred_rate(truth, photos, boot_eval.boxes, frozen.boxes),
-            "kept_frozen": aesthetic_kept(frozen, boot_eval), "unsteered_frozen": steered.fallbacks}
+            "kept_frozen": aesthetic_kept(frozen, boot_eval), "unsteered_frozen": steered.fallbacks,
+            "backed_off_frozen": steered.backoffs}
         if n in cfg.finetune_at and selection == cfg.selections[0]:
             print(f"\n=== [{taste}/{selection}] stage 3 on the reward model of {answered} answers ===", flush=True)
             stage3(replace(cfg.personalization(), w_nima=1.0 - w, w_human=w), policy, model_path,

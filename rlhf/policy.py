@@ -253,6 +253,7 @@ class CropPolicy:
         # A steered policy's per-photo floor: (the unsteered reward function, photo_min_kept); see steered().
         self.floor = floor
         self.fallbacks = 0  # greedy crops the floor gave back to the unsteered policy
+        self.backoffs = 0  # greedy crops the floor steered at a lower weight
         self.last_weight = 0.0  # the human score's weight in the last greedy crop (steered ones back off)
 
     @classmethod
@@ -280,7 +281,7 @@ class CropPolicy:
         With ``photo_min_kept`` > 0 each greedy crop has a floor: the unsteered policy crops the photo too,
         and where the steered crop's aesthetic score is below ``photo_min_kept`` of that crop's, the photo
         is cropped again at the next lower weight of ``rlhf.kept.STEER_WEIGHTS``, down to the unsteered crop
-        (``fallbacks`` counts those; ``last_weight`` is the weight of the last greedy crop). So every crop
+        (``backoffs`` and ``fallbacks`` count both; ``last_weight`` is the weight of the last greedy crop). So every crop
         keeps that share of its own photo's score, and a photo where the taste costs little keeps the full
         weight. Why per photo: the cost of a taste varies by photo more than any weight chosen on average over
         a few photos can see. One episode more per photo, and one per weight backed off.
@@ -344,7 +345,7 @@ class CropPolicy:
                     env.reward_fn = Recombined(steered_fn, replace(spec, w_nima=1.0 - w, w_human=w))
                     boxes = self._episode(env, photo_index, deterministic, rng)
                 if float(steered_fn.terms(photo, [boxes[-1]])[AESTHETIC][0]) >= need:
-                    self.last_weight = w
+                    self.last_weight, self.backoffs = w, self.backoffs + (w < top)
                     return boxes
         finally:
             env.reward_fn = steered_fn
