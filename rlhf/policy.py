@@ -281,9 +281,9 @@ class CropPolicy:
         With ``photo_min_kept`` > 0 each greedy crop has a floor: the unsteered policy crops the photo too,
         and where the steered crop's aesthetic score is below ``photo_min_kept`` of that crop's, the photo
         is cropped again at the next lower weight of ``rlhf.kept.STEER_WEIGHTS``, down to the unsteered crop
-        (``backoffs`` and ``fallbacks`` count both; ``last_weight`` is the weight of the last greedy crop). So every crop
-        keeps that share of its own photo's score, and a photo where the taste costs little keeps the full
-        weight. Why per photo: the cost of a taste varies by photo more than any weight chosen on average over
+        (``backoffs`` counts the crops at a lower weight, ``fallbacks`` the unsteered ones; ``last_weight`` is
+        the weight of the last greedy crop). So every crop keeps that share of its own photo's score, and a
+        photo where the taste costs little keeps the full weight. Why per photo: the cost of a taste varies by photo more than any weight chosen on average over
         a few photos can see. One episode more per photo, and one per weight backed off.
         """
         from rlhf.reward import COMBINED, RewardSpec, build_reward
