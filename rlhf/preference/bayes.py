@@ -6,8 +6,11 @@ on folds of five pairs, whose losses differ by noise. This module instead weighs
 at most `max_inputs` of the standardised inputs by its evidence:
 
 - prior: every size 0..max_inputs equally likely, every set of that size equally likely within it, and
-  within a model weights ~ N(0, prior_scale^2) (inputs are standardised to the spread of within-pair
-  differences, so 1 is a cue that moves an answer's log-odds by about one per typical difference);
+  within a model weights ~ N(0, s^2), s one of `prior_scales` (0.5, 1, 2, 4 by default), each equally
+  likely: how strongly a taste's cues move the answers differs by taste (a warm look decides almost every
+  answer, a framing habit some), so the answers weigh the scales as they weigh the sets (inputs are
+  standardised to the spread of within-pair differences: s = 1 is a cue that moves an answer's log-odds
+  by about one per typical difference);
 - likelihood: Bradley-Terry, P(A answered better) = sigma(w . (x_a - x_b)), a tie counting half to each side;
 - each model's evidence by Laplace's approximation at its maximum a posteriori weights (found by Newton's
   method, every model of one size at once), and the head's weights are the posterior mean over models.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -69,33 +73,40 @@ def _map_fits(x: torch.Tensor, y: torch.Tensor, w8: torch.Tensor, prior_scale: f
     return w, log_ev
 
 
-def subset_posterior(d: torch.Tensor, y: torch.Tensor, max_inputs: int, prior_scale: float,
+def subset_posterior(d: torch.Tensor, y: torch.Tensor, max_inputs: int, prior_scales: Sequence[float],
                      pair_weight: torch.Tensor | None = None, top: int = 5) -> SubsetPosterior:
     """The posterior over sets of at most `max_inputs` of the columns of d (n, p), the standardised
-    differences x_a - x_b of n answered pairs, with targets y (1: A better, 0: B better, 0.5: a tie);
-    pair_weight (n,) counts each pair (default 1: augmented copies of a pair share one pair's weight)."""
+    differences x_a - x_b of n answered pairs, with targets y (1: A better, 0: B better, 0.5: a tie), each
+    set's weights under a Gaussian prior of one of `prior_scales` (equally likely); pair_weight (n,)
+    counts each pair (default 1: augmented copies of a pair share one pair's weight)."""
     d, y = d.double().cpu(), y.double().cpu()
     n, p = d.shape
     w8 = torch.ones(n, dtype=d.dtype) if pair_weight is None else pair_weight.double().cpu()
-    # Size 0: every crop scored alike, each answer at probability 1/2.
+    scales = [float(s) for s in prior_scales]
+    # Size 0: every crop scored alike, each answer at probability 1/2 (no weights, so no scale).
     ev = [torch.tensor([-math.log(2) * float(w8.sum())], dtype=d.dtype)]
     sets: list[list[tuple[int, ...]]] = [[()]]
     weights: list[torch.Tensor] = [torch.zeros(1, 0, dtype=d.dtype)]
     for k in range(1, min(max_inputs, p) + 1):
         subs = list(itertools.combinations(range(p), k))
-        w, log_ev = _map_fits(d[:, subs].permute(1, 0, 2), y, w8, prior_scale)
-        ev.append(log_ev - math.log(len(subs)))  # uniform within a size
-        sets.append(subs)
-        weights.append(w)
+        x = d[:, subs].permute(1, 0, 2)
+        for scale in scales:
+            w, log_ev = _map_fits(x, y, w8, scale)
+            ev.append(log_ev - math.log(len(subs)) - math.log(len(scales)))  # uniform within a size and over scales
+            sets.append(subs)
+            weights.append(w)
     post = torch.softmax(torch.cat(ev), 0)
     mean = torch.zeros(p, dtype=d.dtype)
-    shares, at = [], 0
+    shares = [0.0] * (min(max_inputs, p) + 1)
+    by_set: dict[tuple[int, ...], float] = {}
+    at = 0
     for subs, w in zip(sets, weights, strict=True):
         pk = post[at:at + len(subs)]
-        shares.append(float(pk.sum()))
+        shares[len(subs[0])] += float(pk.sum())
         if subs[0]:
             mean.index_add_(0, torch.tensor(subs).reshape(-1), (pk[:, None] * w).reshape(-1))
+        for s, v in zip(subs, pk.tolist(), strict=True):
+            by_set[s] = by_set.get(s, 0.0) + v
         at += len(subs)
-    flat = [s for subs in sets for s in subs]
-    best = torch.argsort(post, descending=True)[:top]
-    return SubsetPosterior(mean.float(), shares, [(flat[i], float(post[i])) for i in best])
+    best = sorted(by_set.items(), key=lambda kv: kv[1], reverse=True)[:top]
+    return SubsetPosterior(mean.float(), shares, best)

@@ -31,10 +31,11 @@ class RewardTrainConfig:
     max_inputs: int = field(default=2, metadata={"help": (
         "with --selection bayes: most inputs one model of the average uses (a taste resting on more cues is "
         "approached by the average of models on a few each); 3 weighs about 20 times as many models")})
-    prior_scale: float = field(default=1.0, metadata={"help": (
-        "with --selection bayes: standard deviation of the Gaussian prior on a model's weights over "
-        "standardised inputs (1: a typical within-pair difference of one input moves an answer's log-odds by "
-        "about one)")})
+    prior_scales: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0], metadata={"help": (
+        "with --selection bayes: the standard deviations the Gaussian prior on a model's weights over "
+        "standardised inputs may have, equally likely; the posterior averages over them as over input sets, so "
+        "the answers decide how strongly the taste's cues move them (1: a typical within-pair difference of "
+        "one input moves an answer's log-odds by about one)")})
     epochs: int = field(default=50, metadata={
         "help": "with --selection l1: maximum training epochs over the pairs"})
     lr: float = field(default=0.03, metadata={
@@ -101,8 +102,12 @@ class RewardTrainConfig:
             raise ValueError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
         if self.selection == "bayes" and self.hidden:
             raise ValueError("--selection bayes fits a linear head; a hidden layer needs --selection l1")
-        if self.max_inputs < 1 or self.prior_scale <= 0:
-            raise ValueError(f"max_inputs must be >= 1 and prior_scale > 0, got {self.max_inputs}, {self.prior_scale}")
+        if isinstance(self.prior_scales, int | float):
+            self.prior_scales = [float(self.prior_scales)]
+        self.prior_scales = [float(v) for v in self.prior_scales]
+        if self.max_inputs < 1 or not self.prior_scales or min(self.prior_scales) <= 0:
+            raise ValueError(f"max_inputs must be >= 1 and every prior scale > 0, got {self.max_inputs}, "
+                             f"{self.prior_scales}")
         if self.l1_rule not in L1_RULES:
             raise ValueError(f"l1_rule must be one of {L1_RULES}, got {self.l1_rule!r}")
         if isinstance(self.l1, int | float):

@@ -266,7 +266,7 @@ def _bayes_head(data: _Data, cfg: RewardTrainConfig) -> tuple[RewardHead, Subset
     of a pair (augmented copies) shares that pair's weight."""
     views, n, dim = data.xa.shape
     d = (data.xa - data.xb).reshape(views * n, dim)
-    post = subset_posterior(d, data.y.repeat(views), cfg.max_inputs, cfg.prior_scale,
+    post = subset_posterior(d, data.y.repeat(views), cfg.max_inputs, cfg.prior_scales,
                             torch.full((views * n,), 1.0 / views))
     head = RewardHead(dim, 0).to(data.y.device)
     with torch.no_grad():
