@@ -6,11 +6,10 @@ on folds of five pairs, whose losses differ by noise. This module instead weighs
 at most `max_inputs` of the standardised inputs by its evidence:
 
 - prior: every size 0..max_inputs equally likely, every set of that size equally likely within it, and
-  within a model weights ~ N(0, s^2), s one of `prior_scales` (0.5, 1, 2, 4 by default), each equally
-  likely: how strongly a taste's cues move the answers differs by taste (a warm look decides almost every
-  answer, a framing habit some), so the answers weigh the scales as they weigh the sets (inputs are
-  standardised to the spread of within-pair differences: s = 1 is a cue that moves an answer's log-odds
-  by about one per typical difference);
+  within a model weights ~ N(0, s^2), s one of `prior_scales` (1 by default), each equally likely (inputs
+  are standardised to the spread of within-pair differences: s = 1 is a cue that moves an answer's
+  log-odds by about one per typical difference; how strongly a taste's cues move the answers differs by
+  taste, and with several scales the answers weigh them as they weigh the sets);
 - likelihood: Bradley-Terry, P(A answered better) = sigma(w . (x_a - x_b)), a tie counting half to each side;
 - each model's evidence by Laplace's approximation at its maximum a posteriori weights (found by Newton's
   method, every model of one size at once), and the head's weights are the posterior mean over models.

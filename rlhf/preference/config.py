@@ -31,11 +31,12 @@ class RewardTrainConfig:
     max_inputs: int = field(default=2, metadata={"help": (
         "with --selection bayes: most inputs one model of the average uses (a taste resting on more cues is "
         "approached by the average of models on a few each); 3 weighs about 20 times as many models")})
-    prior_scales: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0], metadata={"help": (
+    prior_scales: list[float] = field(default_factory=lambda: [1.0], metadata={"help": (
         "with --selection bayes: the standard deviations the Gaussian prior on a model's weights over "
-        "standardised inputs may have, equally likely; the posterior averages over them as over input sets, so "
-        "the answers decide how strongly the taste's cues move them (1: a typical within-pair difference of "
-        "one input moves an answer's log-odds by about one)")})
+        "standardised inputs may have (1: a typical within-pair difference of one input moves an answer's "
+        "log-odds by about one). Several are equally likely a priori and the posterior averages over them as "
+        "over input sets: more accurate from few answers, but the head comes out steeper, and a steep human "
+        "score is followed less well by steering and stage 3 (docs/experiments.md)")})
     epochs: int = field(default=50, metadata={
         "help": "with --selection l1: maximum training epochs over the pairs"})
     lr: float = field(default=0.03, metadata={
