@@ -39,7 +39,7 @@ import numpy as np
 
 from rlhf.env import CropEnv, CropEnvConfig
 from rlhf.images import Photo
-from rlhf.reward import AESTHETIC, COMBINED, Recombined, RewardSpec, with_multiplier
+from rlhf.reward import AESTHETIC, COMBINED, STEER_WEIGHTS, Recombined, RewardSpec, with_multiplier
 
 # The share of the aesthetic score the product keeps by default: stage 3's constraint and the
 # few-pairs path's bound on its steering weight.
@@ -185,8 +185,7 @@ def reference_scores(policy: str | Path, env_config: dict[str, Any]) -> dict[str
     return {p.id: float(scorer.score_boxes(p, [b])[0]) for p, b in zip(photos, boxes, strict=True)}
 
 
-# The few-pairs path's candidate weights of the human score, tried upward, and the photos it tries them on.
-STEER_WEIGHTS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+# The photos steering_weight tries the steering weights (rlhf.reward.STEER_WEIGHTS, upward) on.
 STEER_PHOTOS = 16
 
 

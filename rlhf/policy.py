@@ -280,7 +280,7 @@ class CropPolicy:
 
         With ``photo_min_kept`` > 0 each greedy crop has a floor: the unsteered policy crops the photo too,
         and where the steered crop's aesthetic score is below ``photo_min_kept`` of that crop's, the photo
-        is cropped again at the next lower weight of ``rlhf.kept.STEER_WEIGHTS``, down to the unsteered crop
+        is cropped again at the next lower weight of ``rlhf.reward.STEER_WEIGHTS``, down to the unsteered crop
         (``backoffs`` counts the crops at a lower weight, ``fallbacks`` the unsteered ones; ``last_weight`` is
         the weight of the last greedy crop). So every crop keeps that share of its own photo's score, and a
         photo where the taste costs little keeps the full weight. Why per photo: the cost of a taste varies
@@ -325,13 +325,12 @@ class CropPolicy:
         greedy crop keeps less than photo_min_kept of the unsteered crop's aesthetic score: the episode of
         the highest lower weight whose crop keeps it, else the unsteered episode.
         """
-        from rlhf.reward import AESTHETIC, COMBINED, Recombined, RewardSpec
+        from rlhf.reward import AESTHETIC, COMBINED, STEER_WEIGHTS, Recombined, RewardSpec
 
         boxes = self._episode(env, photo_index, deterministic, rng)
         self.last_weight = float(self.reward["w_human"]) if (self.reward or {}).get("kind") == COMBINED else 0.0
         if self.floor is None or not deterministic:
             return boxes
-        from rlhf.kept import STEER_WEIGHTS
 
         unsteered_fn, share = self.floor
         steered_fn, photo = env.reward_fn, env.photos[photo_index]

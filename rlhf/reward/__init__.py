@@ -12,6 +12,7 @@ from rlhf.reward.spec import (
     COMBINED,
     HUMAN,
     KINDS,
+    STEER_WEIGHTS,
     Recombined,
     RewardSpec,
     combine,
@@ -21,6 +22,6 @@ from rlhf.reward.spec import (
 )
 
 __all__ = [
-    "AESTHETIC", "COMBINED", "HUMAN", "KINDS", "LocalReward", "Recombined", "RewardSpec", "build_reward", "combine",
-    "rescale_aesthetic", "terms_of", "with_multiplier",
+    "AESTHETIC", "COMBINED", "HUMAN", "KINDS", "STEER_WEIGHTS", "LocalReward", "Recombined", "RewardSpec",
+    "build_reward", "combine", "rescale_aesthetic", "terms_of", "with_multiplier",
 ]
