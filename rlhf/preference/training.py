@@ -282,11 +282,13 @@ def _bayes_summary(post: SubsetPosterior, names: Sequence[str]) -> dict[str, Any
 
 
 def _train_bayes(folds: Sequence[tuple[_Data, _Data]], cfg: RewardTrainConfig, what: str, n: int
-                 ) -> TrainHistory:
-    """Held-out figures of the bayes head: one posterior per fold, scored on the fold's held-out pairs."""
-    held_losses, right, decided, train_losses, train_accs = [], 0.0, 0, [], []
+                 ) -> tuple[TrainHistory, list[tuple[RewardHead, SubsetPosterior]]]:
+    """Held-out figures of the bayes head: one posterior per fold, scored on the fold's held-out pairs; and
+    each fold's (head, posterior)."""
+    held_losses, right, decided, train_losses, train_accs, fits = [], 0.0, 0, [], [], []
     for tr, va in folds:
-        head, _ = _bayes_head(tr, cfg)
+        head, post = _bayes_head(tr, cfg)
+        fits.append((head, post))
         tl, ta, _ = _evaluate(head, tr.xa[0], tr.xb[0], tr.y)
         train_losses.append(float(tl.mean()))
         train_accs.append(ta)
@@ -297,13 +299,14 @@ def _train_bayes(folds: Sequence[tuple[_Data, _Data]], cfg: RewardTrainConfig, w
                 right, decided = right + va_acc * vn, decided + vn
     held = torch.cat(held_losses) if held_losses else torch.zeros(0)
     cv = len(folds) > 1
-    return TrainHistory(epochs=[1], train_loss=[sum(train_losses) / len(train_losses)],
+    hist = TrainHistory(epochs=[1], train_loss=[sum(train_losses) / len(train_losses)],
                         train_accuracy=[sum(train_accs) / len(train_accs)],
                         val_loss=[float(held.mean()) if len(held) else float("nan")],
                         val_accuracy=[right / decided if decided else float("nan")], best_epoch=1, n_pairs=n,
                         n_train=n, n_val=len(held) if not cv else n, validation=what,
                         l1_rule="", l1_choice=f"bayes: the posterior mean over sets of <= {cfg.max_inputs} inputs",
                         selection="bayes")
+    return hist, fits
 
 
 @contextmanager
@@ -327,16 +330,19 @@ def _model(fz: CropFeaturizer, norm: FeatureNormaliser, head: RewardHead, data: 
     return PreferenceRewardModel(fz, norm, head, offset, dataclasses.asdict(cfg), hist.final(), cfg.centring)
 
 
-def _finish_bayes(views: Sequence[tuple[np.ndarray, np.ndarray]], y: np.ndarray, folds: Sequence[tuple[_Data, _Data]],
-                  fz: CropFeaturizer, cfg: RewardTrainConfig, what: str, n: int, seconds_featurizing: float,
-                  n_new: int, s0: float, log: Callable[[str], None] | None
-                  ) -> tuple[PreferenceRewardModel, TrainHistory]:
-    """The bayes head: held-out figures from the folds, then the posterior on every pair."""
+def _finish_bayes(views: Sequence[tuple[np.ndarray, np.ndarray]], y: np.ndarray,
+                  prepared: Sequence[tuple[FeatureNormaliser, _Data, _Data]], fz: CropFeaturizer,
+                  cfg: RewardTrainConfig, what: str, n: int, seconds_featurizing: float, n_new: int, s0: float,
+                  log: Callable[[str], None] | None) -> tuple[PreferenceRewardModel, TrainHistory]:
+    """The bayes head: held-out figures from the splits, then the posterior on every pair."""
     with one_torch_thread():
-        hist = _train_bayes(folds, cfg, what, n)
-        every = np.arange(n)
-        norm, data, _ = _standardised(views, y, every, every[:0], fz, cfg)
-        head, post = _bayes_head(data, cfg)
+        hist, fits = _train_bayes([(tr, va) for _, tr, va in prepared], cfg, what, n)
+        if len(prepared) == 1 and not len(prepared[0][2].y):  # the one split holds every pair: its fit is final
+            (norm, data, _), (head, post) = prepared[0], fits[0]
+        else:
+            every = np.arange(n)
+            norm, data, _ = _standardised(views, y, every, every[:0], fz, cfg)
+            head, post = _bayes_head(data, cfg)
     hand = fz.feature_names[fz.embed_dim:]  # the normaliser's inputs: PCA components of the embedding, then these
     names = [f"pc{i}" for i in range(norm.out_dim - len(hand))] + list(hand)
     hist.posterior = _bayes_summary(post, names)
@@ -392,7 +398,7 @@ def train_reward_model(examples: Sequence[PreferenceExample], cfg: RewardTrainCo
     cv = len(splits) > 1
     what = f"{len(splits)}-fold cross-validation" if cv else f"a held-out split of {len(splits[0][1])} pairs"
     if cfg.selection == "bayes":
-        return _finish_bayes(views, y, folds, fz, cfg, what, n, seconds_featurizing, n_new, s0, log)
+        return _finish_bayes(views, y, prepared, fz, cfg, what, n, seconds_featurizing, n_new, s0, log)
     by_noise: dict[float, list[_Candidate]] = {}
     for eps in cfg.label_noise:
         for l1 in cfg.l1:
