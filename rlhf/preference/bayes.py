@@ -6,13 +6,20 @@ on folds of five pairs, whose losses differ by noise. This module instead weighs
 at most `max_inputs` of the standardised inputs by its evidence:
 
 - prior: every size 0..max_inputs equally likely, every set of that size equally likely within it, and
-  within a model weights ~ N(0, s^2), s one of `prior_scales` (1 by default), each equally likely (inputs
-  are standardised to the spread of within-pair differences: s = 1 is a cue that moves an answer's
-  log-odds by about one per typical difference; how strongly a taste's cues move the answers differs by
-  taste, and with several scales the answers weigh them as they weigh the sets);
+  within a model weights ~ N(0, s^2), s one of `prior_scales` (0.5, 1, 2, 4 by default), each equally
+  likely (inputs are standardised to the spread of within-pair differences: s = 1 is a cue that moves an
+  answer's log-odds by about one per typical difference; how strongly a taste's cues move the answers
+  differs by taste, and the answers weigh the scales as they weigh the sets);
 - likelihood: Bradley-Terry, P(A answered better) = sigma(w . (x_a - x_b)), a tie counting half to each side;
 - each model's evidence by Laplace's approximation at its maximum a posteriori weights (found by Newton's
-  method, every model of one size at once), and the head's weights are the posterior mean over models.
+  method, every model of one size at once), and the head's weights are the posterior mean over sets, each
+  set's weights being its MAP under one scale, `head_scale` (1 by default).
+
+Why the head's weights come from one scale: the scales decide which cues the answers rest on, but the
+larger ones also fit steeper weights, and the human score sigmoid(r) of a steep head is a step (flat on
+both sides of a taste's bend) that the lookahead's steering and stage 3 cannot climb. With the weights at
+scale 1 the head ranks as the scale-averaged sets do and keeps the slope the rest of the product was
+tuned on (docs/experiments.md, 2026-12-05).
 
 The size-0 model (every crop alike) takes part: with answers that show no taste its posterior share is
 large and the head shrinks towards indifference by itself. No library fits sparse Bayesian logistic
@@ -73,11 +80,13 @@ def _map_fits(x: torch.Tensor, y: torch.Tensor, w8: torch.Tensor, prior_scale: f
 
 
 def subset_posterior(d: torch.Tensor, y: torch.Tensor, max_inputs: int, prior_scales: Sequence[float],
-                     pair_weight: torch.Tensor | None = None, top: int = 5) -> SubsetPosterior:
+                     pair_weight: torch.Tensor | None = None, top: int = 5,
+                     head_scale: float | None = None) -> SubsetPosterior:
     """The posterior over sets of at most `max_inputs` of the columns of d (n, p), the standardised
     differences x_a - x_b of n answered pairs, with targets y (1: A better, 0: B better, 0.5: a tie), each
     set's weights under a Gaussian prior of one of `prior_scales` (equally likely); pair_weight (n,)
-    counts each pair (default 1: augmented copies of a pair share one pair's weight)."""
+    counts each pair (default 1: augmented copies of a pair share one pair's weight). The mean weight
+    averages each set's MAP weights under `head_scale` (default: each scale's own fit)."""
     d, y = d.double().cpu(), y.double().cpu()
     n, p = d.shape
     w8 = torch.ones(n, dtype=d.dtype) if pair_weight is None else pair_weight.double().cpu()
@@ -89,11 +98,12 @@ def subset_posterior(d: torch.Tensor, y: torch.Tensor, max_inputs: int, prior_sc
     for k in range(1, min(max_inputs, p) + 1):
         subs = list(itertools.combinations(range(p), k))
         x = d[:, subs].permute(1, 0, 2)
+        fits = {scale: _map_fits(x, y, w8, scale) for scale in {*scales, *([head_scale] if head_scale else [])}}
         for scale in scales:
-            w, log_ev = _map_fits(x, y, w8, scale)
+            log_ev = fits[scale][1]
             ev.append(log_ev - math.log(len(subs)) - math.log(len(scales)))  # uniform within a size and over scales
             sets.append(subs)
-            weights.append(w)
+            weights.append(fits[head_scale or scale][0])
     post = torch.softmax(torch.cat(ev), 0)
     mean = torch.zeros(p, dtype=d.dtype)
     shares = [0.0] * (min(max_inputs, p) + 1)

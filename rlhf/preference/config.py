@@ -31,12 +31,16 @@ class RewardTrainConfig:
     max_inputs: int = field(default=2, metadata={"help": (
         "with --selection bayes: most inputs one model of the average uses (a taste resting on more cues is "
         "approached by the average of models on a few each); 3 weighs about 20 times as many models")})
-    prior_scales: list[float] = field(default_factory=lambda: [1.0], metadata={"help": (
+    prior_scales: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0], metadata={"help": (
         "with --selection bayes: the standard deviations the Gaussian prior on a model's weights over "
         "standardised inputs may have (1: a typical within-pair difference of one input moves an answer's "
-        "log-odds by about one). Several are equally likely a priori and the posterior averages over them as "
-        "over input sets: more accurate from few answers, but the head comes out steeper, and a steep human "
-        "score is followed less well by steering and stage 3 (docs/experiments.md)")})
+        "log-odds by about one), equally likely a priori: the posterior averages over them as over input "
+        "sets, so the answers say how strongly the cues move them (a taste's sets are found from fewer answers)")})
+    head_scale: float = field(default=1.0, metadata={"help": (
+        "with --selection bayes: each input set's weights in the head are its MAP under this prior scale, "
+        "whatever scales weigh the sets (0 = each scale's own fit). It sets the human score's steepness: "
+        "larger scales fit steeper weights, and a steep sigmoid(r) is a step that steering and stage 3 "
+        "cannot climb (docs/design.md)")})
     epochs: int = field(default=50, metadata={
         "help": "with --selection l1: maximum training epochs over the pairs"})
     lr: float = field(default=0.03, metadata={
@@ -106,9 +110,9 @@ class RewardTrainConfig:
         if isinstance(self.prior_scales, int | float):
             self.prior_scales = [float(self.prior_scales)]
         self.prior_scales = [float(v) for v in self.prior_scales]
-        if self.max_inputs < 1 or not self.prior_scales or min(self.prior_scales) <= 0:
-            raise ValueError(f"max_inputs must be >= 1 and every prior scale > 0, got {self.max_inputs}, "
-                             f"{self.prior_scales}")
+        if self.max_inputs < 1 or not self.prior_scales or min(self.prior_scales) <= 0 or self.head_scale < 0:
+            raise ValueError(f"max_inputs must be >= 1, every prior scale > 0 and head_scale >= 0, got "
+                             f"{self.max_inputs}, {self.prior_scales}, {self.head_scale}")
         if self.l1_rule not in L1_RULES:
             raise ValueError(f"l1_rule must be one of {L1_RULES}, got {self.l1_rule!r}")
         if isinstance(self.l1, int | float):
