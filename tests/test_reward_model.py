@@ -207,6 +207,21 @@ def test_subset_posterior_lets_the_answers_set_the_prior_scale():
     assert one.top[0][0] in ((5,), *((i, 5) for i in range(5)), *((5, i) for i in range(6, 12)))
 
 
+def test_subset_posterior_head_scale_keeps_the_sets_and_the_unit_slope():
+    """With head_scale the sets are weighed as with the scales averaged (the same posterior shares), while each
+    set's weights are its unit-scale fit: no steeper than scale 1 alone would make them."""
+    from rlhf.preference.bayes import subset_posterior
+
+    gen = torch.Generator().manual_seed(1)
+    d = torch.randn(25, 12, generator=gen)
+    y = (torch.rand(25, generator=gen) < torch.sigmoid(6.0 * d[:, 5])).float()
+    scales = [0.5, 1.0, 2.0, 4.0]
+    one, many = subset_posterior(d, y, 2, [1.0]), subset_posterior(d, y, 2, scales)
+    hybrid = subset_posterior(d, y, 2, scales, head_scale=1.0)
+    assert hybrid.top == many.top and hybrid.size_share == many.size_share
+    assert hybrid.weight[5] == pytest.approx(float(one.weight[5]), rel=0.1) and many.weight[5] > 2 * hybrid.weight[5]
+
+
 def test_label_noise_is_chosen_by_held_out_log_loss(featurizer, photos):
     """Answers with 20 % flipped: each --label_noise value gets its --l1 candidates, the value whose best
     candidate has the lowest cross-validated log-loss is used, and the model still ranks clean pairs."""
