@@ -81,12 +81,12 @@ def _map_fits(x: torch.Tensor, y: torch.Tensor, w8: torch.Tensor, prior_scale: f
 
 def subset_posterior(d: torch.Tensor, y: torch.Tensor, max_inputs: int, prior_scales: Sequence[float],
                      pair_weight: torch.Tensor | None = None, top: int = 5,
-                     head_scale: float | None = None) -> SubsetPosterior:
+                     head_scale: float = 0.0) -> SubsetPosterior:
     """The posterior over sets of at most `max_inputs` of the columns of d (n, p), the standardised
     differences x_a - x_b of n answered pairs, with targets y (1: A better, 0: B better, 0.5: a tie), each
     set's weights under a Gaussian prior of one of `prior_scales` (equally likely); pair_weight (n,)
     counts each pair (default 1: augmented copies of a pair share one pair's weight). The mean weight
-    averages each set's MAP weights under `head_scale` (default: each scale's own fit)."""
+    averages each set's MAP weights under `head_scale` (0, the default: each scale's own fit)."""
     d, y = d.double().cpu(), y.double().cpu()
     n, p = d.shape
     w8 = torch.ones(n, dtype=d.dtype) if pair_weight is None else pair_weight.double().cpu()
@@ -98,7 +98,8 @@ def subset_posterior(d: torch.Tensor, y: torch.Tensor, max_inputs: int, prior_sc
     for k in range(1, min(max_inputs, p) + 1):
         subs = list(itertools.combinations(range(p), k))
         x = d[:, subs].permute(1, 0, 2)
-        fits = {scale: _map_fits(x, y, w8, scale) for scale in {*scales, *([head_scale] if head_scale else [])}}
+        needed = set(scales) | ({head_scale} if head_scale else set())
+        fits = {scale: _map_fits(x, y, w8, scale) for scale in needed}
         for scale in scales:
             log_ev = fits[scale][1]
             ev.append(log_ev - math.log(len(subs)) - math.log(len(scales)))  # uniform within a size and over scales
