@@ -84,6 +84,14 @@ def _evaluate(head: RewardHead, xa: torch.Tensor, xb: torch.Tensor, y: torch.Ten
     return losses, acc, n
 
 
+def _pooled(figures: Sequence[tuple[torch.Tensor, float, int]]) -> tuple[torch.Tensor, float]:
+    """Held-out figures of several folds (each `_evaluate`'s) pooled: every held-out pair counts once,
+    whatever its fold's size. Returns (every pair's loss, accuracy over the non-tied pairs; NaN if none)."""
+    losses = torch.cat([f[0].cpu() for f in figures]) if figures else torch.zeros(0)
+    decided = sum(f[2] for f in figures)
+    return losses, (sum(f[1] * f[2] for f in figures if f[2]) / decided if decided else float("nan"))
+
+
 @dataclass
 class _Data:
     """Standardised features of some pairs: xa, xb (views, n, d) with the annotated view first; y (n,)."""
@@ -201,14 +209,11 @@ def _try(cfg: RewardTrainConfig, l1: float, folds: Sequence[tuple[_Data, _Data]]
     for epoch, results in enumerate(zip(*runs, strict=True), 1):
         cand.curves["train_loss"].append(sum(r[1][0] * k for r, k in zip(results, n_train, strict=True))
                                          / sum(n_train))
-        # Pooled over folds: every held-out pair counts once, whatever its fold's size.
-        held = torch.cat([r[1][2].cpu() for r in results])
+        held, val_acc = _pooled([r[1][2:] for r in results])
         cand.curves["val_loss"].append(float(held.mean()) if len(held) else float("nan"))
         accs = [r[1][1] for r in results if not math.isnan(r[1][1])]
         cand.curves["train_accuracy"].append(sum(accs) / len(accs) if accs else float("nan"))
-        decided = cand.n_decided
-        cand.curves["val_accuracy"].append(sum(r[1][3] * r[1][4] for r in results if r[1][4]) / decided
-                                           if decided else float("nan"))
+        cand.curves["val_accuracy"].append(val_acc)
         monitored = cand.curves["val_loss"][-1] if sum(n_val) else cand.curves["train_loss"][-1]
         # Without early stopping the epoch used is the newest one.
         if not cfg.patience or monitored < cand.best[0] - 1e-6:
@@ -285,7 +290,7 @@ def _train_bayes(folds: Sequence[tuple[_Data, _Data]], cfg: RewardTrainConfig, w
                  ) -> tuple[TrainHistory, list[tuple[RewardHead, SubsetPosterior]]]:
     """Held-out figures of the bayes head: one posterior per fold, scored on the fold's held-out pairs; and
     each fold's (head, posterior)."""
-    held_losses, right, decided, train_losses, train_accs, fits = [], 0.0, 0, [], [], []
+    held_figures, train_losses, train_accs, fits = [], [], [], []
     for tr, va in folds:
         head, post = _bayes_head(tr, cfg)
         fits.append((head, post))
@@ -293,16 +298,13 @@ def _train_bayes(folds: Sequence[tuple[_Data, _Data]], cfg: RewardTrainConfig, w
         train_losses.append(float(tl.mean()))
         train_accs.append(ta)
         if len(va.y):
-            vl, va_acc, vn = _evaluate(head, va.xa[0], va.xb[0], va.y)
-            held_losses.append(vl.cpu())
-            if vn:
-                right, decided = right + va_acc * vn, decided + vn
-    held = torch.cat(held_losses) if held_losses else torch.zeros(0)
+            held_figures.append(_evaluate(head, va.xa[0], va.xb[0], va.y))
+    held, val_acc = _pooled(held_figures)
     cv = len(folds) > 1
     hist = TrainHistory(epochs=[1], train_loss=[sum(train_losses) / len(train_losses)],
                         train_accuracy=[sum(train_accs) / len(train_accs)],
                         val_loss=[float(held.mean()) if len(held) else float("nan")],
-                        val_accuracy=[right / decided if decided else float("nan")], best_epoch=1, n_pairs=n,
+                        val_accuracy=[val_acc], best_epoch=1, n_pairs=n,
                         n_train=n, n_val=len(held) if not cv else n, validation=what,
                         l1_rule="", l1_choice=f"bayes: the posterior mean over sets of <= {cfg.max_inputs} inputs",
                         selection="bayes")

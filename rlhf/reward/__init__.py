@@ -1,8 +1,8 @@
 """Rewards: what the crop environment is paid, behind one seam, `reward(photo, boxes) -> np.ndarray`.
 
-spec (kinds, RewardSpec, combine) <- local (models in this process) | rlhf.serving.client (the shared
-scoring actor) <- factory (`build_reward` picks one from the spec). The env never knows which sits
-behind it.
+spec (kinds, RewardSpec, combine, TermsReward) <- local (models in this process) | rlhf.serving.client
+(the shared scoring actor) <- factory (`build_reward` picks one from the spec). The env never knows
+which sits behind it.
 """
 
 from rlhf.reward.factory import build_reward
@@ -15,6 +15,7 @@ from rlhf.reward.spec import (
     STEER_WEIGHTS,
     Recombined,
     RewardSpec,
+    TermsReward,
     combine,
     rescale_aesthetic,
     terms_of,
@@ -23,5 +24,5 @@ from rlhf.reward.spec import (
 
 __all__ = [
     "AESTHETIC", "COMBINED", "HUMAN", "KINDS", "STEER_WEIGHTS", "LocalReward", "Recombined", "RewardSpec",
-    "build_reward", "combine", "rescale_aesthetic", "terms_of", "with_multiplier",
+    "TermsReward", "build_reward", "combine", "rescale_aesthetic", "terms_of", "with_multiplier",
 ]

@@ -7,10 +7,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from rlhf.images import Box, Photo
-from rlhf.reward.spec import AESTHETIC, HUMAN, RewardSpec, combine, terms_of
+from rlhf.reward.spec import AESTHETIC, HUMAN, RewardSpec, TermsReward, terms_of
 
 
-class LocalReward:
+class LocalReward(TermsReward):
     """`__call__(photo, boxes) -> rewards` with the spec's models loaded in this process."""
 
     def __init__(self, spec: RewardSpec):
@@ -35,7 +35,3 @@ class LocalReward:
         if self.human is not None:
             out[HUMAN] = self.human.human_score(photo, boxes)
         return out
-
-    def __call__(self, photo: Photo, boxes: Sequence[Box]) -> np.ndarray:
-        t = self.terms(photo, boxes)
-        return combine(t.get(AESTHETIC), t.get(HUMAN), self.spec)

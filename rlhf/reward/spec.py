@@ -91,18 +91,29 @@ def with_multiplier(spec: RewardSpec, multiplier: float) -> RewardSpec:
                    w_human=total * spec.w_human / (total + multiplier))
 
 
-class Recombined:
+class TermsReward:
+    """A reward function made of terms: ``terms(photo, boxes)`` gives {term: scores} (aesthetic on 1-10,
+    human in [0, 1]) and calling it combines them under ``self.spec``. Every reward the env is paid with
+    (in process, through the scoring actor, recombined) is one, so the terms combine in one place."""
+
+    spec: RewardSpec
+
+    def terms(self, photo: Any, boxes: Sequence[Any]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def __call__(self, photo: Any, boxes: Sequence[Any]) -> np.ndarray:
+        t = self.terms(photo, boxes)
+        return combine(t.get(AESTHETIC), t.get(HUMAN), self.spec)
+
+
+class Recombined(TermsReward):
     """A reward's terms combined under other weights: ``base.terms`` (aesthetic, human) mixed by ``spec``.
 
     Why: trying a reward at several weights (the few-pairs path backing off on one photo, stage 3's
     multiplier) loads no model twice, and every weight shares the base's scoring caches."""
 
-    def __init__(self, base: Any, spec: RewardSpec):
+    def __init__(self, base: TermsReward, spec: RewardSpec):
         self.base, self.spec = base, spec
 
     def terms(self, photo: Any, boxes: Sequence[Any]) -> dict[str, np.ndarray]:
         return self.base.terms(photo, boxes)
-
-    def __call__(self, photo: Any, boxes: Sequence[Any]) -> np.ndarray:
-        t = self.base.terms(photo, boxes)
-        return combine(t.get(AESTHETIC), t.get(HUMAN), self.spec)

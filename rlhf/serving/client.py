@@ -28,7 +28,7 @@ from ray.exceptions import (
 from rlhf.cache import LRUCache
 from rlhf.context import crop_resized
 from rlhf.images import Box, Photo
-from rlhf.reward.spec import AESTHETIC, HUMAN, RewardSpec, combine, terms_of
+from rlhf.reward.spec import AESTHETIC, RewardSpec, TermsReward, terms_of
 from rlhf.serving.actor import (
     DEFAULT_CACHE_SIZE,
     DEFAULT_PHOTO_BYTES,
@@ -112,7 +112,7 @@ class _NotFound(Exception):
     """No actor has the service's name right now."""
 
 
-class ServiceReward:
+class ServiceReward(TermsReward):
     """The reward function env runners use: `__call__(photo, boxes) -> rewards`, scored by the actor.
 
     One round trip per step gets every term the spec needs (stage 3: aesthetic and human together);
@@ -235,10 +235,6 @@ class ServiceReward:
             for n, i in enumerate(missing):
                 self.cache.put(keys[i], tuple(got[:, n].tolist()))
         return out
-
-    def __call__(self, photo: Photo, boxes: Sequence[Box]) -> np.ndarray:
-        t = self.terms(photo, boxes)
-        return combine(t.get(AESTHETIC), t.get(HUMAN), self.spec)
 
     def stats(self) -> dict[str, Any]:
         return {"calls": self.calls, "retries": self.retries, "cache_hits": self.cache.hits,
