@@ -198,6 +198,20 @@ def widen(env, index: int, cands: list[Candidate], cfg: PairsConfig, need: int,
     return cands
 
 
+def candidate_pool(policy, photos: Sequence, cfg: PairsConfig, rng: np.random.Generator
+                   ) -> tuple[list[list[Candidate]], list[list[tuple[int, int, float]]]]:
+    """Per photo, the candidate crops and the pairs of them that differ clearly: what `run` chooses from."""
+    env = policy_env(policy, photos)
+    min_area = float(env.cfg.min_area) * 0.8  # perturbations may go a little below the policy's floor
+    need = math.ceil(cfg.num_pairs / len(photos))
+    cands, pairs = [], []
+    for k in range(len(photos)):
+        cs = candidate_boxes(policy, env, k, cfg.rollouts, cfg.perturb, rng, min_area)
+        cands.append(widen(env, k, cs, cfg, 3 * need, rng, min_area))
+        pairs.append(candidate_pairs(cands[-1], cfg.max_iou))
+    return cands, pairs
+
+
 # --- selection -----------------------------------------------------------------------------------
 
 def fair_shares(available: Sequence[int], n: int) -> list[int]:
@@ -325,20 +339,11 @@ def run(cfg: PairsConfig) -> Path:
 
             w = steering_weight(policy, cfg.human_reward_model, photos, cfg.steering.min_kept)[0]
         policy = policy.steered(cfg.human_reward_model, w, cfg.steering.photo_min_kept)  # greedy crops as `crop`'s
-    env = policy_env(policy, photos)
-    min_area = float(env.cfg.min_area) * 0.8  # perturbations may go a little below the policy's floor
     rng = np.random.default_rng(cfg.seed)
-
-    need = math.ceil(cfg.num_pairs / len(photos))
-    cands, pairs = [], []
-    for k, photo in enumerate(photos):
-        cs = candidate_boxes(policy, env, k, cfg.rollouts, cfg.perturb, rng, min_area)
-        cs = widen(env, k, cs, cfg, 3 * need, rng, min_area)
+    cands, pairs = candidate_pool(policy, photos, cfg, rng)
+    for photo, cs, ps in zip(photos, cands, pairs, strict=True):
         key = photo_key(photo.id)
-        ps = [(i, j, iou) for i, j, iou in candidate_pairs(cs, cfg.max_iou)
-              if (key, frozenset((cs[i].box, cs[j].box))) not in known]
-        cands.append(cs)
-        pairs.append(ps)
+        ps[:] = [(i, j, iou) for i, j, iou in ps if (key, frozenset((cs[i].box, cs[j].box))) not in known]
 
     margins = None
     if cfg.select == "uncertain":

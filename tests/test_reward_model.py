@@ -222,6 +222,23 @@ def test_subset_posterior_head_scale_keeps_the_sets_and_the_unit_slope():
     assert hybrid.weight[5] == pytest.approx(float(one.weight[5]), rel=0.1) and many.weight[5] > 2 * hybrid.weight[5]
 
 
+def test_subset_posterior_members_make_up_its_mean():
+    """The posterior's members (every set and scale above MODEL_SHARE) hold nearly all its mass, and with each
+    scale's own fit their share-weighted weights are the posterior mean."""
+    from rlhf.preference.bayes import MODEL_SHARE, subset_posterior
+
+    gen = torch.Generator().manual_seed(2)
+    d = torch.randn(40, 8, generator=gen)
+    y = (torch.rand(40, generator=gen) < torch.sigmoid(3.0 * d[:, 2] - 2.0 * d[:, 6])).float()
+    post = subset_posterior(d, y, 2, [0.5, 1.0, 2.0])
+    assert sum(s for _, s, _ in post.models) == pytest.approx(1.0, abs=1e3 * MODEL_SHARE)
+    assert all(len(w) == len(sub) and s > MODEL_SHARE for sub, s, w in post.models)
+    mean = torch.zeros(8)
+    for sub, s, w in post.models:
+        mean[list(sub)] += s * w
+    assert torch.allclose(mean, post.weight, atol=1e-4) and float(post.weight[2]) > 0.5
+
+
 def test_label_noise_is_chosen_by_held_out_log_loss(featurizer, photos):
     """Answers with 20 % flipped: each --label_noise value gets its --l1 candidates, the value whose best
     candidate has the lowest cross-validated log-loss is used, and the model still ranks clean pairs."""

@@ -32,13 +32,14 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 # Newton steps per fit: the log-posterior is strictly concave (Gaussian prior), and from w = 0 Newton's
 # method reaches 1e-8 in under 15 steps for every model; the cap guards nothing but a pathological input.
 NEWTON_STEPS = 25
+MODEL_SHARE = 1e-6  # SubsetPosterior.models leaves out models with less posterior share than this
 
 
 @dataclass
@@ -48,6 +49,9 @@ class SubsetPosterior:
     weight: torch.Tensor  # (p,) posterior mean of each standardised input's weight
     size_share: list[float]  # posterior probability of sets of 0, 1, ..., max_inputs inputs
     top: list[tuple[tuple[int, ...], float]]  # the most probable input sets and their posterior shares
+    # Every (input set, prior scale) model with a share above MODEL_SHARE: (inputs, share, its MAP weights at
+    # its own scale), the posterior's members for what needs more than the mean (a choice of pairs to ask).
+    models: list[tuple[tuple[int, ...], float, torch.Tensor]] = field(default_factory=list)
 
     @property
     def indifferent_share(self) -> float:
@@ -95,6 +99,7 @@ def subset_posterior(d: torch.Tensor, y: torch.Tensor, max_inputs: int, prior_sc
     ev = [torch.tensor([-math.log(2) * float(w8.sum())], dtype=d.dtype)]
     sets: list[list[tuple[int, ...]]] = [[()]]
     weights: list[torch.Tensor] = [torch.zeros(1, 0, dtype=d.dtype)]
+    own: list[torch.Tensor] = [weights[0]]  # each model's weights at its own scale
     for k in range(1, min(max_inputs, p) + 1):
         subs = list(itertools.combinations(range(p), k))
         x = d[:, subs].permute(1, 0, 2)
@@ -105,13 +110,16 @@ def subset_posterior(d: torch.Tensor, y: torch.Tensor, max_inputs: int, prior_sc
             ev.append(log_ev - math.log(len(subs)) - math.log(len(scales)))  # uniform within a size and over scales
             sets.append(subs)
             weights.append(fits[head_scale or scale][0])
+            own.append(fits[scale][0])
     post = torch.softmax(torch.cat(ev), 0)
     mean = torch.zeros(p, dtype=d.dtype)
     shares = [0.0] * (min(max_inputs, p) + 1)
     by_set: dict[tuple[int, ...], float] = {}
+    models = []
     at = 0
-    for subs, w in zip(sets, weights, strict=True):
+    for subs, w, w_own in zip(sets, weights, own, strict=True):
         pk = post[at:at + len(subs)]
+        models += [(subs[i], float(pk[i]), w_own[i].float()) for i in torch.nonzero(pk > MODEL_SHARE).flatten().tolist()]
         shares[len(subs[0])] += float(pk.sum())
         if subs[0]:
             mean.index_add_(0, torch.tensor(subs).reshape(-1), (pk[:, None] * w).reshape(-1))
@@ -119,4 +127,4 @@ def subset_posterior(d: torch.Tensor, y: torch.Tensor, max_inputs: int, prior_sc
             by_set[s] = by_set.get(s, 0.0) + v
         at += len(subs)
     best = sorted(by_set.items(), key=lambda kv: kv[1], reverse=True)[:top]
-    return SubsetPosterior(mean.float(), shares, best)
+    return SubsetPosterior(mean.float(), shares, best, models)
