@@ -22,6 +22,7 @@ No policy is steered or fine-tuned here: a few minutes in all.
 Last line: `pair_choice: answers=N <rule>=A ...`, A the worst taste's mean held-out accuracy over --seeds
 at N answers (the second of --answers).
 
+    python bench/pair_choice.py                                                # trains a bootstrap first
     python bench/pair_choice.py --bootstrap results/boot                       # every rule, 6 seeds
     python bench/pair_choice.py --bootstrap results/boot --out results/curve  # reuse a pairs_curve folder's held-out pairs
 """
@@ -38,7 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.personalization import BenchConfig, heldout_pairs, unseen_photos  # noqa: E402
+from bench.personalization import BenchConfig, bootstrap, heldout_pairs, unseen_photos  # noqa: E402
 from rlhf.config import parse_config, run_dir  # noqa: E402
 
 RULES = ("margin", "random", "bald", "epig")
@@ -49,13 +50,16 @@ EPIG_TARGETS = 400  # candidate pairs whose answers epig predicts (a sample of t
 class ChoiceConfig:
     """Rules for choosing pairs to ask, compared on the same candidate pairs and the same simulated tastes."""
 
-    bootstrap: str = field(default="", metadata={"help": "stage-1 run folder or checkpoint whose crops are compared"})
+    bootstrap: str | None = field(default=None, metadata={
+        "help": "stage-1 run folder or checkpoint whose crops are compared (default: train one, as pairs_curve)"})
+    bootstrap_timesteps: int = field(default=8000, metadata={"help": "stage-1 env steps when training here"})
     out: str | None = field(default=None, metadata={
         "help": "bench folder (default results/bench-pair-choice-<time>); a pairs_curve folder's held-out pairs "
                 "are reused"})
     tastes: list[str] = field(default_factory=lambda: ["tight", "left_third", "warm"], metadata={
         "help": "simulated tastes (see rlhf.simulated.TASTES)"})
-    rules: list[str] = field(default_factory=lambda: list(RULES), metadata={"help": "pair-choice rules (see above)"})
+    rules: list[str] = field(default_factory=lambda: list(RULES), metadata={
+        "help": "pair-choice rules: margin (the product's --select uncertain), random, bald, epig (this file's docstring)"})
     answers: list[int] = field(default_factory=lambda: [10, 25, 50], metadata={
         "help": "answers after which the reward model is judged, rising; the first step's pairs are diverse"})
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4, 5], metadata={
@@ -66,8 +70,11 @@ class ChoiceConfig:
     seed: int = field(default=0, metadata={"help": "seed of the unseen framings and held-out pairs"})
 
     def __post_init__(self) -> None:
-        if not self.bootstrap:
-            raise ValueError("--bootstrap is required: a stage-1 run folder or checkpoint")
+        from rlhf.simulated import TASTES
+
+        unknown = [t for t in self.tastes if t not in TASTES]
+        if unknown:
+            raise ValueError(f"unknown taste(s) {unknown}; choose from {sorted(TASTES)}")
         bad = [r for r in self.rules if r not in RULES]
         if bad or not self.rules:
             raise ValueError(f"--rules must be among {list(RULES)}, got {self.rules}")
@@ -174,13 +181,14 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(ChoiceConfig, argv, prog="bench/pair_choice.py")
     out = run_dir(cfg.out, "bench-pair-choice")
     (out / "pair_choice_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-    bench = BenchConfig(out=str(out), bootstrap=cfg.bootstrap, heldout_pairs=cfg.heldout_pairs, variants=cfg.variants,
-                        seed=cfg.seed)
+    bench = BenchConfig(out=str(out), bootstrap=cfg.bootstrap, bootstrap_timesteps=cfg.bootstrap_timesteps,
+                        heldout_pairs=cfg.heldout_pairs, variants=cfg.variants, seed=cfg.seed)
+    policy_path = bootstrap(bench, out)
     unseen_files = unseen_photos(out, cfg.variants, cfg.seed)
-    unlabelled = heldout_pairs(bench, out, cfg.bootstrap, unseen_files)
+    unlabelled = heldout_pairs(bench, out, policy_path, unseen_files)
     loaded = load_collection([str(p) for p in unseen_files])
     unseen = {p.id: p for p in loaded} | {photo_key(p.id): p for p in loaded}
-    policy = CropPolicy.load(cfg.bootstrap)
+    policy = CropPolicy.load(policy_path)
     photos = load_collection(bundled_photos(TRAIN_PHOTOS))
     rc = RewardTrainConfig()
     fz = CropFeaturizer(rc.backbone, rc.backbone_weights, rc.device)
@@ -188,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict[str, dict[str, list[list[float]]]] = {t: {r: [] for r in cfg.rules} for t in cfg.tastes}
     with tqdm(total=len(cfg.seeds) * len(cfg.tastes) * len(cfg.rules), desc="pair choice", unit="run") as bar:
         for seed in cfg.seeds:
-            cands, pairs = candidate_pool(policy, photos, PairsConfig(policy=cfg.bootstrap, num_pairs=need),
+            cands, pairs = candidate_pool(policy, photos, PairsConfig(policy=policy_path, num_pairs=need),
                                           np.random.default_rng(seed))
             pool = {"photos": photos, "cands": cands, "pairs": pairs, "featurizer": fz}
             for taste in cfg.tastes:

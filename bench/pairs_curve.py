@@ -9,8 +9,8 @@ For each SIMULATED taste (rlhf/simulated.py) and each way of choosing pairs, ans
              `photographer crop --human_reward_model` runs: as hard as keeps 0.95 of the aesthetic score on
              the training photos, rlhf.kept.steering_weight, unless --w_human fixes the weight; a photo whose
              steered crop keeps less than 0.95 of the bootstrap crop's score is steered at lower weights)
-  finetuned  at the steps in --finetune_at only (stage 3 takes minutes): stage 3 from the bootstrap on the
-             reward model at the frozen path's weight, with the aesthetic-kept constraint (what
+  finetuned  at the steps in --finetune_at only (stage 3 takes minutes): stage 3 from the bootstrap towards
+             the reward model (--finetune_w_human, 1 by default) with the aesthetic-kept constraint (what
              `photographer round` fine-tunes with)
 
 each judged on the unseen photos (the bundled held-out photos and fixed framings of them) against the
@@ -51,10 +51,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.personalization import BenchConfig, bootstrap, heldout_pairs, stage3, unseen_photos  # noqa: E402
 from rlhf.config import parse_config, run_dir  # noqa: E402
 from rlhf.images import TRAIN_PHOTOS, bundled_photos  # noqa: E402
+from rlhf.kept import FINETUNE_W_HUMAN  # noqa: E402
 
 TARGETS = {"pairs_to_080": 30, "preferred_at_25_frozen": 0.70, "preferred_at_100_finetuned": 0.80, "kept": 0.95}
 SELECTIONS = ("uncertain", "diverse")
-RESULT = "result_chosen.json"  # one step's numbers at the chosen weight (both paths), in its folder
+RESULT = "result_{steer}_ft{finetune:g}.json"  # one step's numbers, in its folder, per steering and stage-3 weight
 
 
 @dataclass
@@ -80,9 +81,12 @@ class CurveConfig:
         "help": "fixed framings per held-out photo besides the photo itself (9 photos x 24 = 216 unseen crops)"})
     noise: float = field(default=0.1, metadata={"help": "label noise of the simulated annotator"})
     w_human: float | None = field(default=None, metadata={
-        "help": "the human score's weight, steered and fine-tuned (the aesthetic score's is 1 - w_human); default: "
-                "the product's choice (rlhf.kept.steering_weight on the training photos, keeping 0.95) for both. "
-                "Each setting keeps its own results in a step's folder"})
+        "help": "the human score's weight steering the bootstrap (the aesthetic score's is 1 - w_human); default: "
+                "the product's choice (rlhf.kept.steering_weight on the training photos, keeping 0.95). Each "
+                "setting keeps its own results in a step's folder"})
+    finetune_w_human: float = field(default=FINETUNE_W_HUMAN, metadata={
+        "help": "the human score's weight in stage 3 (the aesthetic score's is 1 - it), as `round`'s: at 1 the "
+                "taste is the objective and the aesthetic-kept constraint alone keeps the aesthetic score"})
     finetune_timesteps: int = field(default=6144, metadata={"help": "stage-3 env steps"})
     reward_args: list[str] = field(default_factory=list, metadata={
         "help": "extra flags for train-reward, one per --reward_args=FLAG"})
@@ -136,7 +140,7 @@ def curve(cfg: CurveConfig, out: Path, taste: str, selection: str, policy: str, 
                        extra=dict(p.extra)) for p in shared["heldout"]]
     boot_eval, photos = shared["boot_eval"], shared["unseen"]
     rows, prev_model = [], None
-    result = RESULT if cfg.w_human is None else f"result_w{cfg.w_human:g}.json"
+    result = RESULT.format(steer="chosen" if cfg.w_human is None else f"w{cfg.w_human:g}", finetune=cfg.finetune_w_human)
     for i, n in enumerate(cfg.answers):
         step = folder / f"answers_{n:03d}"
         model_path = step / "reward" / "human_reward_model.pth"
@@ -173,9 +177,12 @@ def curve(cfg: CurveConfig, out: Path, taste: str, selection: str, policy: str, 
             "backed_off_frozen": steered.backoffs}
         if n in cfg.finetune_at and selection == cfg.selections[0]:
             print(f"\n=== [{taste}/{selection}] stage 3 on the reward model of {answered} answers ===", flush=True)
-            stage3(replace(cfg.personalization(), w_nima=1.0 - w, w_human=w), policy, model_path,
-                   step / f"finetune_w{w:g}", cfg.finetune_timesteps)
-            tuned = evaluate_policy(CropPolicy.load(step / f"finetune_w{w:g}"), photos, shared["scorer"], name="finetuned")
+            wf = cfg.finetune_w_human
+            stage3(replace(cfg.personalization(), w_nima=1.0 - wf, w_human=wf), policy, model_path,
+                   step / f"finetune_w{wf:g}", cfg.finetune_timesteps)
+            tuned = evaluate_policy(CropPolicy.load(step / f"finetune_w{wf:g}"), photos, shared["scorer"],
+                                    name="finetuned")
+            row["w_human_finetuned"] = wf
             row["preferred_finetuned"] = preferred_rate(truth, photos, boot_eval.boxes, tuned.boxes)
             row["kept_finetuned"] = aesthetic_kept(tuned, boot_eval)
         row["seconds"] = round(time.time() - t0, 1)

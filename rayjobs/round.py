@@ -18,7 +18,8 @@ Each call finishes the run's newest unfinished round, or starts the next one, in
   4. policy    under --finetune_from answers, the bootstrap steered by the reward model with no
                fine-tuning (the few-pairs path, photographer crop --human_reward_model), as hard as keeps
                --min_kept of the aesthetic score on --image; from then on, stage 3 fine-tunes the
-               bootstrap on the reward model at that weight (photographer finetune --w_human)
+               bootstrap towards the reward model (--finetune_w_human) while keeping --min_kept of the
+               aesthetic score (photographer finetune --min_kept)
   5. evaluate  this round's policy against the previous round's (round 1: the bootstrap) on held-out
                photos: the aesthetic score kept, the reward model's human score, and with --simulate how
                often the taste prefers this round's crop; report and pictures in round_NNN/eval/
@@ -41,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from rlhf.config import flat_settings, load_run_config, parse_config, parse_config_given, save_config
 from rlhf.images import HELDOUT_PHOTOS, TRAIN_PHOTOS, bundled_photos
-from rlhf.kept import SteeringSettings
+from rlhf.kept import FINETUNE_W_HUMAN, SteeringSettings
 from rlhf.preference.training import one_torch_thread
 
 if TYPE_CHECKING:
@@ -52,8 +53,8 @@ STATE = "state.json"
 TABLE = "rounds.md"
 STEPS = ("pairs", "answers", "reward", "policy", "evaluate")
 # What decides a round's results: an unfinished round goes on only with the settings it started with.
-RESULT_FIELDS = ("pairs", "image", "heldout", "simulate", "noise", "annotator", "finetune_from", "w_human", "min_kept", "photo_min_kept",
-                 "reward_args", "finetune_args", "seed")
+RESULT_FIELDS = ("pairs", "image", "heldout", "simulate", "noise", "annotator", "finetune_from", "w_human",
+                 "finetune_w_human", "min_kept", "photo_min_kept", "reward_args", "finetune_args", "seed")
 
 
 def _train_photos() -> list[str]:
@@ -68,9 +69,8 @@ def _heldout_photos() -> list[str]:
 class RoundConfig:
     """One improvement round: pairs from the current policy, answers, reward model, policy, evaluation.
 
-    The steering settings (--w_human, --min_kept) also set stage 3 when the round fine-tunes: the weight
-    (given, or chosen as for steering) is stage 3's --w_human (--w_nima 1 - w_human), --min_kept its
-    constraint.
+    When the round fine-tunes, stage 3's weights are --finetune_w_human and 1 - it, and --min_kept is its
+    constraint; the other steering settings steer only.
     """
 
     run: str = field(default="", metadata={"help": "the run folder that holds the rounds and the preference "
@@ -84,6 +84,9 @@ class RoundConfig:
                 "steered by the reward model with no fine-tuning (a few dozen pairs teach a reward model, not "
                 "a policy)"})
     steering: SteeringSettings = field(default_factory=SteeringSettings)
+    finetune_w_human: float = field(default=FINETUNE_W_HUMAN, metadata={
+        "help": "the human score's weight when the round fine-tunes (the aesthetic score's is 1 - it): at 1 the "
+                "taste is stage 3's objective and its --min_kept constraint alone keeps the aesthetic score"})
     simulate: str | None = field(default=None, metadata={
         "help": "a SIMULATED taste of rlhf/simulated.py (e.g. tight) that answers the pairs and judges the "
                 "evaluation, for tests and benchmarks; default none: a person answers"})
@@ -107,6 +110,8 @@ class RoundConfig:
             raise ValueError("--run is required: the run folder that holds the rounds")
         if self.pairs < 1 or self.finetune_from < 1:
             raise ValueError("--pairs and --finetune_from must be at least 1")
+        if not 0.0 < self.finetune_w_human <= 1.0:
+            raise ValueError(f"--finetune_w_human must be in (0, 1], got {self.finetune_w_human}")
         if not 0.0 <= self.noise <= 1.0:
             raise ValueError(f"--noise must be in [0, 1], got {self.noise}")
         if self.simulate is not None:
@@ -268,8 +273,7 @@ def step_reward(r: Round) -> dict[str, Any]:
 
 
 def _weight(r: Round, model: str) -> float:
-    """--w_human, else the largest steering weight whose crops keep --min_kept on --image (both paths use
-    it: stage 3 at the fixed 0.3 trailed the bootstrap steered at this weight)."""
+    """--w_human, else the largest steering weight whose crops keep --min_kept on --image."""
     if r.cfg.steering.w_human is not None:
         return r.cfg.steering.w_human
     from rlhf.images import load_collection
@@ -285,8 +289,8 @@ def _weight(r: Round, model: str) -> float:
 
 def step_policy(r: Round) -> dict[str, Any]:
     model, answers = r.state["reward"]["model"], r.state["answers"]["answers"]
-    w = _weight(r, model)
     if answers < r.cfg.finetune_from:
+        w = _weight(r, model)
         desc = {"kind": "steered", "policy": r.bootstrap, "human_reward_model": model, "w_human": w,
                 "photo_min_kept": r.cfg.steering.photo_min_kept}
         load_policy(desc)  # fails now if the bootstrap cannot be steered
@@ -296,11 +300,13 @@ def step_policy(r: Round) -> dict[str, Any]:
     from rayjobs import finetune
 
     out = r.folder / "finetune"
+    w = r.cfg.finetune_w_human
     argv = ["--policy", r.bootstrap, "--human_reward_model", model, "--w_nima", str(1.0 - w), "--w_human", str(w),
             "--min_kept", str(r.cfg.steering.min_kept),
             "--out", str(out), "--seed", str(r.cfg.seed),
             "--resume" if out.exists() else "--no-resume", *r.cfg.finetune_args]
-    print(f"round {r.k}: {answers} answers: stage 3 fine-tunes the bootstrap", flush=True)
+    print(f"round {r.k}: {answers} answers: stage 3 fine-tunes the bootstrap (w_human {w:g}, keeping "
+          f"{r.cfg.steering.min_kept:g} of the aesthetic score)", flush=True)
     finetune.run(*parse_config_given(finetune.FinetuneConfig, argv, prog="photographer finetune"))
     return {"kind": "fine-tuned", "policy": str(out), "human_reward_model": None, "w_human": w}
 

@@ -52,6 +52,12 @@ MIN_KEPT = 0.95
 # unsteered crop left 6 of 24 steps at 0.939-0.949 (docs/experiments.md).
 PHOTO_MIN_KEPT = MIN_KEPT
 
+# The human score's weight when the loop fine-tunes (`round`, bench/pairs_curve): 1, the taste as stage 3's
+# objective, with the aesthetic score kept by the multiplier alone (w_nima 0 until it rises). The steering
+# weight guards the steered path, which has no multiplier; as stage 3's weight it also held stage 3 below
+# its constraint and left kept to spare (docs/experiments.md, 2026-12-05 afternoon).
+FINETUNE_W_HUMAN = 1.0
+
 # The env_config key of the constraint: {"reference": {photo id: the bootstrap's greedy crop's aesthetic
 # score}, "min_kept": ..., "kept_lr": ...}. The envs read the reference, the training loop the rest.
 KEPT = "aesthetic_kept"

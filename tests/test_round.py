@@ -139,10 +139,10 @@ def test_a_second_round_asks_the_uncertain_pairs_and_compares_with_the_first(fir
     assert len(made) == 8 and all("margin" in p.extra for p in made)
     assert state["answers"]["answers"] == 16 and len(PreferenceStore(first / round_job.STORE)) == 16
     assert state["policy"]["kind"] == "fine-tuned" and (folder / "finetune" / "checkpoints").is_dir()
-    # Stage 3 at the weight chosen as for steering (finetune's fixed 0.3 trailed it), recorded by the round.
+    # Stage 3 towards the taste alone (--finetune_w_human 1), the aesthetic score kept by its constraint.
     tuned = json.loads((folder / "finetune" / "config.json").read_text())
-    assert state["policy"]["w_human"] in [round(0.1 * i, 1) for i in range(1, 10)]
-    assert tuned["w_human"] == pytest.approx(state["policy"]["w_human"])
+    assert state["policy"]["w_human"] == cfg.finetune_w_human == 1.0
+    assert (tuned["w_human"], tuned["w_nima"], tuned["min_kept"]) == (1.0, 0.0, cfg.steering.min_kept)
     report = (folder / "eval" / "report.md").read_text()
     assert "| round 1 |" in report and "| round 2 |" in report
     rows = _table_rows(first)
