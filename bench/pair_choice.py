@@ -70,11 +70,9 @@ class ChoiceConfig:
     seed: int = field(default=0, metadata={"help": "seed of the unseen framings and held-out pairs"})
 
     def __post_init__(self) -> None:
-        from rlhf.simulated import TASTES
+        from rlhf.simulated import check_tastes
 
-        unknown = [t for t in self.tastes if t not in TASTES]
-        if unknown:
-            raise ValueError(f"unknown taste(s) {unknown}; choose from {sorted(TASTES)}")
+        check_tastes(self.tastes)
         bad = [r for r in self.rules if r not in RULES]
         if bad or not self.rules:
             raise ValueError(f"--rules must be among {list(RULES)}, got {self.rules}")

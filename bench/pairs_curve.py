@@ -96,11 +96,9 @@ class CurveConfig:
     seed: int = field(default=0, metadata={"help": "random seed"})
 
     def __post_init__(self) -> None:
-        from rlhf.simulated import TASTES
+        from rlhf.simulated import check_tastes
 
-        unknown = [t for t in self.tastes if t not in TASTES]
-        if unknown:
-            raise ValueError(f"unknown taste(s) {unknown}; choose from {sorted(TASTES)}")
+        check_tastes(self.tastes)
         if not self.answers or self.answers != sorted(set(self.answers)) or self.answers[0] < 2:
             raise ValueError(f"--answers must rise, from at least 2, got {self.answers}")
         bad = [s for s in self.selections if s not in SELECTIONS]

@@ -105,11 +105,9 @@ class BenchConfig:
     seed: int = field(default=0, metadata={"help": "random seed"})
 
     def __post_init__(self) -> None:
-        from rlhf.simulated import TASTES
+        from rlhf.simulated import check_tastes
 
-        unknown = [t for t in self.tastes if t not in TASTES]
-        if unknown:
-            raise ValueError(f"unknown taste(s) {unknown}; choose from {sorted(TASTES)}")
+        check_tastes(self.tastes)
         if self.num_pairs < 2 or self.heldout_pairs < 2:
             raise ValueError("num_pairs and heldout_pairs must be >= 2")
         if self.round2_policy not in ("stage3", "bootstrap"):

@@ -135,6 +135,13 @@ def _flip(answer: int, rng: np.random.Generator) -> int:
     return int(rng.choice([A_BETTER, B_BETTER]))
 
 
+def check_tastes(names: Iterable[str]) -> None:
+    """Fail fast, naming the choices, when any of `names` is not a simulated taste (the benches' --tastes)."""
+    unknown = [t for t in names if t not in TASTES]
+    if unknown:
+        raise ValueError(f"unknown taste(s) {unknown}; choose from {sorted(TASTES)}")
+
+
 class SimulatedAnnotator:
     """A SIMULATED annotator with one taste; deterministic per (seed, photo, A, B)."""
 
