@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
             pool = {"photos": photos, "cands": cands, "pairs": pairs, "featurizer": fz}
             for taste in cfg.tastes:
                 truth = SimulatedAnnotator(taste, noise=0.0)
-                held = [p for p in (_labelled(p, truth, unseen) for p in unlabelled) if p.preference]
+                held = [p for p in truth.annotate_pairs(unlabelled, unseen) if p.preference]
                 for rule in cfg.rules:
                     accs = run_rule(rule, taste, seed, cfg, pool, held, unseen)
                     results[taste][rule].append(accs)
@@ -223,15 +223,6 @@ def main(argv: list[str] | None = None) -> dict:
              for rule in cfg.rules}
     print(f"pair_choice: answers={cfg.answers[step]} " + " ".join(f"{r}={v:.3f}" for r, v in worst.items()))
     return worst
-
-
-def _labelled(pair, truth, unseen: dict):
-    from dataclasses import replace
-
-    from rlhf.evaluation import photo_key
-
-    return replace(pair, preference=truth.true_choice(unseen[photo_key(pair.image)], pair.crop_a, pair.crop_b),
-                   extra=dict(pair.extra))
 
 
 if __name__ == "__main__":

@@ -122,7 +122,7 @@ def curve(cfg: CurveConfig, out: Path, taste: str, selection: str, policy: str, 
     from dataclasses import replace
 
     from rayjobs import pairs, train_reward
-    from rlhf.evaluation import aesthetic_kept, evaluate_policy, photo_key, reward_model_accuracy
+    from rlhf.evaluation import aesthetic_kept, evaluate_policy, reward_model_accuracy
     from rlhf.kept import PHOTO_MIN_KEPT, steering_weight
     from rlhf.policy import CropPolicy
     from rlhf.preference import PreferenceRewardModel
@@ -134,8 +134,7 @@ def curve(cfg: CurveConfig, out: Path, taste: str, selection: str, policy: str, 
     store = PreferenceStore(folder / "preferences.sqlite")
     annotator = SimulatedAnnotator(taste, noise=cfg.noise, seed=cfg.seed)
     truth = SimulatedAnnotator(taste, noise=0.0)
-    heldout = [replace(p, preference=truth.true_choice(shared["unseen_by_id"][photo_key(p.image)], p.crop_a, p.crop_b),
-                       extra=dict(p.extra)) for p in shared["heldout"]]
+    heldout = truth.annotate_pairs(shared["heldout"], shared["unseen_by_id"])
     boot_eval, photos = shared["boot_eval"], shared["unseen"]
     rows, prev_model = [], None
     result = RESULT.format(steer="chosen" if cfg.w_human is None else f"w{cfg.w_human:g}", finetune=cfg.finetune_w_human)

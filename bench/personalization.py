@@ -184,11 +184,10 @@ def heldout_pairs(cfg: BenchConfig, out: Path, policy: str, unseen: list[Path]) 
 def run_taste(cfg: BenchConfig, out: Path, taste: str, policy: str, unseen_files: list[Path],
               unlabelled_heldout: list, shared: dict) -> dict:
     """One taste through the loop; returns its numbers."""
-    from dataclasses import replace
 
     from rayjobs import evaluate as evaluate_job
     from rayjobs import pairs, train_reward
-    from rlhf.evaluation import evaluate_policy, photo_key, reward_model_accuracy
+    from rlhf.evaluation import evaluate_policy, reward_model_accuracy
     from rlhf.pairs import save_pairs
     from rlhf.policy import CropPolicy
     from rlhf.preference import PreferenceRewardModel
@@ -238,8 +237,7 @@ def run_taste(cfg: BenchConfig, out: Path, taste: str, policy: str, unseen_files
     model = PreferenceRewardModel.load(model_path)
     truth = SimulatedAnnotator(taste, noise=0.0)
     photos_by_id = shared["unseen_by_id"]
-    heldout = [replace(p, preference=truth.true_choice(photos_by_id[photo_key(p.image)], p.crop_a, p.crop_b),
-                       extra=dict(p.extra)) for p in unlabelled_heldout]
+    heldout = truth.annotate_pairs(unlabelled_heldout, photos_by_id)
     heldout_path = save_pairs(folder / "heldout_labelled.json", heldout)
     accuracy, n_acc = reward_model_accuracy(model, heldout, photos_by_id)
     print(f"reward model: held-out accuracy {accuracy:.3f} on {n_acc} pairs (noiseless labels); "
