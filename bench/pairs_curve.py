@@ -11,7 +11,8 @@ For each SIMULATED taste (rlhf/simulated.py) and each way of choosing pairs, ans
              steered crop keeps less than 0.95 of the bootstrap crop's score is steered at lower weights)
   finetuned  at the steps in --finetune_at only (stage 3 takes minutes): stage 3 from the bootstrap towards
              the reward model (--finetune_w_human, 1 by default) with the aesthetic-kept constraint (what
-             `photographer round` fine-tunes with)
+             `photographer round` fine-tunes with); its crops, as `photographer crop` makes them, held to
+             0.95 of the bootstrap crop's score on each photo (else the photo gets the bootstrap's crop)
 
 each judged on the unseen photos (the bundled held-out photos and fixed framings of them) against the
 bootstrap: `preferred` (how often the taste prefers the policy's crop; no preference counts half) and
@@ -55,7 +56,9 @@ from rlhf.kept import FINETUNE_W_HUMAN  # noqa: E402
 
 TARGETS = {"pairs_to_080": 30, "preferred_at_25_frozen": 0.70, "preferred_at_100_finetuned": 0.80, "kept": 0.95}
 SELECTIONS = ("uncertain", "diverse")
-RESULT = "result_{steer}_ft{finetune:g}.json"  # one step's numbers, in its folder, per steering and stage-3 weight
+# One step's numbers, in its folder, per steering and stage-3 weight ("floor": fine-tuned crops held to the
+# per-photo floor, as `crop` holds them; results from before it are not reused).
+RESULT = "result_{steer}_ft{finetune:g}_floor.json"
 
 
 @dataclass
@@ -177,9 +180,10 @@ def curve(cfg: CurveConfig, out: Path, taste: str, selection: str, policy: str, 
             wf = cfg.finetune_w_human
             stage3(replace(cfg.personalization(), w_nima=1.0 - wf, w_human=wf), policy, model_path,
                    step / f"finetune_w{wf:g}", cfg.finetune_timesteps)
-            tuned = evaluate_policy(CropPolicy.load(step / f"finetune_w{wf:g}"), photos, shared["scorer"],
-                                    name="finetuned")
+            tuned_policy = CropPolicy.load(step / f"finetune_w{wf:g}").floored(PHOTO_MIN_KEPT)  # as `crop` crops
+            tuned = evaluate_policy(tuned_policy, photos, shared["scorer"], name="finetuned")
             row["w_human_finetuned"] = wf
+            row["bootstrap_crop_finetuned"] = tuned_policy.fallbacks
             row["preferred_finetuned"] = preferred_rate(truth, photos, boot_eval.boxes, tuned.boxes)
             row["kept_finetuned"] = aesthetic_kept(tuned, boot_eval)
         row["seconds"] = round(time.time() - t0, 1)
@@ -212,12 +216,14 @@ def summary(cfg: CurveConfig, rows: list[dict]) -> dict[str, float]:
 def table(rows: list[dict]) -> str:
     """pairs_curve.md: one row per taste, selection and step."""
     head = ("| taste | selection | answers | held-out accuracy | preferred, frozen | kept, frozen | "
-            "preferred, fine-tuned | kept, fine-tuned |")
+            "preferred, fine-tuned {bootstrap's crop} | kept, fine-tuned |")
     lines = [head, "|" + "---|" * 8]
     for r in rows:
         cells = [r["taste"], r["selection"], str(r["answers"])] + [
-            _f(r.get(k)) for k in ("accuracy", "preferred_frozen", "kept_frozen", "preferred_finetuned",
-                                   "kept_finetuned")]
+            _f(r.get(k)) for k in ("accuracy", "preferred_frozen", "kept_frozen")] + [
+            _f(r.get("preferred_finetuned")) + (f" {{{r['bootstrap_crop_finetuned']}}}"
+                                                if "bootstrap_crop_finetuned" in r else ""),
+            _f(r.get("kept_finetuned"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

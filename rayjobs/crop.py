@@ -15,7 +15,9 @@ is done: ``{"image", "box": [l, t, r, b], "size": [w, h], "score", "whole_photo_
 1-10 scale, left out with --no-score; "crop" left out with --no-write_crops; on the few-pairs path
 ``"w_human"``, the weight the photo was steered at: lower than the chosen one where that crop kept less
 than --photo_min_kept of the unsteered crop's aesthetic score, 0 with ``"unsteered": true`` where every
-weight did), or ``{"image", "error"}`` for a file that is not a usable photo.
+weight did; with a fine-tuned policy ``"bootstrap_crop": true`` where its crop kept less than
+--photo_min_kept of its bootstrap's crop's score and the photo got the bootstrap's crop), or
+``{"image", "error"}`` for a file that is not a usable photo.
 
 With `--ray` (on by default when RAY_ADDRESS is set) a Ray Data pipeline crops the photos over a pool
 of actors (rayjobs/crop_ray.py); this process writes the same files the same way, so --resume works
@@ -295,7 +297,13 @@ def run(cfg: CropConfig) -> Path:
     out = run_dir(cfg.out, "crop")
     check_resumable(cfg, out)
     paths = resolve_paths(cfg.image)
-    w_human = steering(cfg, source, paths, out) if cfg.human_reward_model else cfg.steering.w_human
+    if cfg.human_reward_model:
+        w_human = steering(cfg, source, paths, out)
+    else:  # a fine-tuned policy's floor needs its bootstrap: a missing one fails here, not in an actor
+        from rlhf.policy import CropPolicy
+
+        CropPolicy.load(source).floored(cfg.steering.photo_min_kept)
+        w_human = cfg.steering.w_human
     save_config(cfg, out)  # as given: a resumed run compares its flags with these
     cfg = replace(cfg, steering=replace(cfg.steering, w_human=w_human))
     names = crop_names(paths)

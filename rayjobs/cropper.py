@@ -65,7 +65,8 @@ class Cropper:
     """The policy and its models, cropping one photo at a time (in this process, or in each Ray Data actor).
 
     With ``human_reward_model`` the policy is steered by it (CropPolicy.steered, weight ``w_human``, each crop
-    with the floor ``photo_min_kept``; the journal gives each photo's weight, backed off where the floor asked)."""
+    with the floor ``photo_min_kept``; the journal gives each photo's weight, backed off where the floor asked).
+    A fine-tuned policy gets the same floor against its bootstrap's crops (CropPolicy.floored)."""
 
     def __init__(self, policy: str, scorer: str = "default", scorer_weights: str | None = None,
                  score: bool = True, deterministic: bool = True, seed: int = 0, device: str = "cpu",
@@ -83,6 +84,9 @@ class Cropper:
             if w_human is None:
                 raise ValueError("a steered Cropper needs w_human (photographer crop chooses it)")
             self.policy = self.policy.steered(human_reward_model, w_human, photo_min_kept)
+        else:
+            self.policy = self.policy.floored(photo_min_kept)
+        self.steered = bool(human_reward_model)
         if self.policy.reward and device != "cpu":
             self.policy.reward = {**self.policy.reward, "device": device}  # the lookahead's models on the GPU
         self.scorer_name, self.scorer_weights, self.device = scorer, scorer_weights, device
@@ -120,10 +124,10 @@ class Cropper:
         except ImageLoadError as e:
             return CropResult({"image": path, "error": e.reason})
         record: dict[str, Any] = {"image": path, "box": list(box), "size": [photo.width, photo.height]}
-        if self.policy.floor is not None:  # steered: the weight this photo kept (rlhf.policy backs it off)
+        if self.steered and self.policy.floor is not None:  # the weight this photo kept (rlhf.policy backs it off)
             record["w_human"] = self.policy.last_weight
-        if self.policy.fallbacks > fallbacks:
-            record["unsteered"] = True  # every weight's crop kept less than photo_min_kept of the aesthetic score
+        if self.policy.fallbacks > fallbacks:  # the crop kept less than photo_min_kept of the aesthetic score
+            record["unsteered" if self.steered else "bootstrap_crop"] = True
         if self.score:
             record["score"] = round(float(self.scorer.score_boxes(photo, [box])[0]), 4)
             record["whole_photo_score"] = round(float(self.scorer.score_boxes(photo, [photo.full_box])[0]), 4)

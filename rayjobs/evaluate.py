@@ -233,7 +233,8 @@ def run(cfg: EvalConfig) -> Path:
 
         pairs = load_preference_data(cfg.preference_data, annotator=cfg.annotator)
     names = cfg.names or [_name(p) for p in cfg.policies]
-    policies = [CropPolicy.load(path) for path in cfg.policies]
+    # A fine-tuned policy crops as `crop` does: each crop held to --photo_min_kept of its bootstrap's.
+    policies = [CropPolicy.load(path).floored(cfg.steering.photo_min_kept) for path in cfg.policies]
     if cfg.steer:
         w = cfg.steering.w_human
         if w is None:
@@ -255,6 +256,9 @@ def run(cfg: EvalConfig) -> Path:
             line += f", reward model's human score {_fmt(e.human_mean)}"
         if e.agreement_pairs:
             line += f", agreement {_fmt(e.agreement)} on {e.agreement_pairs} pairs"
+        if policy.floor is not None and policy.fallbacks:
+            given = "unsteered" if policy.floor.back_off else "bootstrap's"
+            line += f"; the --photo_min_kept floor gave {policy.fallbacks} of {len(photos)} photos the {given} crop"
         print(line, flush=True)
     if cfg.taste is not None:
         from rlhf.simulated import SimulatedAnnotator, preferred_rate

@@ -174,12 +174,13 @@ def _check_same(cfg: RoundConfig, folder: Path) -> None:
 
 
 def load_policy(desc: dict[str, Any]) -> CropPolicy:
-    """A round's policy from its record: a policy folder, steered when the record names a reward model."""
+    """A round's policy from its record: a policy folder, steered when the record names a reward model, a
+    fine-tuned one held to its bootstrap's crops by the record's floor (CropPolicy.floored)."""
     from rlhf.policy import CropPolicy
 
     policy = CropPolicy.load(desc["policy"])
     if not desc.get("human_reward_model"):
-        return policy
+        return policy.floored(desc.get("photo_min_kept", 0.0))
     return policy.steered(desc["human_reward_model"], desc["w_human"], desc.get("photo_min_kept", 0.0))
 
 
@@ -308,7 +309,8 @@ def step_policy(r: Round) -> dict[str, Any]:
     print(f"round {r.k}: {answers} answers: stage 3 fine-tunes the bootstrap (w_human {w:g}, keeping "
           f"{r.cfg.steering.min_kept:g} of the aesthetic score)", flush=True)
     finetune.run(*parse_config_given(finetune.FinetuneConfig, argv, prog="photographer finetune"))
-    return {"kind": "fine-tuned", "policy": str(out), "human_reward_model": None, "w_human": w}
+    return {"kind": "fine-tuned", "policy": str(out), "human_reward_model": None, "w_human": w,
+            "photo_min_kept": r.cfg.steering.photo_min_kept}
 
 
 def _label(k: int, desc: dict[str, Any]) -> str:

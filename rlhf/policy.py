@@ -14,7 +14,7 @@ parameters under the same names and ``CropPolicy`` acts greedily on any of them.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -241,18 +241,31 @@ def check_observation_space(module: TorchRLModule, env_config: dict[str, Any], s
             f"(a checkpoint from an older version of rlhf-photographer?): train it again with stage 1")
 
 
+@dataclass(frozen=True)
+class KeptFloor:
+    """A floor under each greedy crop: it keeps ``share`` of the aesthetic score of ``reference``'s greedy crop
+    of the same photo, cropped while the env pays ``reward_fn`` (the reward the reference was trained on).
+    ``back_off``: a steered policy first tries lower steering weights before giving the photo the reference's crop."""
+
+    reference: CropPolicy
+    reward_fn: Any
+    share: float
+    back_off: bool
+
+
 class CropPolicy:
     """A trained policy, loaded without Ray, that crops photos greedily (or by sampling)."""
 
     def __init__(self, module: TorchRLModule, env_config: dict[str, Any], source: Path,
-                 reward: dict[str, Any] | None = None, floor: tuple[Any, float] | None = None):
+                 reward: dict[str, Any] | None = None, floor: KeptFloor | None = None,
+                 bootstrap: str | None = None):
         self.module = module.eval()
         self.env_config = env_config
         self.source = source
         self.reward = reward  # the RewardSpec it was trained on (a lookahead policy observes it)
-        # A steered policy's per-photo floor: (the unsteered reward function, photo_min_kept); see steered().
-        self.floor = floor
-        self.fallbacks = 0  # greedy crops the floor gave back to the unsteered policy
+        self.bootstrap = bootstrap  # the policy stage 3 fine-tuned this one from (None: not fine-tuned)
+        self.floor = floor  # the per-photo floor on its greedy crops (steered() and floored())
+        self.fallbacks = 0  # greedy crops the floor gave back to the reference policy
         self.backoffs = 0  # greedy crops the floor steered at a lower weight
         self.last_weight = 0.0  # the human score's weight in the last greedy crop (steered ones back off)
 
@@ -267,7 +280,7 @@ class CropPolicy:
         config: dict[str, Any] = json.loads((run / "config.json").read_text()) if run is not None else {}
         env_config = config.get("env", {})
         check_observation_space(module, env_config, ckpt)
-        return cls(module, env_config, ckpt, config.get("reward"))
+        return cls(module, env_config, ckpt, config.get("reward"), bootstrap=(config.get("stage3") or {}).get("policy"))
 
     def steered(self, human_reward_model: str | Path, w_human: float = 0.3,
                 photo_min_kept: float = 0.0) -> CropPolicy:
@@ -304,8 +317,35 @@ class CropPolicy:
         if not 0.0 <= photo_min_kept <= 1.0:
             raise ValueError(f"--photo_min_kept must be in [0, 1], got {photo_min_kept}")
         build_reward(spec)  # loads the reward model now: a bad file fails here, with its reason, not mid-crop
-        floor = (build_reward({**self.reward, "service": None}), float(photo_min_kept)) if photo_min_kept > 0 else None
-        return CropPolicy(self.module, self.env_config, self.source, spec.to_dict(), floor)
+        floor = KeptFloor(self, build_reward({**self.reward, "service": None}), float(photo_min_kept), True) \
+            if photo_min_kept > 0 else None
+        return CropPolicy(self.module, self.env_config, self.source, spec.to_dict(), floor, self.bootstrap)
+
+    def floored(self, photo_min_kept: float) -> CropPolicy:
+        """This fine-tuned policy with a floor on each greedy crop: its bootstrap crops the photo too, and where
+        this policy's crop scores below ``photo_min_kept`` of that crop's aesthetic score, the photo gets the
+        bootstrap's crop (``fallbacks`` counts them). So every crop keeps that share of its own photo's
+        score, which stage 3's constraint holds only on average over its training photos. One bootstrap
+        episode more per photo. A policy that was not fine-tuned (no bootstrap in its run's config), or
+        ``photo_min_kept`` 0, is returned as it is.
+        """
+        from rlhf.reward import build_reward
+
+        if not 0.0 <= photo_min_kept <= 1.0:
+            raise ValueError(f"--photo_min_kept must be in [0, 1], got {photo_min_kept}")
+        if not self.bootstrap or photo_min_kept == 0:
+            return self
+        try:
+            reference = CropPolicy.load(self.bootstrap)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{self.source} was fine-tuned from {self.bootstrap}, whose crops its per-photo "
+                                    f"floor needs ({e}); give --photo_min_kept 0 to crop without the floor") from e
+        if _shapes(reference.module.observation_space) != _shapes(self.module.observation_space):
+            raise PolicyMismatchError(f"{self.source}: its bootstrap {self.bootstrap} observes other inputs, so it "
+                                      "cannot crop beside it; give --photo_min_kept 0 to crop without the floor")
+        floor = KeptFloor(reference, build_reward({**(reference.reward or {}), "service": None}),
+                          float(photo_min_kept), False)
+        return CropPolicy(self.module, self.env_config, self.source, self.reward, floor, self.bootstrap)
 
     @torch.inference_mode()
     def act(self, obs: dict[str, np.ndarray], deterministic: bool = True,
@@ -321,9 +361,10 @@ class CropPolicy:
                 rng: np.random.Generator | None = None) -> list[tuple[int, int, int, int]]:
         """Run one episode on env.photos[photo_index]; the boxes visited, first to last.
 
-        A steered policy with a floor (``steered(..., photo_min_kept=...)``) backs off on a photo where its
-        greedy crop keeps less than photo_min_kept of the unsteered crop's aesthetic score: the episode of
-        the highest lower weight whose crop keeps it, else the unsteered episode.
+        A policy with a floor (``steered(..., photo_min_kept)``, ``floored(photo_min_kept)``) holds each greedy
+        crop to photo_min_kept of the reference policy's greedy crop's aesthetic score. A steered policy backs
+        off: the episode of the highest lower weight whose crop keeps it; else, or for a fine-tuned policy at
+        once, the photo gets the reference's crop.
         """
         from rlhf.reward import AESTHETIC, COMBINED, STEER_WEIGHTS, Recombined, RewardSpec
 
@@ -332,24 +373,27 @@ class CropPolicy:
         if self.floor is None or not deterministic:
             return boxes
 
-        unsteered_fn, share = self.floor
-        steered_fn, photo = env.reward_fn, env.photos[photo_index]
-        spec = RewardSpec(**self.reward)
+        own_fn, photo, floor = env.reward_fn, env.photos[photo_index], self.floor
+
+        def aesthetic(episode: list) -> float:  # 1-10, by the scorer the reference observes
+            return float(floor.reward_fn.terms(photo, [episode[-1]])[AESTHETIC][0])
+
         try:
-            # The same module observing the reward it was trained on: the unsteered policy's greedy crop.
-            env.reward_fn = unsteered_fn
-            base = self._episode(env, photo_index, deterministic, rng)
-            need = share * float(steered_fn.terms(photo, [base[-1]])[AESTHETIC][0])  # 1-10
+            # The reference observing the reward it was trained on: its own greedy crop.
+            env.reward_fn = floor.reward_fn
+            base = floor.reference._episode(env, photo_index, deterministic, rng)
+            need = floor.share * aesthetic(base)
             top = self.last_weight
-            for w in [top] + sorted((v for v in STEER_WEIGHTS if v < top), reverse=True):
+            ladder = sorted((v for v in STEER_WEIGHTS if v < top), reverse=True) if floor.back_off else []
+            for w in [top, *ladder]:
                 if w < top:  # backing off: the same terms, scored once, mixed at the lower weight
-                    env.reward_fn = Recombined(steered_fn, replace(spec, w_nima=1.0 - w, w_human=w))
+                    env.reward_fn = Recombined(own_fn, replace(RewardSpec(**self.reward), w_nima=1.0 - w, w_human=w))
                     boxes = self._episode(env, photo_index, deterministic, rng)
-                if float(steered_fn.terms(photo, [boxes[-1]])[AESTHETIC][0]) >= need:
+                if aesthetic(boxes) >= need:
                     self.last_weight, self.backoffs = w, self.backoffs + (w < top)
                     return boxes
         finally:
-            env.reward_fn = steered_fn
+            env.reward_fn = own_fn
         self.fallbacks += 1
         self.last_weight = 0.0
         return base
