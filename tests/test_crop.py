@@ -259,6 +259,54 @@ def test_each_steered_crop_keeps_photo_min_kept_of_its_photos_unsteered_crop(pol
         assert again[0]["box"] == r["box"]
 
 
+@pytest.fixture(scope="module")
+def finetuned(policy, wide_model, tmp_path_factory) -> Path:
+    """A stand-in for a stage-3 run towards the 'wide' taste alone: the bootstrap's checkpoint in a run folder
+    whose config.json gives the reward stage 3 would train on (the lookahead observes it, so it crops wider
+    at once) and names `policy` as the bootstrap it started from: stage 3 before its first update."""
+    import shutil
+
+    out = tmp_path_factory.mktemp("finetuned")
+    shutil.copytree(policy / "checkpoints", out / "checkpoints")
+    cfg = json.loads((policy / "config.json").read_text())
+    reward = {**cfg["reward"], "kind": "combined", "human_reward_model": str(wide_model), "w_nima": 0.0, "w_human": 1.0}
+    (out / "config.json").write_text(json.dumps({**cfg, "reward": reward, "stage3": {"policy": str(policy)}}))
+    return out
+
+
+def test_each_finetuned_crop_keeps_photo_min_kept_of_its_bootstraps_crop(finetuned, folder, reference, tmp_path):
+    """A fine-tuned policy's crop is held to --photo_min_kept of its bootstrap's crop of the same photo (the
+    bootstrap stage 3 recorded): below it the photo gets the bootstrap's crop ("bootstrap_crop" in the journal).
+    Without its bootstrap the floor cannot be held: a clear error before any photo is cropped."""
+    import shutil
+
+    def crop(name: str, floor: float, policy: Path = finetuned) -> dict[str, dict]:
+        cfg = CropConfig(policy=str(policy), image=[str(folder)], out=str(tmp_path / name), sheet_rows=3,
+                         ray=False, steering=SteeringSettings(photo_min_kept=floor))
+        return {r["image"]: r for r in read_journal(run(cfg) / JOURNAL)}
+
+    floored, free = crop("floored", 1.0), crop("free", 0.0)
+    base = {r["image"]: r for r in read_journal(reference / JOURNAL)}
+    assert len(floored) == N_PHOTOS and not any("bootstrap_crop" in r for r in free.values())
+    fell = 0
+    for image, r in floored.items():
+        b, u = base[image], free[image]
+        assert r["score"] >= b["score"] - 1e-4 and "w_human" not in r  # the floor holds on every photo
+        if r.get("bootstrap_crop"):
+            assert r["box"] == b["box"] and u["score"] <= b["score"]
+            fell += 1
+        else:
+            assert r["box"] == u["box"]
+    assert fell > 0  # a 'wide' taste alone costs some photos' score
+    moved = tmp_path / "moved"
+    shutil.copytree(finetuned, moved)
+    cfg = json.loads((moved / "config.json").read_text())
+    (moved / "config.json").write_text(json.dumps({**cfg, "stage3": {"policy": str(tmp_path / "gone")}}))
+    with pytest.raises(FileNotFoundError, match="was fine-tuned from .*give --photo_min_kept 0"):
+        crop("gone", 0.95, moved)
+    assert len(crop("unfloored", 0.0, moved)) == N_PHOTOS
+
+
 def test_steering_needs_a_lookahead_policy_and_a_reward_model_file(policy, folder, wide_model, tmp_path):
     import torch
 

@@ -139,6 +139,7 @@ def test_a_second_round_asks_the_uncertain_pairs_and_compares_with_the_first(fir
     assert len(made) == 8 and all("margin" in p.extra for p in made)
     assert state["answers"]["answers"] == 16 and len(PreferenceStore(first / round_job.STORE)) == 16
     assert state["policy"]["kind"] == "fine-tuned" and (folder / "finetune" / "checkpoints").is_dir()
+    assert state["policy"]["photo_min_kept"] == 0.95  # its crops are held to its bootstrap's (CropPolicy.floored)
     # Stage 3 towards the taste alone (--finetune_w_human 1), the aesthetic score kept by its constraint.
     tuned = json.loads((folder / "finetune" / "config.json").read_text())
     assert state["policy"]["w_human"] == cfg.finetune_w_human == 1.0
