@@ -12,7 +12,7 @@ For each SIMULATED taste (rlhf/simulated.py) and each way of choosing pairs, ans
   finetuned  at the steps in --finetune_at only (stage 3 takes minutes): stage 3 from the bootstrap towards
              the reward model (--finetune_w_human, 1 by default) with the aesthetic-kept constraint (what
              `photographer round` fine-tunes with); its crops, as `photographer crop` makes them, held to
-             0.95 of the bootstrap crop's score on each photo (else the photo gets the bootstrap's crop)
+             0.95 of the bootstrap crop's score on each photo (backing off as the frozen path does)
 
 each judged on the unseen photos (the bundled held-out photos and fixed framings of them) against the
 bootstrap: `preferred` (how often the taste prefers the policy's crop; no preference counts half) and
@@ -184,6 +184,7 @@ def curve(cfg: CurveConfig, out: Path, taste: str, selection: str, policy: str, 
             tuned = evaluate_policy(tuned_policy, photos, shared["scorer"], name="finetuned")
             row["w_human_finetuned"] = wf
             row["bootstrap_crop_finetuned"] = tuned_policy.fallbacks
+            row["backed_off_finetuned"] = tuned_policy.backoffs
             row["preferred_finetuned"] = preferred_rate(truth, photos, boot_eval.boxes, tuned.boxes)
             row["kept_finetuned"] = aesthetic_kept(tuned, boot_eval)
         row["seconds"] = round(time.time() - t0, 1)
@@ -216,12 +217,12 @@ def summary(cfg: CurveConfig, rows: list[dict]) -> dict[str, float]:
 def table(rows: list[dict]) -> str:
     """pairs_curve.md: one row per taste, selection and step."""
     head = ("| taste | selection | answers | held-out accuracy | preferred, frozen | kept, frozen | "
-            "preferred, fine-tuned {bootstrap's crop} | kept, fine-tuned |")
+            "preferred, fine-tuned {backed off, bootstrap's crop} | kept, fine-tuned |")
     lines = [head, "|" + "---|" * 8]
     for r in rows:
         cells = [r["taste"], r["selection"], str(r["answers"])] + [
             _f(r.get(k)) for k in ("accuracy", "preferred_frozen", "kept_frozen")] + [
-            _f(r.get("preferred_finetuned")) + (f" {{{r['bootstrap_crop_finetuned']}}}"
+            _f(r.get("preferred_finetuned")) + (f" {{{r['backed_off_finetuned']}, {r['bootstrap_crop_finetuned']}}}"
                                                 if "bootstrap_crop_finetuned" in r else ""),
             _f(r.get("kept_finetuned"))]
         lines.append("| " + " | ".join(cells) + " |")

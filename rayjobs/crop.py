@@ -15,8 +15,8 @@ is done: ``{"image", "box": [l, t, r, b], "size": [w, h], "score", "whole_photo_
 1-10 scale, left out with --no-score; "crop" left out with --no-write_crops; on the few-pairs path
 ``"w_human"``, the weight the photo was steered at: lower than the chosen one where that crop kept less
 than --photo_min_kept of the unsteered crop's aesthetic score, 0 with ``"unsteered": true`` where every
-weight did; with a fine-tuned policy ``"bootstrap_crop": true`` where its crop kept less than
---photo_min_kept of its bootstrap's crop's score and the photo got the bootstrap's crop), or
+weight did; a fine-tuned policy's crops are held to its bootstrap's the same way, ``"w_human"`` the
+weight its lookahead was shown, ``"bootstrap_crop": true`` where the photo got the bootstrap's crop), or
 ``{"image", "error"}`` for a file that is not a usable photo.
 
 With `--ray` (on by default when RAY_ADDRESS is set) a Ray Data pipeline crops the photos over a pool

@@ -86,7 +86,6 @@ class Cropper:
             self.policy = self.policy.steered(human_reward_model, w_human, photo_min_kept)
         else:
             self.policy = self.policy.floored(photo_min_kept)
-        self.steered = bool(human_reward_model)
         if self.policy.reward and device != "cpu":
             self.policy.reward = {**self.policy.reward, "device": device}  # the lookahead's models on the GPU
         self.scorer_name, self.scorer_weights, self.device = scorer, scorer_weights, device
@@ -124,10 +123,10 @@ class Cropper:
         except ImageLoadError as e:
             return CropResult({"image": path, "error": e.reason})
         record: dict[str, Any] = {"image": path, "box": list(box), "size": [photo.width, photo.height]}
-        if self.steered and self.policy.floor is not None:  # the weight this photo kept (rlhf.policy backs it off)
+        if self.policy.floor is not None:  # the weight this photo kept (rlhf.policy backs it off)
             record["w_human"] = self.policy.last_weight
-        if self.policy.fallbacks > fallbacks:  # the crop kept less than photo_min_kept of the aesthetic score
-            record["unsteered" if self.steered else "bootstrap_crop"] = True
+        if self.policy.fallbacks > fallbacks:  # every weight's crop kept less than photo_min_kept of the score
+            record[self.policy.floor.fallback] = True
         if self.score:
             record["score"] = round(float(self.scorer.score_boxes(photo, [box])[0]), 4)
             record["whole_photo_score"] = round(float(self.scorer.score_boxes(photo, [photo.full_box])[0]), 4)

@@ -256,9 +256,10 @@ def run(cfg: EvalConfig) -> Path:
             line += f", reward model's human score {_fmt(e.human_mean)}"
         if e.agreement_pairs:
             line += f", agreement {_fmt(e.agreement)} on {e.agreement_pairs} pairs"
-        if policy.floor is not None and policy.fallbacks:
-            given = "unsteered" if policy.floor.back_off else "bootstrap's"
-            line += f"; the --photo_min_kept floor gave {policy.fallbacks} of {len(photos)} photos the {given} crop"
+        if policy.floor is not None and policy.backoffs + policy.fallbacks:
+            given = {"unsteered": "unsteered", "bootstrap_crop": "bootstrap's"}[policy.floor.fallback]
+            line += (f"; the --photo_min_kept floor backed off on {policy.backoffs} of {len(photos)} photos and gave "
+                     f"{policy.fallbacks} the {given} crop")
         print(line, flush=True)
     if cfg.taste is not None:
         from rlhf.simulated import SimulatedAnnotator, preferred_rate

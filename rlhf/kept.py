@@ -1,8 +1,8 @@
 """The product keeps the aesthetic score by itself: stage 3 by a Lagrange multiplier on "keep >= min_kept
 of it", the few-pairs path by its steering weight (``steering_weight``, at the end), and both by a floor
 on each crop: a steered crop backs the weight off photo by photo (``CropPolicy.steered(..., photo_min_kept)``),
-a fine-tuned one gives the photo its bootstrap's crop (``CropPolicy.floored``): stage 3's constraint holds
-on average over its training photos, the floor on each photo the person crops.
+a fine-tuned one against its bootstrap's crop the same way (``CropPolicy.floored``): stage 3's constraint
+holds on average over its training photos, the floor on each photo the person crops.
 
 A taste that pulls against the aesthetic score (a tight crop, a subject on the left third) can cost
 more of it than the fixed weights w_nima / w_human foresee, and how much depends on the taste. So,
@@ -47,8 +47,8 @@ from rlhf.reward import AESTHETIC, COMBINED, STEER_WEIGHTS, Recombined, RewardSp
 # few-pairs path's bound on its steering weight.
 MIN_KEPT = 0.95
 # The floor on each photo: a steered crop keeping less of its photo's unsteered crop's score is cropped
-# again at lower weights (CropPolicy.steered); a fine-tuned policy's crop keeping less of its bootstrap's
-# crop's score gives the photo the bootstrap's crop (CropPolicy.floored). At MIN_KEPT itself every crop keeps
+# again at lower weights (CropPolicy.steered); so is a fine-tuned policy's crop keeping less of its
+# bootstrap's crop's score, down to the bootstrap's crop (CropPolicy.floored). At MIN_KEPT itself every crop keeps
 # MIN_KEPT, so any collection does on average, whichever photos the weight was chosen on. On
 # bench/pairs_curve's stored reward models (both seeds, every taste and step) that held kept at
 # 0.976-0.987 for 0.00-0.06 of preferred, where a floor at 0.85 that gave the photo straight back to the
@@ -212,8 +212,8 @@ class SteeringSettings:
     photo_min_kept: float = field(default=PHOTO_MIN_KEPT, metadata={
         "help": "the share of a photo's unsteered crop's aesthetic score its steered crop must keep, or the photo "
                 "is cropped again at the next lower weight (0.1 steps), down to the unsteered crop (an episode "
-                "more per photo, one per step backed off); a fine-tuned policy's crop must keep it of its "
-                "bootstrap's crop, or the photo gets the bootstrap's crop (0 = no floor)"})
+                "more per photo, one per step backed off); a fine-tuned policy's crop, of its bootstrap's crop, "
+                "backing off the same way down to the bootstrap's crop (0 = no floor)"})
 
     def __post_init__(self) -> None:
         self.validate()

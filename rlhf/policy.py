@@ -245,12 +245,13 @@ def check_observation_space(module: TorchRLModule, env_config: dict[str, Any], s
 class KeptFloor:
     """A floor under each greedy crop: it keeps ``share`` of the aesthetic score of ``reference``'s greedy crop
     of the same photo, cropped while the env pays ``reward_fn`` (the reward the reference was trained on).
-    ``back_off``: a steered policy first tries lower steering weights before giving the photo the reference's crop."""
+    ``fallback`` names a photo given the reference's crop: "unsteered" (a steered policy's own unsteered
+    crop) or "bootstrap_crop" (a fine-tuned policy's bootstrap's crop)."""
 
     reference: CropPolicy
     reward_fn: Any
     share: float
-    back_off: bool
+    fallback: str
 
 
 class CropPolicy:
@@ -317,17 +318,19 @@ class CropPolicy:
         if not 0.0 <= photo_min_kept <= 1.0:
             raise ValueError(f"--photo_min_kept must be in [0, 1], got {photo_min_kept}")
         build_reward(spec)  # loads the reward model now: a bad file fails here, with its reason, not mid-crop
-        floor = KeptFloor(self, build_reward({**self.reward, "service": None}), float(photo_min_kept), True) \
+        floor = KeptFloor(self, build_reward({**self.reward, "service": None}), float(photo_min_kept), "unsteered") \
             if photo_min_kept > 0 else None
         return CropPolicy(self.module, self.env_config, self.source, spec.to_dict(), floor, self.bootstrap)
 
     def floored(self, photo_min_kept: float) -> CropPolicy:
         """This fine-tuned policy with a floor on each greedy crop: its bootstrap crops the photo too, and where
-        this policy's crop scores below ``photo_min_kept`` of that crop's aesthetic score, the photo gets the
-        bootstrap's crop (``fallbacks`` counts them). So every crop keeps that share of its own photo's
-        score, which stage 3's constraint holds only on average over its training photos. One bootstrap
-        episode more per photo. A policy that was not fine-tuned (no bootstrap in its run's config), or
-        ``photo_min_kept`` 0, is returned as it is.
+        this policy's crop scores below ``photo_min_kept`` of that crop's aesthetic score, the photo is cropped
+        again as a steered policy backs off (its lookahead shown the human score at the next lower weight of
+        ``rlhf.reward.STEER_WEIGHTS``, ``backoffs``), down to the bootstrap's crop (``fallbacks``). So every
+        crop keeps that share of its own photo's score, which stage 3's constraint holds only on average over
+        its training photos, and a photo where the taste costs too much keeps as much of it as the floor
+        allows. One bootstrap episode more per photo, one per step backed off. A policy that was not
+        fine-tuned (no bootstrap in its run's config), or ``photo_min_kept`` 0, is returned as it is.
         """
         from rlhf.reward import build_reward
 
@@ -344,7 +347,7 @@ class CropPolicy:
             raise PolicyMismatchError(f"{self.source}: its bootstrap {self.bootstrap} observes other inputs, so it "
                                       "cannot crop beside it; give --photo_min_kept 0 to crop without the floor")
         floor = KeptFloor(reference, build_reward({**(reference.reward or {}), "service": None}),
-                          float(photo_min_kept), False)
+                          float(photo_min_kept), "bootstrap_crop")
         return CropPolicy(self.module, self.env_config, self.source, self.reward, floor, self.bootstrap)
 
     @torch.inference_mode()
@@ -362,9 +365,8 @@ class CropPolicy:
         """Run one episode on env.photos[photo_index]; the boxes visited, first to last.
 
         A policy with a floor (``steered(..., photo_min_kept)``, ``floored(photo_min_kept)``) holds each greedy
-        crop to photo_min_kept of the reference policy's greedy crop's aesthetic score. A steered policy backs
-        off: the episode of the highest lower weight whose crop keeps it; else, or for a fine-tuned policy at
-        once, the photo gets the reference's crop.
+        crop to photo_min_kept of the reference policy's greedy crop's aesthetic score: below it, the episode
+        of the highest lower human weight whose crop keeps it, else the reference's episode.
         """
         from rlhf.reward import AESTHETIC, COMBINED, STEER_WEIGHTS, Recombined, RewardSpec
 
@@ -384,8 +386,7 @@ class CropPolicy:
             base = floor.reference._episode(env, photo_index, deterministic, rng)
             need = floor.share * aesthetic(base)
             top = self.last_weight
-            ladder = sorted((v for v in STEER_WEIGHTS if v < top), reverse=True) if floor.back_off else []
-            for w in [top, *ladder]:
+            for w in [top] + sorted((v for v in STEER_WEIGHTS if v < top), reverse=True):
                 if w < top:  # backing off: the same terms, scored once, mixed at the lower weight
                     env.reward_fn = Recombined(own_fn, replace(RewardSpec(**self.reward), w_nima=1.0 - w, w_human=w))
                     boxes = self._episode(env, photo_index, deterministic, rng)
