@@ -48,8 +48,8 @@ from rlhf.reward import AESTHETIC, COMBINED, STEER_WEIGHTS, Recombined, RewardSp
 MIN_KEPT = 0.95
 # The floor on each photo: a steered crop keeping less of its photo's unsteered crop's score is cropped
 # again at lower weights (CropPolicy.steered); so is a fine-tuned policy's crop keeping less of its
-# bootstrap's crop's score, down to the bootstrap's crop (CropPolicy.floored). At MIN_KEPT itself every crop keeps
-# MIN_KEPT, so any collection does on average, whichever photos the weight was chosen on. On
+# bootstrap's crop's score, down to the bootstrap's crop (CropPolicy.floored). At MIN_KEPT itself every
+# crop keeps MIN_KEPT, so any collection does on average, whichever photos the weight was chosen on. On
 # bench/pairs_curve's stored reward models (both seeds, every taste and step) that held kept at
 # 0.976-0.987 for 0.00-0.06 of preferred, where a floor at 0.85 that gave the photo straight back to the
 # unsteered crop left 6 of 24 steps at 0.939-0.949 (docs/experiments.md).
