@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -249,9 +250,16 @@ class KeptFloor:
     crop) or "bootstrap_crop" (a fine-tuned policy's bootstrap's crop)."""
 
     reference: CropPolicy
-    reward_fn: Any
     share: float
     fallback: str
+
+    @cached_property
+    def reward_fn(self) -> Any:
+        """The reference's own reward, built at the first crop (its scorer takes a second or two to build,
+        which a command that only checks the policy at start-up need not pay)."""
+        from rlhf.reward import build_reward
+
+        return build_reward({**(self.reference.reward or {}), "service": None})
 
 
 class CropPolicy:
@@ -318,8 +326,7 @@ class CropPolicy:
         if not 0.0 <= photo_min_kept <= 1.0:
             raise ValueError(f"--photo_min_kept must be in [0, 1], got {photo_min_kept}")
         build_reward(spec)  # loads the reward model now: a bad file fails here, with its reason, not mid-crop
-        floor = KeptFloor(self, build_reward({**self.reward, "service": None}), float(photo_min_kept), "unsteered") \
-            if photo_min_kept > 0 else None
+        floor = KeptFloor(self, float(photo_min_kept), "unsteered") if photo_min_kept > 0 else None
         return CropPolicy(self.module, self.env_config, self.source, spec.to_dict(), floor, self.bootstrap)
 
     def floored(self, photo_min_kept: float) -> CropPolicy:
@@ -332,8 +339,6 @@ class CropPolicy:
         allows. One bootstrap episode more per photo, one per step backed off. A policy that was not
         fine-tuned (no bootstrap in its run's config), or ``photo_min_kept`` 0, is returned as it is.
         """
-        from rlhf.reward import build_reward
-
         if not 0.0 <= photo_min_kept <= 1.0:
             raise ValueError(f"--photo_min_kept must be in [0, 1], got {photo_min_kept}")
         if not self.bootstrap or photo_min_kept == 0:
@@ -346,8 +351,7 @@ class CropPolicy:
         if _shapes(reference.module.observation_space) != _shapes(self.module.observation_space):
             raise PolicyMismatchError(f"{self.source}: its bootstrap {self.bootstrap} observes other inputs, so it "
                                       "cannot crop beside it; give --photo_min_kept 0 to crop without the floor")
-        floor = KeptFloor(reference, build_reward({**(reference.reward or {}), "service": None}),
-                          float(photo_min_kept), "bootstrap_crop")
+        floor = KeptFloor(reference, float(photo_min_kept), "bootstrap_crop")
         return CropPolicy(self.module, self.env_config, self.source, self.reward, floor, self.bootstrap)
 
     @torch.inference_mode()
