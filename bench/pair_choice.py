@@ -13,6 +13,9 @@ the next step from the same pool:
            members of the reward model's posterior (rlhf.preference.bayes: every input set and prior scale)
   epig     largest expected information about the answers to other candidate pairs (Smith et al. 2023),
            over the same members
+  oracle   a teacher who knows the taste, as a ceiling for any rule: the pair whose answer the posterior
+           predicts worst, by KL(teacher || posterior's mean) of the answer's distribution, the teacher's
+           P(A better) being the reward model trained on the whole pool's noiseless answers, with --noise
 
 each kept spread over photos and crops as the product's (rayjobs.pairs.select_uncertain). After every step
 the reward model is trained on all answers so far (rlhf.preference.train_reward_model, the defaults) and
@@ -42,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.personalization import BenchConfig, bootstrap, heldout_pairs, unseen_photos  # noqa: E402
 from rlhf.config import parse_config, run_dir  # noqa: E402
 
-RULES = ("margin", "random", "bald", "epig")
+RULES = ("margin", "random", "bald", "epig", "oracle")
 EPIG_TARGETS = 400  # candidate pairs whose answers epig predicts (a sample of the pool, as Smith et al.)
 
 
@@ -59,8 +62,9 @@ class ChoiceConfig:
     tastes: list[str] = field(default_factory=lambda: ["tight", "left_third", "warm"], metadata={
         "help": "simulated tastes (see rlhf.simulated.TASTES)"})
     rules: list[str] = field(default_factory=lambda: list(RULES), metadata={
-        "help": "pair-choice rules: margin (the product's --select uncertain), random, bald, epig (this file's docstring)"})
-    answers: list[int] = field(default_factory=lambda: [10, 25, 50], metadata={
+        "help": "pair-choice rules: margin (the product's --select uncertain), random, bald, epig, oracle (a teacher "
+                "who knows the taste; this file's docstring)"})
+    answers: list[int] = field(default_factory=lambda: [10, 25, 30, 50], metadata={
         "help": "answers after which the reward model is judged, rising; the first step's pairs are diverse"})
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4, 5], metadata={
         "help": "seeds of the candidate pool and the annotator's noise"})
@@ -117,6 +121,27 @@ def _information(rule: str, shares: np.ndarray, probs: np.ndarray, rng: np.rando
     return info
 
 
+def _teacher(taste: str, pool: dict) -> np.ndarray:
+    """P(A better) of every pool pair (in pool order) by the reward model trained on all of them, answered by the
+    taste without noise: the best this model could learn from these candidates, known before any answer. NaN
+    for a pair the taste has no preference in: a teacher does not ask what cannot be answered."""
+    from rlhf.pairs import Pair
+    from rlhf.preference import RewardTrainConfig, examples_from_pairs, train_reward_model
+    from rlhf.simulated import SimulatedAnnotator
+
+    photos, cands, pairs, fz = pool["photos"], pool["cands"], pool["pairs"], pool["featurizer"]
+    truth = SimulatedAnnotator(taste, noise=0.0)
+    every = [Pair(f"{k}-{i}-{j}", photos[k].id, cands[k][i].box, cands[k][j].box,
+                  truth.choose(photos[k], cands[k][i].box, cands[k][j].box))
+             for k, ps in enumerate(pairs) for i, j, _ in ps]
+    model, _ = train_reward_model(examples_from_pairs(every), RewardTrainConfig(cv_folds=0, val_fraction=0.0),
+                                  featurizer=fz, log=None)
+    r = [model.reward(photo, [c.box for c in cs]) if ps else np.zeros(0)
+         for photo, cs, ps in zip(photos, cands, pairs, strict=True)]
+    p = np.array([1 / (1 + np.exp(r[k][j] - r[k][i])) for k, ps in enumerate(pairs) for i, j, _ in ps])
+    return np.where([pair.preference == 0 for pair in every], np.nan, p)
+
+
 def run_rule(rule: str, taste: str, seed: int, cfg: ChoiceConfig, pool: dict, held: list, unseen: dict) -> list[float]:
     """Held-out accuracy after each step of --answers, pairs chosen by `rule`."""
     from rayjobs.pairs import select_diverse, select_uncertain
@@ -157,7 +182,13 @@ def run_rule(rule: str, taste: str, seed: int, cfg: ChoiceConfig, pool: dict, he
                      - model.normaliser.transform(fz.features(photo, [cs[j].box for _, j, _ in ps]))
                      for photo, cs, ps in zip(photos, cands, left, strict=True) if ps]
             shares, probs = _members(model, examples, fz, np.concatenate(diffs))
-            info = -_information(rule, shares, probs, rng)  # select_uncertain asks the smallest values first
+            if rule == "oracle":
+                t = pool["teacher"][taste][[(k, i, j) not in asked for k, ps in enumerate(pairs) for i, j, _ in ps]]
+                q = np.clip((1 - cfg.noise) * t + cfg.noise * (1 - t), 1e-9, 1 - 1e-9)  # the answer, noise included
+                p = np.clip(shares @ probs, 1e-9, 1 - 1e-9)
+                info = np.nan_to_num(-(q * np.log(q / p) + (1 - q) * np.log((1 - q) / (1 - p))), nan=np.inf)
+            else:
+                info = -_information(rule, shares, probs, rng)  # select_uncertain asks the smallest values first
             values, at = [], 0
             for ps in left:
                 values.append(list(info[at:at + len(ps)]))
@@ -197,6 +228,8 @@ def main(argv: list[str] | None = None) -> dict:
             cands, pairs = candidate_pool(policy, photos, PairsConfig(policy=policy_path, num_pairs=need),
                                           np.random.default_rng(seed))
             pool = {"photos": photos, "cands": cands, "pairs": pairs, "featurizer": fz}
+            if "oracle" in cfg.rules:
+                pool["teacher"] = {taste: _teacher(taste, pool) for taste in cfg.tastes}
             for taste in cfg.tastes:
                 truth = SimulatedAnnotator(taste, noise=0.0)
                 held = [p for p in truth.annotate_pairs(unlabelled, unseen) if p.preference]
