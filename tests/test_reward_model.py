@@ -222,6 +222,34 @@ def test_subset_posterior_head_scale_keeps_the_sets_and_the_unit_slope():
     assert hybrid.weight[5] == pytest.approx(float(one.weight[5]), rel=0.1) and many.weight[5] > 2 * hybrid.weight[5]
 
 
+def test_subset_posterior_with_label_noise_survives_one_slip():
+    """20 answers that one input decides, one of them flipped on the pair it decides most clearly (a misclick):
+    plain Bradley-Terry (label_noise 0) drops the input (its mean weight falls to a fraction of the clean fit's,
+    "no taste" gains), while with the noise levels averaged over (the default 0, 0.1, 0.2) the input keeps most
+    of the posterior and of its weight. Without the slip both agree."""
+    from rlhf.preference.bayes import subset_posterior
+
+    gen = torch.Generator().manual_seed(3)
+    d = torch.randn(20, 12, generator=gen)
+    y = (d[:, 5] > 0).float()
+    slip = y.clone()
+    surest = int(torch.argmax(d[:, 5].abs()))
+    slip[surest] = 1 - slip[surest]
+    scales, noises = [0.5, 1.0, 2.0, 4.0], [0.0, 0.1, 0.2]
+
+    def on_input_5(post) -> float:
+        return sum(p for s, p in post.top if 5 in s)
+
+    clean = subset_posterior(d, y, 2, scales, label_noise=[0.0])
+    assert subset_posterior(d, y, 2, scales, label_noise=noises).weight[5] == pytest.approx(float(clean.weight[5]),
+                                                                                          rel=0.1)
+    plain = subset_posterior(d, slip, 2, scales, label_noise=[0.0])
+    robust = subset_posterior(d, slip, 2, scales, label_noise=noises)
+    assert on_input_5(plain) < 0.5 < on_input_5(robust)
+    assert plain.weight[5] < 0.25 * clean.weight[5] and robust.weight[5] > 0.7 * clean.weight[5]
+    assert robust.indifferent_share < 0.5 * plain.indifferent_share
+
+
 def test_subset_posterior_members_make_up_its_mean():
     """The posterior's members (every set and scale above MODEL_SHARE) hold nearly all its mass, and with each
     scale's own fit their share-weighted weights are the posterior mean."""

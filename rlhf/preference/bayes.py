@@ -10,9 +10,14 @@ at most `max_inputs` of the standardised inputs by its evidence:
   likely (inputs are standardised to the spread of within-pair differences: s = 1 is a cue that moves an
   answer's log-odds by about one per typical difference; how strongly a taste's cues move the answers
   differs by taste, and the answers weigh the scales as they weigh the sets);
-- likelihood: Bradley-Terry, P(A answered better) = sigma(w . (x_a - x_b)), a tie counting half to each side;
-- each model's evidence by Laplace's approximation at its maximum a posteriori weights (found by Newton's
-  method, every model of one size at once), and the head's weights are the posterior mean over sets, each
+- likelihood: Bradley-Terry with a share eps of answers flipped (a slip of the key, a change of mind),
+  P(A answered better) = eps + (1 - 2 eps) sigma(w . (x_a - x_b)), a tie counting half to each side, eps one
+  of `label_noise` (0, 0.1, 0.2 by default), each equally likely. Why: under plain Bradley-Terry (eps = 0) one
+  slip on a pair the taste decides clearly costs a set in proportion to the pair's difference, and one
+  misclick can hand the posterior to "no taste" after dozens of answers that agreed (docs/experiments.md);
+  with eps > 0 it costs at most -log eps, and answers without slips still weigh eps = 0 the most;
+- each model's evidence by Laplace's approximation at its maximum a posteriori weights (found by Fisher
+  scoring, every model of one size at once), and the head's weights are the posterior mean over sets, each
   set's weights being its MAP under one scale, `head_scale` (1 by default).
 
 Why the head's weights come from one scale: the scales decide which cues the answers rest on, but the
@@ -35,6 +40,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+
+from rlhf.preference.head import bradley_terry_loss
 
 # Newton steps per fit: the log-posterior is strictly concave (Gaussian prior), and from w = 0 Newton's
 # method reaches 1e-8 in under 15 steps for every model; the cap guards nothing but a pathological input.
@@ -59,25 +66,39 @@ class SubsetPosterior:
         return self.size_share[0]
 
 
-def _map_fits(x: torch.Tensor, y: torch.Tensor, w8: torch.Tensor, prior_scale: float
+def _answer_terms(z: torch.Tensor, y: torch.Tensor, label_noise: float
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per answer, at margins z: the log-likelihood (rlhf.preference.head.bradley_terry_loss), its derivative in
+    z and its Fisher information in z, for P(A answered better) = eps + (1 - 2 eps) sigma(z), eps = label_noise."""
+    ll = -bradley_terry_loss(z, torch.zeros_like(z), y.expand_as(z), reduction="none", label_noise=label_noise)
+    s = torch.sigmoid(z)
+    p = label_noise + (1 - 2 * label_noise) * s
+    dp = (1 - 2 * label_noise) * s * (1 - s)
+    return ll, dp * (y - p) / (p * (1 - p)), dp * dp / (p * (1 - p))
+
+
+def _map_fits(x: torch.Tensor, y: torch.Tensor, w8: torch.Tensor, prior_scale: float, label_noise: float = 0.0
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """MAP weights (M, k) and Laplace log evidence (M,) of M logistic models at once: x (M, n, k) input
-    differences, y (n,) targets in [0, 1], w8 (n,) pair weights."""
+    differences, y (n,) targets in [0, 1], w8 (n,) pair weights, a share label_noise of answers flipped.
+
+    Fisher scoring: Newton's method with the expected Hessian (the same as the Hessian at label_noise 0). With
+    flipped answers the log-likelihood is not concave, but its Fisher information is positive definite, so
+    every step solves a well-posed system, and the evidence's Laplace term uses it too."""
     m, _, k = x.shape
     prec = torch.eye(k, dtype=x.dtype) / prior_scale ** 2
     w = torch.zeros(m, k, dtype=x.dtype)
     for _ in range(NEWTON_STEPS):
-        s = torch.sigmoid(torch.einsum("mnk,mk->mn", x, w))
-        grad = torch.einsum("mnk,mn->mk", x, (s - y) * w8) + w @ prec
-        hess = torch.einsum("mnk,mn,mnj->mkj", x, s * (1 - s) * w8, x) + prec
+        _, dz, info = _answer_terms(torch.einsum("mnk,mk->mn", x, w), y, label_noise)
+        grad = w @ prec - torch.einsum("mnk,mn->mk", x, dz * w8)
+        hess = torch.einsum("mnk,mn,mnj->mkj", x, info * w8, x) + prec
         step = torch.linalg.solve(hess, grad.unsqueeze(-1)).squeeze(-1)
         w = w - step
         if float(step.abs().max()) < 1e-8:
             break
-    z = torch.einsum("mnk,mk->mn", x, w)
-    s = torch.sigmoid(z)
-    loglik = (w8 * (y * torch.nn.functional.logsigmoid(z) + (1 - y) * torch.nn.functional.logsigmoid(-z))).sum(1)
-    hess = torch.einsum("mnk,mn,mnj->mkj", x, s * (1 - s) * w8, x) + prec
+    ll, _, info = _answer_terms(torch.einsum("mnk,mk->mn", x, w), y, label_noise)
+    loglik = (w8 * ll).sum(1)
+    hess = torch.einsum("mnk,mn,mnj->mkj", x, info * w8, x) + prec
     # log p(y | w*) + log N(w* | 0, s^2 I) + (k/2) log 2 pi - (1/2) log det H: the 2 pi terms cancel.
     log_ev = loglik - 0.5 * (w * w).sum(1) / prior_scale ** 2 - k * math.log(prior_scale) - 0.5 * torch.logdet(hess)
     return w, log_ev
@@ -85,16 +106,18 @@ def _map_fits(x: torch.Tensor, y: torch.Tensor, w8: torch.Tensor, prior_scale: f
 
 def subset_posterior(d: torch.Tensor, y: torch.Tensor, max_inputs: int, prior_scales: Sequence[float],
                      pair_weight: torch.Tensor | None = None, top: int = 5,
-                     head_scale: float = 0.0) -> SubsetPosterior:
+                     head_scale: float = 0.0, label_noise: Sequence[float] = (0.0,)) -> SubsetPosterior:
     """The posterior over sets of at most `max_inputs` of the columns of d (n, p), the standardised
     differences x_a - x_b of n answered pairs, with targets y (1: A better, 0: B better, 0.5: a tie), each
-    set's weights under a Gaussian prior of one of `prior_scales` (equally likely); pair_weight (n,)
-    counts each pair (default 1: augmented copies of a pair share one pair's weight). The mean weight
-    averages each set's MAP weights under `head_scale` (0, the default: each scale's own fit)."""
+    set's weights under a Gaussian prior of one of `prior_scales`, a share of the answers flipped of one of
+    `label_noise` (each value of both equally likely); pair_weight (n,) counts each pair (default 1:
+    augmented copies of a pair share one pair's weight). The mean weight averages each set's MAP weights
+    under `head_scale` (0, the default: each scale's own fit)."""
     d, y = d.double().cpu(), y.double().cpu()
     n, p = d.shape
     w8 = torch.ones(n, dtype=d.dtype) if pair_weight is None else pair_weight.double().cpu()
     scales = [float(s) for s in prior_scales]
+    noises = [float(e) for e in label_noise]
     # Size 0: every crop scored alike, each answer at probability 1/2 (no weights, so no scale).
     ev = [torch.tensor([-math.log(2) * float(w8.sum())], dtype=d.dtype)]
     sets: list[list[tuple[int, ...]]] = [[()]]
@@ -104,13 +127,14 @@ def subset_posterior(d: torch.Tensor, y: torch.Tensor, max_inputs: int, prior_sc
         subs = list(itertools.combinations(range(p), k))
         x = d[:, subs].permute(1, 0, 2)
         needed = set(scales) | ({head_scale} if head_scale else set())
-        fits = {scale: _map_fits(x, y, w8, scale) for scale in needed}
-        for scale in scales:
-            log_ev = fits[scale][1]
-            ev.append(log_ev - math.log(len(subs)) - math.log(len(scales)))  # uniform within a size and over scales
-            sets.append(subs)
-            weights.append(fits[head_scale or scale][0])
-            own.append(fits[scale][0])
+        for eps in noises:
+            fits = {scale: _map_fits(x, y, w8, scale, eps) for scale in needed}
+            for scale in scales:
+                # uniform within a size, over the scales and over the noise levels
+                ev.append(fits[scale][1] - math.log(len(subs)) - math.log(len(scales)) - math.log(len(noises)))
+                sets.append(subs)
+                weights.append(fits[head_scale or scale][0])
+                own.append(fits[scale][0])
     post = torch.softmax(torch.cat(ev), 0)
     mean = torch.zeros(p, dtype=d.dtype)
     shares = [0.0] * (min(max_inputs, p) + 1)

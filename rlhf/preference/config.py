@@ -26,7 +26,7 @@ class RewardTrainConfig:
         "how the head's inputs and weights are found. 'bayes' = the posterior mean over every linear model of "
         "at most --max_inputs inputs, each weighed by its Bradley-Terry evidence (rlhf.preference.bayes): no "
         "penalty to choose, so it holds up with a few dozen answers; 'l1' = a head trained by Adam with the L1 "
-        "penalty and label noise chosen by cross-validation (--l1, --l1_rule, --label_noise, --epochs ...), "
+        "penalty and --label_noise chosen by cross-validation (--l1, --l1_rule, --epochs ...), "
         "needed for a hidden layer. Either way --cv_folds measures the held-out figures")})
     max_inputs: int = field(default=2, metadata={"help": (
         "with --selection bayes: most inputs one model of the average uses (a taste resting on more cues is "
@@ -56,10 +56,11 @@ class RewardTrainConfig:
         "lambda.1se); 'min' = the lowest loss. With a hundred noisy pairs two losses that close are a tie, and "
         "the weaker penalty keeps features that only happen to go with the answers")})
     label_noise: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2], metadata={
-        "help": "with --selection l1: share of answers taken to be flipped (slips, changes of mind): the "
-                "likelihood of an answer is eps + (1 - 2 eps) * sigma(r_a - r_b) (bradley_terry_loss), so a "
-                "few answers against the rest cannot pull the head their way. Several values: the one whose "
-                "best --l1 has the lowest cross-validated held-out log-loss wins, then --l1_rule picks --l1"})
+        "help": "share of answers taken to be flipped (slips, changes of mind): the likelihood of an answer is "
+                "eps + (1 - 2 eps) * sigma(r_a - r_b) (bradley_terry_loss), so one answer against the rest, even on "
+                "a pair the head is sure of, cannot undo what the others taught. With --selection bayes every "
+                "value is equally likely a priori and the answers weigh them, as they weigh the prior scales; "
+                "with l1 the one whose best --l1 has the lowest cross-validated held-out log-loss wins"})
     weight_decay: float = field(default=1.0, metadata={
         "help": "with --selection l1: L2 penalty on the head's weights (scaled by 1/n_train_pairs like l1)"})
     batch_size: int = field(default=16, metadata={"help": "with --selection l1: pairs per gradient step"})

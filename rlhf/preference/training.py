@@ -272,7 +272,8 @@ def _bayes_head(data: _Data, cfg: RewardTrainConfig) -> tuple[RewardHead, Subset
     views, n, dim = data.xa.shape
     d = (data.xa - data.xb).reshape(views * n, dim)
     post = subset_posterior(d, data.y.repeat(views), cfg.max_inputs, cfg.prior_scales,
-                            torch.full((views * n,), 1.0 / views), head_scale=cfg.head_scale)
+                            torch.full((views * n,), 1.0 / views), head_scale=cfg.head_scale,
+                            label_noise=cfg.label_noise)
     head = RewardHead(dim, 0).to(data.y.device)
     with torch.no_grad():
         head.net.weight.copy_(post.weight.to(head.net.weight)[None])
