@@ -134,7 +134,9 @@ def _teacher(taste: str, pool: dict) -> np.ndarray:
     every = [Pair(f"{k}-{i}-{j}", photos[k].id, cands[k][i].box, cands[k][j].box,
                   truth.choose(photos[k], cands[k][i].box, cands[k][j].box))
              for k, ps in enumerate(pairs) for i, j, _ in ps]
-    model, _ = train_reward_model(examples_from_pairs(every), RewardTrainConfig(cv_folds=0, val_fraction=0.0),
+    # Noiseless answers: no slips to allow for (label_noise 0), which also keeps this 2000-pair fit quick.
+    model, _ = train_reward_model(examples_from_pairs(every), RewardTrainConfig(cv_folds=0, val_fraction=0.0,
+                                                                                label_noise=[0.0]),
                                   featurizer=fz, log=None)
     r = [model.reward(photo, [c.box for c in cs]) if ps else np.zeros(0)
          for photo, cs, ps in zip(photos, cands, pairs, strict=True)]
