@@ -73,6 +73,8 @@ def _answer_terms(z: torch.Tensor, y: torch.Tensor, label_noise: float
     z and its Fisher information in z, for P(A answered better) = eps + (1 - 2 eps) sigma(z), eps = label_noise."""
     ll = -bradley_terry_loss(z, torch.zeros_like(z), y.expand_as(z), reduction="none", label_noise=label_noise)
     s = torch.sigmoid(z)
+    if label_noise == 0:  # the same, without dividing by s (1 - s), which is 0 where the sigmoid saturates
+        return ll, y - s, s * (1 - s)
     p = label_noise + (1 - 2 * label_noise) * s
     dp = (1 - 2 * label_noise) * s * (1 - s)
     return ll, dp * (y - p) / (p * (1 - p)), dp * dp / (p * (1 - p))
