@@ -67,17 +67,15 @@ class SubsetPosterior:
         return self.size_share[0]
 
 
-def _answer_terms(z: torch.Tensor, y: torch.Tensor, label_noise: float
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per answer, at margins z: the log-likelihood (rlhf.preference.head.bradley_terry_loss), its derivative in
-    z and its Fisher information in z, for P(A answered better) = eps + (1 - 2 eps) sigma(z), eps = label_noise."""
-    ll = -bradley_terry_loss(z, torch.zeros_like(z), y.expand_as(z), reduction="none", label_noise=label_noise)
+def _score_terms(z: torch.Tensor, y: torch.Tensor, label_noise: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per answer, at margins z: the log-likelihood's derivative in z and its Fisher information in z, for
+    P(A answered better) = eps + (1 - 2 eps) sigma(z), eps = label_noise (the likelihood of bradley_terry_loss)."""
     s = torch.sigmoid(z)
     if label_noise == 0:  # the same, without dividing by s (1 - s), which is 0 where the sigmoid saturates
-        return ll, y - s, s * (1 - s)
+        return y - s, s * (1 - s)
     p = label_noise + (1 - 2 * label_noise) * s
     dp = (1 - 2 * label_noise) * s * (1 - s)
-    return ll, dp * (y - p) / (p * (1 - p)), dp * dp / (p * (1 - p))
+    return dp * (y - p) / (p * (1 - p)), dp * dp / (p * (1 - p))
 
 
 def _map_fits(x: torch.Tensor, y: torch.Tensor, w8: torch.Tensor, prior_scale: float, label_noise: float = 0.0
@@ -92,15 +90,17 @@ def _map_fits(x: torch.Tensor, y: torch.Tensor, w8: torch.Tensor, prior_scale: f
     prec = torch.eye(k, dtype=x.dtype) / prior_scale ** 2
     w = torch.zeros(m, k, dtype=x.dtype)
     for _ in range(NEWTON_STEPS):
-        _, dz, info = _answer_terms(torch.einsum("mnk,mk->mn", x, w), y, label_noise)
+        dz, info = _score_terms(torch.einsum("mnk,mk->mn", x, w), y, label_noise)
         grad = w @ prec - torch.einsum("mnk,mn->mk", x, dz * w8)
         hess = torch.einsum("mnk,mn,mnj->mkj", x, info * w8, x) + prec
         step = torch.linalg.solve(hess, grad.unsqueeze(-1)).squeeze(-1)
         w = w - step
         if float(step.abs().max()) < 1e-8:
             break
-    ll, _, info = _answer_terms(torch.einsum("mnk,mk->mn", x, w), y, label_noise)
-    loglik = (w8 * ll).sum(1)
+    z = torch.einsum("mnk,mk->mn", x, w)
+    _, info = _score_terms(z, y, label_noise)
+    loglik = -(w8 * bradley_terry_loss(z, torch.zeros_like(z), y.expand_as(z), reduction="none",
+                                       label_noise=label_noise)).sum(1)
     hess = torch.einsum("mnk,mn,mnj->mkj", x, info * w8, x) + prec
     # log p(y | w*) + log N(w* | 0, s^2 I) + (k/2) log 2 pi - (1/2) log det H: the 2 pi terms cancel.
     log_ev = loglik - 0.5 * (w * w).sum(1) / prior_scale ** 2 - k * math.log(prior_scale) - 0.5 * torch.logdet(hess)
