@@ -6,13 +6,12 @@ For each SIMULATED taste (rlhf/simulated.py) and each way of choosing pairs, ans
   reward     a reward model on all the answers so far (rayjobs.train_reward); its accuracy on held-out
              pairs (the bootstrap's pairs on the unseen photos, labelled by the taste WITHOUT noise)
   frozen     the bootstrap steered by that reward model, no fine-tuning (the few-pairs path, what
-             `photographer crop --human_reward_model` runs: as hard as keeps 0.95 of the aesthetic score on
-             the training photos, rlhf.kept.steering_weight, unless --w_human fixes the weight; a photo whose
-             steered crop keeps less than 0.95 of the bootstrap crop's score is steered at lower weights)
+             `photographer crop --human_reward_model` runs: the reward model chooses each photo's crop among
+             the bootstrap's candidate crops that keep 0.95 of its own crop's aesthetic score)
   finetuned  at the steps in --finetune_at only (stage 3 takes minutes): stage 3 from the bootstrap towards
              the reward model (--finetune_w_human, 1 by default) with the aesthetic-kept constraint (what
              `photographer round` fine-tunes with); its crops, as `photographer crop` makes them, held to
-             0.95 of the bootstrap crop's score on each photo (backing off as the frozen path does)
+             0.95 of the bootstrap crop's score on each photo (backing off its human weight)
 
 each judged on the unseen photos (the bundled held-out photos and fixed framings of them) against the
 bootstrap: `preferred` (how often the taste prefers the policy's crop; no preference counts half) and
@@ -56,9 +55,9 @@ from rlhf.kept import FINETUNE_W_HUMAN  # noqa: E402
 
 TARGETS = {"pairs_to_080": 30, "preferred_at_25_frozen": 0.70, "preferred_at_100_finetuned": 0.80, "kept": 0.95}
 SELECTIONS = ("uncertain", "diverse")
-# One step's numbers, in its folder, per steering and stage-3 weight ("floor": fine-tuned crops held to the
-# per-photo floor, as `crop` holds them; results from before it are not reused).
-RESULT = "result_{steer}_ft{finetune:g}_floor.json"
+# One step's numbers, in its folder, per steering and stage-3 weight ("candidates": the few-pairs path chooses
+# among the bootstrap's candidate crops; results from before it are not reused).
+RESULT = "result_{steer}_ft{finetune:g}_candidates.json"
 
 
 @dataclass
@@ -85,7 +84,7 @@ class CurveConfig:
     noise: float = field(default=0.1, metadata={"help": "label noise of the simulated annotator"})
     w_human: float | None = field(default=None, metadata={
         "help": "the human score's weight steering the bootstrap (the aesthetic score's is 1 - w_human); default: "
-                "the product's choice (rlhf.kept.steering_weight on the training photos, keeping 0.95). Each "
+                "the product's (photographer crop --w_human). Each "
                 "setting keeps its own results in a step's folder"})
     finetune_w_human: float = field(default=FINETUNE_W_HUMAN, metadata={
         "help": "the human score's weight in stage 3 (the aesthetic score's is 1 - it), as `round`'s: at 1 the "
@@ -126,7 +125,7 @@ def curve(cfg: CurveConfig, out: Path, taste: str, selection: str, policy: str, 
 
     from rayjobs import pairs, train_reward
     from rlhf.evaluation import aesthetic_kept, evaluate_policy, reward_model_accuracy
-    from rlhf.kept import PHOTO_MIN_KEPT, steering_weight
+    from rlhf.kept import PHOTO_MIN_KEPT, SteeringSettings
     from rlhf.policy import CropPolicy
     from rlhf.preference import PreferenceRewardModel
     from rlhf.simulated import SimulatedAnnotator, preferred_rate
@@ -140,7 +139,8 @@ def curve(cfg: CurveConfig, out: Path, taste: str, selection: str, policy: str, 
     heldout = truth.annotate_pairs(shared["heldout"], shared["unseen_by_id"])
     boot_eval, photos = shared["boot_eval"], shared["unseen"]
     rows, prev_model = [], None
-    result = RESULT.format(steer="chosen" if cfg.w_human is None else f"w{cfg.w_human:g}", finetune=cfg.finetune_w_human)
+    result = RESULT.format(steer="default" if cfg.w_human is None else f"w{cfg.w_human:g}", finetune=cfg.finetune_w_human)
+    steering = SteeringSettings() if cfg.w_human is None else SteeringSettings(w_human=cfg.w_human)
     for i, n in enumerate(cfg.answers):
         step = folder / f"answers_{n:03d}"
         model_path = step / "reward" / "human_reward_model.pth"
@@ -165,16 +165,13 @@ def curve(cfg: CurveConfig, out: Path, taste: str, selection: str, policy: str, 
                                "--out", str(step / "reward"), "--seed", str(cfg.seed), *cfg.reward_args])
         model = PreferenceRewardModel.load(model_path)
         accuracy, _ = reward_model_accuracy(model, heldout, shared["unseen_by_id"])
-        w = cfg.w_human
-        if w is None:
-            w = steering_weight(shared["boot_policy"], model_path, shared["train_photos"])[0]
-        steered = shared["boot_policy"].steered(model_path, w, PHOTO_MIN_KEPT)
+        w = steering.w_human
+        steered = shared["boot_policy"].steered(model_path, w, steering.photo_min_kept)
         frozen = evaluate_policy(steered, photos, shared["scorer"], name="frozen")
         row: dict[str, Any] = {
             "taste": taste, "selection": selection, "answers": answered, "step": n, "accuracy": accuracy, "w_human": w,
             "preferred_frozen": preferred_rate(truth, photos, boot_eval.boxes, frozen.boxes),
-            "kept_frozen": aesthetic_kept(frozen, boot_eval), "unsteered_frozen": steered.fallbacks,
-            "backed_off_frozen": steered.backoffs}
+            "kept_frozen": aesthetic_kept(frozen, boot_eval), "unsteered_frozen": steered.fallbacks}
         if n in cfg.finetune_at and selection == cfg.selections[0]:
             print(f"\n=== [{taste}/{selection}] stage 3 on the reward model of {answered} answers ===", flush=True)
             wf = cfg.finetune_w_human

@@ -13,10 +13,10 @@ written when full). `crops.jsonl` has one line per photo, appended and synced to
 is done: ``{"image", "box": [l, t, r, b], "size": [w, h], "score", "whole_photo_score", "crop",
 "sheet"}`` (boxes in pixels of the photo as loaded, EXIF orientation applied; scores on the scorer's
 1-10 scale, left out with --no-score; "crop" left out with --no-write_crops; on the few-pairs path
-``"w_human"``, the weight the photo was steered at: lower than the chosen one where that crop kept less
-than --photo_min_kept of the unsteered crop's aesthetic score, 0 with ``"unsteered": true`` where every
-weight did; a fine-tuned policy's crops are held to its bootstrap's the same way, ``"w_human"`` the
-weight its lookahead was shown, ``"bootstrap_crop": true`` where the photo got the bootstrap's crop), or
+``"w_human"``, --w_human where the reward model chose another crop than the policy's own, 0 with
+``"unsteered": true`` where the policy's own crop stayed; a fine-tuned policy's ``"w_human"`` is the weight
+its lookahead was shown, lower where its crop kept less than --photo_min_kept of its bootstrap's crop's
+aesthetic score, ``"bootstrap_crop": true`` where the photo got the bootstrap's crop), or
 ``{"image", "error"}`` for a file that is not a usable photo.
 
 With `--ray` (on by default when RAY_ADDRESS is set) a Ray Data pipeline crops the photos over a pool
@@ -32,7 +32,7 @@ import sys
 import time
 import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ from rlhf.kept import SteeringSettings
 
 JOURNAL = "crops.jsonl"
 # What decides a run's boxes and scores: a resumed run must keep them.
-RESULT_FIELDS = ("policy", "human_reward_model", "w_human", "min_kept", "photo_min_kept", "scorer", "scorer_weights", "score", "deterministic",
+RESULT_FIELDS = ("policy", "human_reward_model", "w_human", "photo_min_kept", "scorer", "scorer_weights", "score", "deterministic",
                  "seed", "write_crops")
 # Paths among them, compared resolved.
 _PATH_FIELDS = ("policy", "human_reward_model")
@@ -65,8 +65,8 @@ class CropConfig:
     policy: str = field(default="", metadata={"help": "policy checkpoint or run folder (newest checkpoint); "
                                                       "required"})
     human_reward_model: str | None = field(default=None, metadata={
-        "help": "steer the policy with this human_reward_model.pth, no fine-tuning (the few-pairs path): its "
-                "lookahead then observes (1 - w_human) * aesthetic + w_human * human score; default none"})
+        "help": "steer the policy with this human_reward_model.pth, no fine-tuning (the few-pairs path): the "
+                "reward model chooses each photo's crop among the policy's candidate crops; default none"})
     steering: SteeringSettings = field(default_factory=SteeringSettings)
     image: list[str] = field(default_factory=_heldout, metadata={"help": "photos: files, folders or globs",
                                                                          "help_default": "the bundled held-out photos"})
@@ -117,34 +117,6 @@ def check_resumable(cfg: CropConfig, out: Path) -> None:
     if changed:
         raise ValueError(f"--resume: {out} was cropped with {', '.join(f'--{k} {before[k]}' for k in changed)}; "
                          "resume with the same settings, or give a new --out")
-
-
-def steering(cfg: CropConfig, source: Path, paths: list[Path], out: Path) -> float:
-    """The steering weight: --w_human, or the one chosen for this run (steering.json, kept for --resume)."""
-    from rlhf.images import ImageLoadError
-    from rlhf.kept import steering_weight
-    from rlhf.policy import CropPolicy
-
-    policy = CropPolicy.load(source)
-    steer = cfg.steering
-    if steer.w_human is not None:
-        policy.steered(cfg.human_reward_model, steer.w_human)
-        return steer.w_human
-    record = out / "steering.json"
-    if record.is_file():
-        return float(json.loads(record.read_text())["w_human"])
-    photos = []
-    for p in paths:
-        try:
-            photos.append(Photo.from_path(p))
-        except ImageLoadError:
-            continue  # reported when its turn comes
-    w, kept = steering_weight(policy, cfg.human_reward_model, photos, steer.min_kept)
-    print(f"steering weight w_human {w:g}: the largest that keeps {kept:.3f} >= {steer.min_kept} of the aesthetic "
-          f"score on {min(len(photos), 16)} of the photos", flush=True)
-    out.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps({"w_human": w, "kept": kept, "min_kept": steer.min_kept}) + "\n")
-    return w
 
 
 def _resolved(path: str | None) -> str | None:
@@ -297,17 +269,17 @@ def run(cfg: CropConfig) -> Path:
     out = run_dir(cfg.out, "crop")
     check_resumable(cfg, out)
     paths = resolve_paths(cfg.image)
-    if cfg.human_reward_model:
-        w_human = steering(cfg, source, paths, out)
-    else:  # a fine-tuned policy's floor needs its bootstrap: a missing one fails here, not in an actor
-        from rlhf.policy import CropPolicy
+    from rlhf.policy import CropPolicy
 
+    # Fails here, not in an actor: a reward model that does not load, a fine-tuned policy's missing bootstrap.
+    if cfg.human_reward_model:
+        CropPolicy.load(source).steered(cfg.human_reward_model, cfg.steering.w_human, cfg.steering.photo_min_kept)
+    else:
         CropPolicy.load(source).floored(cfg.steering.photo_min_kept)
-        w_human = cfg.steering.w_human
     save_config(cfg, out)  # as given: a resumed run compares its flags with these
-    cfg = replace(cfg, steering=replace(cfg.steering, w_human=w_human))
+    w_human = cfg.steering.w_human
     names = crop_names(paths)
-    title = f"{source} steered by {cfg.human_reward_model} (w_human {w_human})" if cfg.human_reward_model \
+    title = f"{source} steered by {cfg.human_reward_model} (w_human {w_human:g})" if cfg.human_reward_model \
         else str(source)
     folder = RunFolder(out, cfg.sheet_rows, f"{title}  ({cfg.scorer} scorer, 1-10)" if cfg.score else title)
     todo = [(str(p), names[str(p)]) for p in paths if str(p) not in folder.done]

@@ -64,13 +64,14 @@ def sheet_pictures(photo: Photo, box: Box) -> tuple[np.ndarray, np.ndarray]:
 class Cropper:
     """The policy and its models, cropping one photo at a time (in this process, or in each Ray Data actor).
 
-    With ``human_reward_model`` the policy is steered by it (CropPolicy.steered, weight ``w_human``, each crop
-    with the floor ``photo_min_kept``; the journal gives each photo's weight, backed off where the floor asked).
-    A fine-tuned policy gets the same floor against its bootstrap's crops (CropPolicy.floored)."""
+    With ``human_reward_model`` the policy is steered by it (CropPolicy.steered: it chooses each photo's crop
+    among the policy's candidates, at weight ``w_human``, among those keeping ``photo_min_kept``); a fine-tuned
+    policy's crops are held to that floor against its bootstrap's (CropPolicy.floored). The journal gives each
+    photo's weight."""
 
     def __init__(self, policy: str, scorer: str = "default", scorer_weights: str | None = None,
                  score: bool = True, deterministic: bool = True, seed: int = 0, device: str = "cpu",
-                 write_crops: bool = True, human_reward_model: str | None = None, w_human: float | None = None,
+                 write_crops: bool = True, human_reward_model: str | None = None, w_human: float = 1.0,
                  photo_min_kept: float = 0.0):
         # oneDNN keeps compiled kernels per input shape (1024 by default); every photo's aspect is a new
         # shape for the backbone, so the default lets a long crop grow by a few hundred MB. A bfloat16
@@ -80,9 +81,7 @@ class Cropper:
         from rlhf.policy import CropPolicy
 
         self.policy = CropPolicy.load(policy)
-        if human_reward_model:  # the few-pairs path: the reward model steers the lookahead
-            if w_human is None:
-                raise ValueError("a steered Cropper needs w_human (photographer crop chooses it)")
+        if human_reward_model:  # the few-pairs path: the reward model chooses among the policy's crops
             self.policy = self.policy.steered(human_reward_model, w_human, photo_min_kept)
         else:
             self.policy = self.policy.floored(photo_min_kept)
@@ -123,10 +122,10 @@ class Cropper:
         except ImageLoadError as e:
             return CropResult({"image": path, "error": e.reason})
         record: dict[str, Any] = {"image": path, "box": list(box), "size": [photo.width, photo.height]}
-        if self.policy.floor is not None:  # the weight this photo kept (rlhf.policy backs it off)
-            record["w_human"] = self.policy.last_weight
-        if self.policy.fallbacks > fallbacks:  # every weight's crop kept less than photo_min_kept of the score
-            record[self.policy.floor.fallback] = True
+        if self.policy.floor is not None or self.policy.steering is not None:
+            record["w_human"] = self.policy.last_weight  # the weight this photo's crop was chosen at
+        if self.policy.fallbacks > fallbacks:  # the photo kept its reference policy's crop
+            record["unsteered" if self.policy.steering is not None else "bootstrap_crop"] = True
         if self.score:
             record["score"] = round(float(self.scorer.score_boxes(photo, [box])[0]), 4)
             record["whole_photo_score"] = round(float(self.scorer.score_boxes(photo, [photo.full_box])[0]), 4)

@@ -236,14 +236,8 @@ def run(cfg: EvalConfig) -> Path:
     # A fine-tuned policy crops as `crop` does: each crop held to --photo_min_kept of its bootstrap's.
     policies = [CropPolicy.load(path).floored(cfg.steering.photo_min_kept) for path in cfg.policies]
     if cfg.steer:
-        w = cfg.steering.w_human
-        if w is None:
-            from rlhf.kept import steering_weight
-
-            w = steering_weight(policies[0], cfg.human_reward_model, photos, cfg.steering.min_kept)[0]
-            print(f"steering weight w_human {w:g} (the largest that keeps {cfg.steering.min_kept} of the aesthetic "
-                  "score)", flush=True)
-        policies.append(policies[0].steered(cfg.human_reward_model, w, cfg.steering.photo_min_kept))
+        policies.append(policies[0].steered(cfg.human_reward_model, cfg.steering.w_human,
+                                            cfg.steering.photo_min_kept))
         names = [*names, f"{names[0]}+steered"]
     evals = []
     for policy, name in zip(policies, names, strict=True):
@@ -256,10 +250,11 @@ def run(cfg: EvalConfig) -> Path:
             line += f", reward model's human score {_fmt(e.human_mean)}"
         if e.agreement_pairs:
             line += f", agreement {_fmt(e.agreement)} on {e.agreement_pairs} pairs"
-        if policy.floor is not None and policy.backoffs + policy.fallbacks:
-            given = {"unsteered": "unsteered", "bootstrap_crop": "bootstrap's"}[policy.floor.fallback]
+        if policy.steering is not None:
+            line += f"; {policy.fallbacks} of {len(photos)} photos kept the unsteered crop"
+        elif policy.floor is not None and policy.backoffs + policy.fallbacks:
             line += (f"; the --photo_min_kept floor backed off on {policy.backoffs} of {len(photos)} photos and gave "
-                     f"{policy.fallbacks} the {given} crop")
+                     f"{policy.fallbacks} the bootstrap's crop")
         print(line, flush=True)
     if cfg.taste is not None:
         from rlhf.simulated import SimulatedAnnotator, preferred_rate

@@ -4,9 +4,8 @@
     photographer pairs --policy ... --select uncertain --human_reward_model DIR/human_reward_model.pth
     photographer pairs --policy BOOT --steer --human_reward_model ...   # from the bootstrap steered by it
 
-Candidates per photo: the policy's greedy crop, the final and a mid-episode box of stochastic
-rollouts (mid-episode boxes are wider: the episode starts from the whole photo), the whole photo,
-and small perturbations (shift + zoom) of the policy's boxes. Two candidates make a pair only when
+Candidates per photo (rlhf.candidates): the policy's greedy crop, the final and a mid-episode box of
+stochastic rollouts, the whole photo, and small perturbations of the policy's boxes. Two make a pair only when
 they differ clearly (IoU below ``max_iou``), and no pair (in either order) is proposed twice or
 repeats one already in the store.
 
@@ -37,10 +36,11 @@ import numpy as np
 from PIL import Image
 
 from rlhf.boxstats import box_iou
+from rlhf.candidates import PERTURB, ROLLOUTS, Candidate, candidate_boxes, crop_type, perturb_box
 from rlhf.config import parse_config, run_dir, save_config
 from rlhf.contact_sheet import contact_sheet, crop_row
 from rlhf.evaluation import policy_env
-from rlhf.images import TRAIN_PHOTOS, Box, bundled_photos, clip_box, load_collection
+from rlhf.images import TRAIN_PHOTOS, Box, bundled_photos, load_collection
 from rlhf.kept import SteeringSettings
 from rlhf.pairs import Pair, pair_id, save_pairs
 
@@ -65,17 +65,17 @@ class PairsConfig:
                                                       "(default: DIR/preferences.sqlite)"})
     max_iou: float = field(default=0.5, metadata={"help": "the two crops of a pair must overlap less than this "
                                                   "(IoU), so they differ clearly"})
-    perturb: float = field(default=0.15, metadata={"help": "size of the perturbations of the policy's boxes "
+    perturb: float = field(default=PERTURB, metadata={"help": "size of the perturbations of the policy's boxes "
                                                    "(shift and zoom, as a fraction of the box; 0 = none)"})
-    rollouts: int = field(default=8, metadata={"help": "stochastic rollouts of the policy per photo"})
+    rollouts: int = field(default=ROLLOUTS, metadata={"help": "stochastic rollouts of the policy per photo"})
     select: str = field(default="diverse", metadata={"help": "diverse: spread over photos and crop types; "
                                                      "uncertain: the pairs the reward model is least sure about",
                                                      "choices": list(SELECT_MODES)})
     human_reward_model: str | None = field(default=None, metadata={"help": "human_reward_model.pth "
                                                                    "(needed by --select uncertain and --steer)"})
     steer: bool = field(default=False, metadata={
-        "help": "propose crops with the policy steered by --human_reward_model (the few-pairs path's policy, "
-                "photographer crop --human_reward_model)"})
+        "help": "propose crops of the policy steered by --human_reward_model (the few-pairs path's policy, "
+                "photographer crop --human_reward_model): its chosen crop beside the policy's samples"})
     steering: SteeringSettings = field(default_factory=SteeringSettings)
     thumb_size: int = field(default=320, metadata={"help": "longest side of the crop thumbnails"})
     sheet_pairs: int = field(default=8, metadata={"help": "pairs shown in pairs_sheet.png"})
@@ -104,68 +104,7 @@ class PairsConfig:
             raise ValueError(f"thumb_size must be >= 32, got {self.thumb_size}")
 
 
-# --- candidates ----------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Candidate:
-    """A crop proposed for comparison, with where it came from and its type."""
-
-    box: Box
-    source: str
-    kind: str
-
-
-def crop_type(box: Sequence[int], width: int, height: int) -> str:
-    """tight (< 45% of the photo), medium or wide (>= 75%); ' off-centre' when its centre is off by > 10%."""
-    l, t, r, b = box
-    area = (r - l) * (b - t) / (width * height)
-    size = "tight" if area < 0.45 else "wide" if area >= 0.75 else "medium"
-    off = abs((l + r) / 2 / width - 0.5) > 0.1 or abs((t + b) / 2 / height - 0.5) > 0.1
-    return f"{size} off-centre" if off else size
-
-
-def perturb_box(box: Sequence[int], frac: float, width: int, height: int, rng: np.random.Generator) -> Box:
-    """Shift the centre by up to frac of the box's size and zoom by up to exp(+-2 frac)."""
-    l, t, r, b = box
-    w, h = r - l, b - t
-    cx = (l + r) / 2 + rng.uniform(-frac, frac) * w
-    cy = (t + b) / 2 + rng.uniform(-frac, frac) * h
-    z = math.exp(rng.uniform(-2 * frac, 2 * frac))
-    w, h = min(w * z, width), min(h * z, height)
-    # Shift back inside the photo rather than clipping, so the zoom keeps the box's shape.
-    cx = min(max(cx, w / 2), width - w / 2)
-    cy = min(max(cy, h / 2), height - h / 2)
-    return clip_box((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), width, height)
-
-
-def candidate_boxes(policy, env, index: int, rollouts: int, perturb: float, rng: np.random.Generator,
-                    min_area: float) -> list[Candidate]:
-    """Distinct candidate crops of env.photos[index] from the policy (see module doc)."""
-    photo = env.photos[index]
-    w, h = photo.width, photo.height
-    found: dict[Box, str] = {}
-
-    def add(box: Sequence[int], source: str) -> None:
-        box = clip_box(box, w, h)
-        if (box[2] - box[0]) * (box[3] - box[1]) >= min_area * w * h and box not in found:
-            found[box] = source
-
-    greedy = policy.rollout(env, index, True, rng)
-    add(greedy[-1], "policy")
-    add(photo.full_box, "whole photo")
-    policy_boxes = [greedy[-1]]
-    for _ in range(rollouts):
-        visited = policy.rollout(env, index, False, rng)
-        add(visited[-1], "sample")
-        policy_boxes.append(visited[-1])
-        if len(visited) > 2:
-            add(visited[int(rng.integers(1, len(visited) - 1))], "sample (mid-episode)")
-    if perturb > 0:
-        for box in policy_boxes:
-            for _ in range(2):
-                add(perturb_box(box, perturb, w, h, rng), "perturbed")
-    return [Candidate(b, s, crop_type(b, w, h)) for b, s in found.items()]
-
+# --- candidates ---------------------------------------------------------------------------------
 
 def candidate_pairs(cands: Sequence[Candidate], max_iou: float) -> list[tuple[int, int, float]]:
     """(i, j, iou) for i < j whose crops overlap less than max_iou."""
@@ -332,13 +271,8 @@ def run(cfg: PairsConfig) -> Path:
     known = _known_pairs(store)
     policy = CropPolicy.load(cfg.policy)
     photos = load_collection(cfg.image)
-    if cfg.steer:
-        w = cfg.steering.w_human
-        if w is None:
-            from rlhf.kept import steering_weight
-
-            w = steering_weight(policy, cfg.human_reward_model, photos, cfg.steering.min_kept)[0]
-        policy = policy.steered(cfg.human_reward_model, w, cfg.steering.photo_min_kept)  # greedy crops as `crop`'s
+    if cfg.steer:  # its greedy crop is the one `crop` gives: the reward model's choice among the candidates
+        policy = policy.steered(cfg.human_reward_model, cfg.steering.w_human, cfg.steering.photo_min_kept)
     rng = np.random.default_rng(cfg.seed)
     cands, pairs = candidate_pool(policy, photos, cfg, rng)
     for photo, cs, ps in zip(photos, cands, pairs, strict=True):

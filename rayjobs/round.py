@@ -16,8 +16,8 @@ Each call finishes the run's newest unfinished round, or starts the next one, in
                the pairs are answered; with --simulate TASTE a SIMULATED annotator answers them
   3. reward    a reward model on all the answers so far (photographer train-reward)
   4. policy    under --finetune_from answers, the bootstrap steered by the reward model with no
-               fine-tuning (the few-pairs path, photographer crop --human_reward_model), as hard as keeps
-               --min_kept of the aesthetic score on --image; from then on, stage 3 fine-tunes the
+               fine-tuning (the few-pairs path, photographer crop --human_reward_model: the reward model
+               chooses among the bootstrap's candidate crops); from then on, stage 3 fine-tunes the
                bootstrap towards the reward model (--finetune_w_human) while keeping --min_kept of the
                aesthetic score (photographer finetune --min_kept)
   5. evaluate  this round's policy against the previous round's (round 1: the bootstrap) on held-out
@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from rlhf.config import flat_settings, load_run_config, parse_config, parse_config_given, save_config
 from rlhf.images import HELDOUT_PHOTOS, TRAIN_PHOTOS, bundled_photos
-from rlhf.kept import FINETUNE_W_HUMAN, SteeringSettings
+from rlhf.kept import FINETUNE_W_HUMAN, MIN_KEPT, SteeringSettings
 from rlhf.preference.training import one_torch_thread
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ class RoundConfig:
     """One improvement round: pairs from the current policy, answers, reward model, policy, evaluation.
 
     When the round fine-tunes, stage 3's weights are --finetune_w_human and 1 - it, and --min_kept is its
-    constraint; the other steering settings steer only.
+    constraint; the steering settings steer only.
     """
 
     run: str = field(default="", metadata={"help": "the run folder that holds the rounds and the preference "
@@ -84,6 +84,9 @@ class RoundConfig:
                 "steered by the reward model with no fine-tuning (a few dozen pairs teach a reward model, not "
                 "a policy)"})
     steering: SteeringSettings = field(default_factory=SteeringSettings)
+    min_kept: float = field(default=MIN_KEPT, metadata={
+        "help": "when the round fine-tunes: the share of the bootstrap's aesthetic score stage 3 keeps "
+                "(photographer finetune --min_kept)"})
     finetune_w_human: float = field(default=FINETUNE_W_HUMAN, metadata={
         "help": "the human score's weight when the round fine-tunes (the aesthetic score's is 1 - it): at 1 the "
                 "taste is stage 3's objective and its --min_kept constraint alone keeps the aesthetic score"})
@@ -112,6 +115,8 @@ class RoundConfig:
             raise ValueError("--pairs and --finetune_from must be at least 1")
         if not 0.0 < self.finetune_w_human <= 1.0:
             raise ValueError(f"--finetune_w_human must be in (0, 1], got {self.finetune_w_human}")
+        if not 0.0 <= self.min_kept <= 1.0:
+            raise ValueError(f"--min_kept must be in [0, 1], got {self.min_kept}")
         if not 0.0 <= self.noise <= 1.0:
             raise ValueError(f"--noise must be in [0, 1], got {self.noise}")
         if self.simulate is not None:
@@ -229,7 +234,8 @@ def step_pairs(r: Round) -> dict[str, Any] | None:
             policy=current["policy"], image=r.cfg.image, num_pairs=r.cfg.pairs, out=str(out), store=str(r.store),
             select=select, human_reward_model=current.get("human_reward_model") or model,
             steer=bool(current.get("human_reward_model")),
-            **({"steering": SteeringSettings(w_human=current["w_human"])} if current.get("human_reward_model") else {}),
+            **({"steering": SteeringSettings(current["w_human"], current.get("photo_min_kept", 0.0))}
+               if current.get("human_reward_model") else {}),
             seed=r.cfg.seed + r.k - 1))
         made = load_pairs(path)
     PreferenceStore(r.store).add_pairs(made)  # known ids are skipped: a kill after the file is made up here
@@ -273,26 +279,10 @@ def step_reward(r: Round) -> dict[str, Any]:
     return {"model": str(out / train_reward.MODEL_FILE), "accuracy": metrics.get("val_accuracy")}
 
 
-def _weight(r: Round, model: str) -> float:
-    """--w_human, else the largest steering weight whose crops keep --min_kept on --image."""
-    if r.cfg.steering.w_human is not None:
-        return r.cfg.steering.w_human
-    from rlhf.images import load_collection
-    from rlhf.kept import steering_weight
-    from rlhf.policy import CropPolicy
-
-    w, kept = steering_weight(CropPolicy.load(r.bootstrap), model, load_collection(r.cfg.image),
-                              r.cfg.steering.min_kept)
-    print(f"round {r.k}: steering weight w_human {w:g} (keeps {kept:.3f} of the aesthetic score on --image)",
-          flush=True)
-    return w
-
-
 def step_policy(r: Round) -> dict[str, Any]:
     model, answers = r.state["reward"]["model"], r.state["answers"]["answers"]
     if answers < r.cfg.finetune_from:
-        w = _weight(r, model)
-        desc = {"kind": "steered", "policy": r.bootstrap, "human_reward_model": model, "w_human": w,
+        desc = {"kind": "steered", "policy": r.bootstrap, "human_reward_model": model, "w_human": r.cfg.steering.w_human,
                 "photo_min_kept": r.cfg.steering.photo_min_kept}
         load_policy(desc)  # fails now if the bootstrap cannot be steered
         print(f"round {r.k}: {answers} answers (< --finetune_from {r.cfg.finetune_from}): the bootstrap steered by "
@@ -303,11 +293,11 @@ def step_policy(r: Round) -> dict[str, Any]:
     out = r.folder / "finetune"
     w = r.cfg.finetune_w_human
     argv = ["--policy", r.bootstrap, "--human_reward_model", model, "--w_nima", str(1.0 - w), "--w_human", str(w),
-            "--min_kept", str(r.cfg.steering.min_kept),
+            "--min_kept", str(r.cfg.min_kept),
             "--out", str(out), "--seed", str(r.cfg.seed),
             "--resume" if out.exists() else "--no-resume", *r.cfg.finetune_args]
     print(f"round {r.k}: {answers} answers: stage 3 fine-tunes the bootstrap (w_human {w:g}, keeping "
-          f"{r.cfg.steering.min_kept:g} of the aesthetic score)", flush=True)
+          f"{r.cfg.min_kept:g} of the aesthetic score)", flush=True)
     finetune.run(*parse_config_given(finetune.FinetuneConfig, argv, prog="photographer finetune"))
     return {"kind": "fine-tuned", "policy": str(out), "human_reward_model": None, "w_human": w,
             "photo_min_kept": r.cfg.steering.photo_min_kept}

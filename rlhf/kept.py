@@ -1,8 +1,8 @@
 """The product keeps the aesthetic score by itself: stage 3 by a Lagrange multiplier on "keep >= min_kept
-of it", the few-pairs path by its steering weight (``steering_weight``, at the end), and both by a floor
-on each crop: a steered crop backs the weight off photo by photo (``CropPolicy.steered(..., photo_min_kept)``),
-a fine-tuned one against its bootstrap's crop the same way (``CropPolicy.floored``): stage 3's constraint
-holds on average over its training photos, the floor on each photo the person crops.
+of it", and each crop by a floor: the few-pairs path chooses only among candidate crops that keep
+photo_min_kept of the unsteered crop's score (``CropPolicy.steered``), a fine-tuned policy's crop backs its
+human weight off against its bootstrap's crop (``CropPolicy.floored``): stage 3's constraint holds on
+average over its training photos, the floor on each photo the person crops.
 
 A taste that pulls against the aesthetic score (a tight crop, a subject on the left third) can cost
 more of it than the fixed weights w_nima / w_human foresee, and how much depends on the taste. So,
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,25 +39,19 @@ from typing import Any
 import numpy as np
 
 from rlhf.env import CropEnv, CropEnvConfig
-from rlhf.images import Photo
-from rlhf.reward import AESTHETIC, COMBINED, STEER_WEIGHTS, Recombined, RewardSpec, with_multiplier
+from rlhf.reward import AESTHETIC, COMBINED, Recombined, RewardSpec, with_multiplier
 
-# The share of the aesthetic score the product keeps by default: stage 3's constraint and the
-# few-pairs path's bound on its steering weight.
+# The share of the aesthetic score the product keeps by default: stage 3's constraint.
 MIN_KEPT = 0.95
-# The floor on each photo: a steered crop keeping less of its photo's unsteered crop's score is cropped
-# again at lower weights (CropPolicy.steered); so is a fine-tuned policy's crop keeping less of its
-# bootstrap's crop's score, down to the bootstrap's crop (CropPolicy.floored). At MIN_KEPT itself every
-# crop keeps MIN_KEPT, so any collection does on average, whichever photos the weight was chosen on. On
-# bench/pairs_curve's stored reward models (both seeds, every taste and step) that held kept at
-# 0.976-0.987 for 0.00-0.06 of preferred, where a floor at 0.85 that gave the photo straight back to the
-# unsteered crop left 6 of 24 steps at 0.939-0.949 (docs/experiments.md).
+# The floor on each photo: a steered crop is chosen only among candidates keeping this share of the photo's
+# unsteered crop's score (CropPolicy.steered); a fine-tuned policy's crop keeping less of its bootstrap's
+# crop's score is cropped again at lower weights, down to the bootstrap's crop (CropPolicy.floored). At
+# MIN_KEPT itself every crop keeps MIN_KEPT, so any collection does on average.
 PHOTO_MIN_KEPT = MIN_KEPT
 
 # The human score's weight when the loop fine-tunes (`round`, bench/pairs_curve): 1, the taste as stage 3's
-# objective, with the aesthetic score kept by the multiplier alone (w_nima 0 until it rises). The steering
-# weight guards the steered path, which has no multiplier; as stage 3's weight it also held stage 3 below
-# its constraint and left kept to spare (docs/experiments.md, 2026-12-05 afternoon).
+# objective, with the aesthetic score kept by the multiplier alone (w_nima 0 until it rises); a lower weight
+# held stage 3 below its constraint and left kept to spare (docs/experiments.md, 2026-12-05 afternoon).
 FINETUNE_W_HUMAN = 1.0
 
 # The env_config key of the constraint: {"reference": {photo id: the bootstrap's greedy crop's aesthetic
@@ -194,76 +187,25 @@ def reference_scores(policy: str | Path, env_config: dict[str, Any]) -> dict[str
     return {p.id: float(scorer.score_boxes(p, [b])[0]) for p, b in zip(photos, boxes, strict=True)}
 
 
-# The photos steering_weight tries the steering weights (rlhf.reward.STEER_WEIGHTS, upward) on.
-STEER_PHOTOS = 16
-
-
 @dataclass
 class SteeringSettings:
-    """How hard the few-pairs path's reward model steers the frozen policy; every command that steers holds one."""
+    """How the few-pairs path's reward model chooses crops; every command that steers holds one."""
 
-    w_human: float | None = field(default=None, metadata={
-        "help": "the human score's weight in what steers the policy (the aesthetic score's is 1 - w_human); "
-                "default: chosen by rlhf.kept.steering_weight, the largest of 0.1, 0.2, ..., 0.9 whose greedy "
-                "crops keep --min_kept of the policy's own aesthetic score on up to 16 photos"})
-    min_kept: float = field(default=MIN_KEPT, metadata={
-        "help": "the share of the policy's own aesthetic score the steered crops must keep on average when the "
-                "steering weight is chosen (no --w_human)"})
+    w_human: float = field(default=1.0, metadata={
+        "help": "the human score's weight when the reward model chooses among the policy's candidate crops (the "
+                "aesthetic score's is 1 - w_human): at 1 the person's taste alone decides among the crops that keep "
+                "--photo_min_kept"})
     photo_min_kept: float = field(default=PHOTO_MIN_KEPT, metadata={
-        "help": "the share of a photo's unsteered crop's aesthetic score its steered crop must keep, or the photo "
-                "is cropped again at the next lower weight (0.1 steps), down to the unsteered crop (an episode "
-                "more per photo, one per step backed off); a fine-tuned policy's crop, of its bootstrap's crop, "
-                "backing off the same way down to the bootstrap's crop (0 = no floor)"})
+        "help": "the share of a photo's unsteered crop's aesthetic score a steered crop must keep: only candidates "
+                "that keep it are chosen among; a fine-tuned policy's crop, of its bootstrap's crop, is cropped "
+                "again at lower human weights (0.1 steps) until it keeps it, down to the bootstrap's crop (an "
+                "episode more per photo, one per step; 0 = no floor)"})
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
-        if self.w_human is not None and not 0.0 <= self.w_human <= 1.0:
+        if not 0.0 <= self.w_human <= 1.0:
             raise ValueError(f"--w_human must be in [0, 1], got {self.w_human}")
-        if not 0.0 < self.min_kept <= 1.0:
-            raise ValueError(f"--min_kept must be in (0, 1], got {self.min_kept}")
         if not 0.0 <= self.photo_min_kept <= 1.0:
             raise ValueError(f"--photo_min_kept must be in [0, 1], got {self.photo_min_kept}")
-
-
-def steering_weight(policy: Any, human_reward_model: str | Path, photos: Sequence[Photo], min_kept: float = MIN_KEPT,
-                    weights: Sequence[float] = STEER_WEIGHTS) -> tuple[float, float]:
-    """The few-pairs path's (w_human, kept): the largest weight of `weights`, tried upward and stopping at
-    the first that fails, whose steered crops keep at least `min_kept` of the policy's own aesthetic score
-    (its mean over the policy's unsteered crops, ``rlhf.evaluation.aesthetic_kept``) on up to STEER_PHOTOS
-    of `photos`, spread over them; (0.0, 1.0), not steered, when even the smallest fails or the reward
-    model is indifferent (it found no taste in its answers).
-
-    Why: how hard a reward model may pull depends on the taste (a tight crop costs more of the score than
-    a warm one); kept needs no answers, only the aesthetic scorer, so it is measured on the person's own
-    photos. Greedy rollouts: deterministic, so the same photos give the same weight.
-    """
-    from rlhf.evaluation import aesthetic_kept, evaluate_policy
-    from rlhf.scorers import create_scorer
-
-    if not 0.0 < min_kept <= 1.0:
-        raise ValueError(f"min_kept must be in (0, 1], got {min_kept}")
-    photos = list(photos)
-    if not photos:
-        raise ValueError("choosing the steering weight needs at least one photo")
-    # A policy that cannot be steered, or an unreadable reward model, fails here, before any rollout.
-    from rlhf.reward import build_reward
-
-    if build_reward(policy.steered(human_reward_model, min(weights)).reward).human.indifferent:
-        # Its human score is one constant: any weight would only scale down the aesthetic cues the
-        # policy reads, changing its crops with no taste behind the change.
-        return 0.0, 1.0
-    step = max(1, len(photos) // STEER_PHOTOS)
-    sample = photos[::step][:STEER_PHOTOS]
-    spec = policy.reward or {}
-    scorer = create_scorer(spec.get("scorer", "default"), weights=spec.get("scorer_weights"))
-    base = evaluate_policy(policy, sample, scorer, name="unsteered")
-    best = (0.0, 1.0)
-    for w in sorted(weights):
-        kept = aesthetic_kept(evaluate_policy(policy.steered(human_reward_model, w), sample, scorer,
-                                              name=f"w_human {w:g}"), base)
-        if not kept >= min_kept:
-            break
-        best = (float(w), float(kept))
-    return best

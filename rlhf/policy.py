@@ -34,6 +34,7 @@ from ray.rllib.core.rl_module.apis import (
 from ray.rllib.core.rl_module.torch import TorchRLModule
 from torch import nn
 
+from rlhf.candidates import PERTURB, ROLLOUTS, candidate_boxes
 from rlhf.env import LOOKAHEAD
 
 MODULE_SUBDIR = Path("learner_group") / "learner" / "rl_module" / "default_policy"
@@ -244,14 +245,12 @@ def check_observation_space(module: TorchRLModule, env_config: dict[str, Any], s
 
 @dataclass(frozen=True)
 class KeptFloor:
-    """A floor under each greedy crop: it keeps ``share`` of the aesthetic score of ``reference``'s greedy crop
-    of the same photo, cropped while the env pays ``reward_fn`` (the reward the reference was trained on).
-    ``fallback`` names a photo given the reference's crop: "unsteered" (a steered policy's own unsteered
-    crop) or "bootstrap_crop" (a fine-tuned policy's bootstrap's crop)."""
+    """A floor under a fine-tuned policy's greedy crops: each keeps ``share`` of the aesthetic score of
+    ``reference``'s (its bootstrap's) greedy crop of the same photo, cropped while the env pays ``reward_fn``
+    (the reward the reference was trained on)."""
 
     reference: CropPolicy
     share: float
-    fallback: str
 
     @cached_property
     def reward_fn(self) -> Any:
@@ -262,21 +261,42 @@ class KeptFloor:
         return build_reward({**(self.reference.reward or {}), "service": None})
 
 
+@dataclass
+class Steering:
+    """The few-pairs path (``CropPolicy.steered``): a photo's crop is the best of ``reference``'s candidate
+    crops (rlhf.candidates, ``rollouts`` samples) by the steering reward, among those keeping ``photo_min_kept``
+    of the aesthetic score of ``reference``'s own greedy crop; ``indifferent``: the reward model found no
+    taste, so the greedy crop stays."""
+
+    reference: CropPolicy
+    photo_min_kept: float
+    rollouts: int
+    indifferent: bool
+
+    @cached_property
+    def reward_fn(self) -> Any:
+        """The reference's own reward, which its lookahead observes while it samples the candidates."""
+        from rlhf.reward import build_reward
+
+        return build_reward({**(self.reference.reward or {}), "service": None})
+
+
 class CropPolicy:
     """A trained policy, loaded without Ray, that crops photos greedily (or by sampling)."""
 
     def __init__(self, module: TorchRLModule, env_config: dict[str, Any], source: Path,
                  reward: dict[str, Any] | None = None, floor: KeptFloor | None = None,
-                 bootstrap: str | None = None):
+                 bootstrap: str | None = None, steering: Steering | None = None):
         self.module = module.eval()
         self.env_config = env_config
         self.source = source
         self.reward = reward  # the RewardSpec it was trained on (a lookahead policy observes it)
         self.bootstrap = bootstrap  # the policy stage 3 fine-tuned this one from (None: not fine-tuned)
-        self.floor = floor  # the per-photo floor on its greedy crops (steered() and floored())
-        self.fallbacks = 0  # greedy crops the floor gave back to the reference policy
-        self.backoffs = 0  # greedy crops the floor steered at a lower weight
-        self.last_weight = 0.0  # the human score's weight in the last greedy crop (steered ones back off)
+        self.floor = floor  # the per-photo floor on a fine-tuned policy's greedy crops (floored())
+        self.steering = steering  # the few-pairs path's choice among candidate crops (steered())
+        self.fallbacks = 0  # greedy crops that are the reference policy's own (a floor's, or the steering's)
+        self.backoffs = 0  # greedy crops the floor cropped again at a lower weight
+        self.last_weight = 0.0  # the human score's weight in the last greedy crop (0: the reference's crop)
 
     @classmethod
     def load(cls, path: str | Path) -> CropPolicy:
@@ -291,49 +311,45 @@ class CropPolicy:
         check_observation_space(module, env_config, ckpt)
         return cls(module, env_config, ckpt, config.get("reward"), bootstrap=(config.get("stage3") or {}).get("policy"))
 
-    def steered(self, human_reward_model: str | Path, w_human: float = 0.3,
-                photo_min_kept: float = 0.0) -> CropPolicy:
-        """This policy with a person's reward model in its lookahead, no fine-tuning (the few-pairs path).
+    def steered(self, human_reward_model: str | Path, w_human: float = 1.0, photo_min_kept: float = 0.0,
+                rollouts: int = ROLLOUTS) -> CropPolicy:
+        """This policy with a person's reward model choosing its crops, no fine-tuning (the few-pairs path).
 
-        A lookahead policy observes what each move pays; here that is ``(1 - w_human) * (score - 1) / 9
-        + w_human * human_score`` (the combined reward of rlhf.reward, with this policy's own aesthetic
-        scorer), so the gain it learned in stage 1 moves its crops toward the person's taste. The same
-        module and env settings are shared with this policy; only the reward it observes differs.
-
-        With ``photo_min_kept`` > 0 each greedy crop has a floor: the unsteered policy crops the photo too,
-        and where the steered crop's aesthetic score is below ``photo_min_kept`` of that crop's, the photo
-        is cropped again at the next lower weight of ``rlhf.reward.STEER_WEIGHTS``, down to the unsteered crop
-        (``backoffs`` counts the crops at a lower weight, ``fallbacks`` the unsteered ones; ``last_weight`` is
-        the weight of the last greedy crop). So every crop keeps that share of its own photo's score, and a
-        photo where the taste costs little keeps the full weight. Why per photo: the cost of a taste varies
-        by photo more than any weight chosen on average over a few photos can see. One episode more per
-        photo, and one per weight backed off.
+        Each photo's crop is the best of this policy's candidate crops (rlhf.candidates: its greedy crop,
+        ``rollouts`` sampled episodes, perturbations of them) by ``(1 - w_human) * (score - 1) / 9 + w_human *
+        human_score`` (the combined reward of rlhf.reward, with this policy's own aesthetic scorer), among the
+        candidates whose aesthetic score keeps ``photo_min_kept`` of the greedy crop's; the greedy crop itself
+        always qualifies, so no crop keeps less. Why choose among samples rather than steer the lookahead: a
+        policy's samples already hold crops a taste prefers on almost every photo, and picking among them lets
+        the reward model decide outright, where a lookahead steered by a reward model learnt from a few dozen
+        answers moved too little (docs/experiments.md). The candidates are drawn from a seed of the photo's
+        content, so a photo always gets the same crop. Sampled episodes (``deterministic=False``) are this
+        policy's own: the reward model chooses among crops, not how they are sampled.
         """
         from rlhf.reward import COMBINED, RewardSpec, build_reward
 
-        if not self.env_config.get("lookahead"):
-            raise ValueError(f"{self.source}: this policy does not observe what each move pays (it was trained "
-                             "with --no-lookahead), so a reward model cannot steer it; fine-tune it instead "
-                             "(photographer finetune)")
         if not self.reward:
-            raise ValueError(f"{self.source}: its run folder's config.json names no reward, so its lookahead "
-                             "cannot be steered")
+            raise ValueError(f"{self.source}: its run folder's config.json names no reward, so the reward model's "
+                             "score cannot be weighed against its aesthetic score")
         if not 0.0 <= w_human <= 1.0:
             raise ValueError(f"--w_human must be in [0, 1], got {w_human}")
+        if not 0.0 <= photo_min_kept <= 1.0:
+            raise ValueError(f"--photo_min_kept must be in [0, 1], got {photo_min_kept}")
+        if rollouts < 1:
+            raise ValueError(f"rollouts must be >= 1, got {rollouts}")
         spec = RewardSpec(**{**self.reward, "kind": COMBINED, "service": None,
                              "human_reward_model": str(Path(human_reward_model).expanduser().resolve()),
                              "w_nima": 1.0 - w_human, "w_human": w_human})
-        if not 0.0 <= photo_min_kept <= 1.0:
-            raise ValueError(f"--photo_min_kept must be in [0, 1], got {photo_min_kept}")
-        build_reward(spec)  # loads the reward model now: a bad file fails here, with its reason, not mid-crop
-        floor = KeptFloor(self, float(photo_min_kept), "unsteered") if photo_min_kept > 0 else None
-        return CropPolicy(self.module, self.env_config, self.source, spec.to_dict(), floor, self.bootstrap)
+        # Loads the reward model now: a bad file fails here, with its reason, not mid-crop.
+        indifferent = bool(build_reward(spec).human.indifferent)
+        steering = Steering(self, float(photo_min_kept), int(rollouts), indifferent)
+        return CropPolicy(self.module, self.env_config, self.source, spec.to_dict(), None, self.bootstrap, steering)
 
     def floored(self, photo_min_kept: float) -> CropPolicy:
         """This fine-tuned policy with a floor on each greedy crop: its bootstrap crops the photo too, and where
         this policy's crop scores below ``photo_min_kept`` of that crop's aesthetic score, the photo is cropped
-        again as a steered policy backs off (its lookahead shown the human score at the next lower weight of
-        ``rlhf.reward.STEER_WEIGHTS``, ``backoffs``), down to the bootstrap's crop (``fallbacks``). So every
+        again with its lookahead shown the human score at the next lower weight of
+        ``rlhf.reward.STEER_WEIGHTS`` (``backoffs``), down to the bootstrap's crop (``fallbacks``). So every
         crop keeps that share of its own photo's score, which stage 3's constraint holds only on average over
         its training photos, and a photo where the taste costs too much keeps as much of it as the floor
         allows. One bootstrap episode more per photo, one per step backed off. A policy that was not
@@ -351,7 +367,7 @@ class CropPolicy:
         if _shapes(reference.module.observation_space) != _shapes(self.module.observation_space):
             raise PolicyMismatchError(f"{self.source}: its bootstrap {self.bootstrap} observes other inputs, so it "
                                       "cannot crop beside it; give --photo_min_kept 0 to crop without the floor")
-        floor = KeptFloor(reference, float(photo_min_kept), "bootstrap_crop")
+        floor = KeptFloor(reference, float(photo_min_kept))
         return CropPolicy(self.module, self.env_config, self.source, self.reward, floor, self.bootstrap)
 
     @torch.inference_mode()
@@ -368,12 +384,15 @@ class CropPolicy:
                 rng: np.random.Generator | None = None) -> list[tuple[int, int, int, int]]:
         """Run one episode on env.photos[photo_index]; the boxes visited, first to last.
 
-        A policy with a floor (``steered(..., photo_min_kept)``, ``floored(photo_min_kept)``) holds each greedy
-        crop to photo_min_kept of the reference policy's greedy crop's aesthetic score: below it, the episode
-        of the highest lower human weight whose crop keeps it, else the reference's episode.
+        A steered policy's greedy episode is the whole photo, then its chosen candidate (``steered``). A policy
+        with a floor (``floored(photo_min_kept)``) holds each greedy crop to photo_min_kept of its bootstrap's
+        greedy crop's aesthetic score: below it, the episode of the highest lower human weight whose crop keeps
+        it, else the bootstrap's episode.
         """
         from rlhf.reward import AESTHETIC, COMBINED, STEER_WEIGHTS, Recombined, RewardSpec
 
+        if self.steering is not None:
+            return self._chosen(env, photo_index, deterministic, rng)
         boxes = self._episode(env, photo_index, deterministic, rng)
         self.last_weight = float(self.reward["w_human"]) if (self.reward or {}).get("kind") == COMBINED else 0.0
         if self.floor is None or not deterministic:
@@ -402,6 +421,35 @@ class CropPolicy:
         self.fallbacks += 1
         self.last_weight = 0.0
         return base
+
+    def _chosen(self, env, photo_index: int, deterministic: bool,
+                rng: np.random.Generator | None) -> list[tuple[int, int, int, int]]:
+        """A steered policy's episode: the whole photo, then the chosen candidate (see ``steered``)."""
+        from rlhf.reward import AESTHETIC, HUMAN, RewardSpec, combine
+
+        steering, own_fn, photo = self.steering, env.reward_fn, env.photos[photo_index]
+        try:
+            env.reward_fn = steering.reward_fn  # the reference observes the reward it was trained on
+            if not deterministic:
+                return steering.reference._episode(env, photo_index, False, rng)
+            if steering.indifferent:
+                boxes = [steering.reference._episode(env, photo_index, True, rng)[-1]]
+            else:
+                seeded = np.random.default_rng(int(photo.digest(), 16))
+                boxes = [c.box for c in candidate_boxes(steering.reference, env, photo_index, steering.rollouts,
+                                                        PERTURB, seeded, float(env.cfg.min_area))]
+        finally:
+            env.reward_fn = own_fn
+        pick = 0
+        if len(boxes) > 1:
+            terms = own_fn.terms(photo, boxes)
+            aesthetic = np.asarray(terms[AESTHETIC], dtype=np.float64)
+            value = combine(aesthetic, terms[HUMAN], RewardSpec(**self.reward))
+            keeps = aesthetic >= steering.photo_min_kept * aesthetic[0]
+            pick = int(np.argmax(np.where(keeps, value, -np.inf)))  # the greedy crop (0) on a tie
+        self.fallbacks += pick == 0
+        self.last_weight = float(self.reward["w_human"]) if pick else 0.0
+        return [photo.full_box, boxes[pick]]
 
     def _episode(self, env, photo_index: int, deterministic: bool,
                  rng: np.random.Generator | None) -> list[tuple[int, int, int, int]]:

@@ -229,34 +229,56 @@ def test_few_pairs_crop_is_steered_and_records_its_steering(policy, folder, refe
 
 def test_each_steered_crop_keeps_photo_min_kept_of_its_photos_unsteered_crop(policy, folder, reference, wide_model,
                                                                          tmp_path):
-    """--photo_min_kept is a floor on every crop of the few-pairs path: a steered crop scoring below it, as a
-    share of the unsteered crop of the same photo, is cropped again at lower weights, the highest that keeps it
-    winning, else the unsteered crop ("unsteered" in the journal); the journal gives each photo's weight."""
-    def crop(name: str, w: float, floor: float, image: str | None = None) -> list[dict]:
+    """--photo_min_kept is a floor on every crop of the few-pairs path: the reward model chooses only among
+    candidates keeping that share of the unsteered crop's aesthetic score, so every crop keeps it; a photo
+    whose choice is the unsteered crop says so ("unsteered" in the journal, weight 0)."""
+    def crop(name: str, floor: float) -> list[dict]:
         return read_journal(run(CropConfig(
-            policy=str(policy), image=[image or str(folder)], out=str(tmp_path / name), sheet_rows=3, ray=False,
-            human_reward_model=str(wide_model), steering=SteeringSettings(w_human=w, photo_min_kept=floor))) / JOURNAL)
+            policy=str(policy), image=[str(folder)], out=str(tmp_path / name), sheet_rows=3, ray=False,
+            human_reward_model=str(wide_model), steering=SteeringSettings(w_human=1.0, photo_min_kept=floor))) / JOURNAL)
 
-    records, free = crop("strict", 1.0, 1.0), crop("free", 1.0, 0.0)
+    records, free = crop("strict", 1.0), crop("free", 0.0)
     base = {r["image"]: r for r in read_journal(reference / JOURNAL)}
-    unguarded = {r["image"]: r for r in free}
     assert len(records) == N_PHOTOS
-    backed_off = []
     for r in records:
-        b, u = base[r["image"]], unguarded[r["image"]]
+        b = base[r["image"]]
         assert r["score"] >= b["score"] - 1e-4  # the floor holds on every photo (scores rounded to 4 places)
-        if u["score"] >= b["score"]:  # the steered crop keeps all of the score: it stays, at the full weight
-            assert r["box"] == u["box"] and r["w_human"] == 1.0 and "unsteered" not in r
-        elif r.get("unsteered"):  # no weight keeps it: the photo gets the unsteered crop
-            assert r["box"] == b["box"] and r["w_human"] == 0.0 and r["score"] == b["score"]
+        if r.get("unsteered"):
+            assert r["box"] == b["box"] and r["w_human"] == 0.0
         else:
-            assert 0.0 < r["w_human"] < 1.0
-            backed_off.append(r)
-    assert any(r["w_human"] < 1.0 for r in records)  # a 'wide' taste at full weight costs some photos' score
-    assert not any(r.get("unsteered") for r in unguarded.values())
-    for r in backed_off[:1]:  # a backed-off crop is the crop at its weight, steered without a floor
-        again = crop("again", r["w_human"], 0.0, image=r["image"])
-        assert again[0]["box"] == r["box"]
+            assert r["w_human"] == 1.0 and r["box"] != b["box"]
+    # Without the floor a 'wide' taste alone gives up some photos' score, and takes wider crops than with it.
+    assert any(u["score"] < base[u["image"]]["score"] - 1e-4 for u in free)
+    assert _area(tmp_path / "free") > _area(tmp_path / "strict")
+
+
+def test_a_steered_crop_is_the_reward_models_best_candidate_that_keeps_the_floor(policy, folder, wide_model):
+    """CropPolicy.steered: on each photo, the chosen crop is one of the policy's candidate crops (drawn from a
+    seed of the photo's content), the greedy crop stays among them, and no candidate that keeps the floor has
+    a higher human score."""
+    from rlhf.candidates import PERTURB, candidate_boxes
+    from rlhf.evaluation import policy_env
+    from rlhf.images import load_collection
+    from rlhf.policy import CropPolicy
+    from rlhf.reward import AESTHETIC, HUMAN
+
+    photos = load_collection([str(folder)])[:3]
+    boot = CropPolicy.load(policy)
+    steered = boot.steered(wide_model, 1.0, 0.97)
+    env = policy_env(steered, photos)
+    own = env.reward_fn
+    for k, photo in enumerate(photos):
+        chosen = steered.rollout(env, k)[-1]
+        env.reward_fn = steered.steering.reward_fn
+        boxes = [c.box for c in candidate_boxes(boot, env, k, steered.steering.rollouts, PERTURB,
+                                                np.random.default_rng(int(photo.digest(), 16)), env.cfg.min_area)]
+        env.reward_fn = own
+        assert boxes[0] == tuple(boot.rollout(policy_env(boot, [photo]), 0)[-1]) and chosen in boxes
+        terms = own.terms(photo, boxes)
+        aesthetic, human = np.asarray(terms[AESTHETIC]), np.asarray(terms[HUMAN])
+        keeps = aesthetic >= 0.97 * aesthetic[0]
+        assert human[boxes.index(chosen)] == pytest.approx(human[keeps].max())
+        assert steered.rollout(env, k)[-1] == chosen  # the same photo, the same crop
 
 
 @pytest.fixture(scope="module")
@@ -308,14 +330,14 @@ def test_each_finetuned_crop_keeps_photo_min_kept_of_its_bootstraps_crop(finetun
     assert len(crop("unfloored", 0.0, moved)) == N_PHOTOS
 
 
-def test_steering_needs_a_lookahead_policy_and_a_reward_model_file(policy, folder, wide_model, tmp_path):
+def test_steering_needs_a_reward_model_file_and_a_policy_that_names_its_reward(policy, folder, wide_model, tmp_path):
     import torch
 
     from rlhf.policy import CropPolicy
 
-    blind = CropPolicy(torch.nn.Identity(), {"lookahead": False}, Path("run/ckpt"), {"kind": "aesthetic"})
-    with pytest.raises(ValueError, match="cannot steer it; fine-tune it instead"):
-        blind.steered(wide_model)
+    bare = CropPolicy(torch.nn.Identity(), {"lookahead": False}, Path("run/ckpt"), None)
+    with pytest.raises(ValueError, match="names no reward"):
+        bare.steered(wide_model)
     bad = tmp_path / "bad.pth"
     bad.write_text("not a model")
     with pytest.raises(ValueError, match="not a readable human reward model"):
@@ -327,40 +349,18 @@ def test_steering_needs_a_lookahead_policy_and_a_reward_model_file(policy, folde
         CropConfig(policy=str(policy), human_reward_model=str(wide_model), steering=SteeringSettings(w_human=1.5))
 
 
-def test_steering_weight_is_chosen_to_keep_the_aesthetic_score(policy, folder, wide_model, tmp_path):
-    """Without --w_human the few-pairs path picks the largest weight whose crops keep --min_kept of the
-    policy's own aesthetic score on the photos (rlhf.kept.steering_weight); recorded for --resume."""
-    from dataclasses import replace
-
-    from rlhf.evaluation import aesthetic_kept, evaluate_policy
-    from rlhf.images import Photo, resolve_paths
-    from rlhf.kept import STEER_WEIGHTS, steering_weight
-    from rlhf.policy import CropPolicy
-    from rlhf.scorers import create_scorer
-
-    boot = CropPolicy.load(policy)
-    photos = [Photo.from_path(p) for p in resolve_paths([str(folder)])]
-    assert steering_weight(boot, wide_model, photos, min_kept=0.01)[0] == max(STEER_WEIGHTS)
-    # A reward model that found no taste steers nothing, however little kept asks.
+def test_a_reward_model_without_a_taste_keeps_every_unsteered_crop(policy, folder, reference, wide_model, tmp_path):
+    """A reward model that found no taste in its answers scores every crop alike: the few-pairs path then
+    keeps the policy's own crop of every photo, whatever --w_human asks (with w_human < 1 the aesthetic score
+    alone would otherwise choose, changing crops with no taste behind the change)."""
     from rlhf.preference import PreferenceRewardModel
 
     flat = PreferenceRewardModel.load(wide_model)
     for w_ in flat.head.weights():
         w_.data.zero_()
-    assert flat.indifferent and not PreferenceRewardModel.load(wide_model).indifferent
-    assert steering_weight(boot, flat.save(tmp_path / "flat.pth"), photos, min_kept=0.01) == (0.0, 1.0)
-    w, kept = steering_weight(boot, wide_model, photos, min_kept=0.99)
-    assert w in (0.0, *STEER_WEIGHTS) and kept >= 0.99
-    if w > 0:  # the chosen weight's crops do keep that much, measured again
-        scorer = create_scorer("default")
-        assert aesthetic_kept(evaluate_policy(boot.steered(wide_model, w), photos, scorer),
-                              evaluate_policy(boot, photos, scorer)) == pytest.approx(kept)
-    cfg = CropConfig(policy=str(policy), image=[str(folder)], out=str(tmp_path / "auto"), sheet_rows=3, ray=False,
-                     human_reward_model=str(wide_model), steering=SteeringSettings(min_kept=0.99), score=False)
-    out = run(cfg)
-    chosen = json.loads((out / "steering.json").read_text())
-    assert chosen["w_human"] == w and json.loads((out / "config.json").read_text())["steering"]["w_human"] is None
-    (out / "steering.json").write_text(json.dumps({**chosen, "w_human": 0.7}))  # resume uses the recorded one
-    run(replace(cfg, resume=True))
-    with pytest.raises(ValueError, match="was cropped with --min_kept 0.99"):
-        run(replace(cfg, resume=True, steering=SteeringSettings(min_kept=0.9)))
+    assert flat.indifferent
+    out = run(CropConfig(policy=str(policy), image=[str(folder)], out=str(tmp_path / "flat"), sheet_rows=3, ray=False,
+                         human_reward_model=str(flat.save(tmp_path / "flat.pth")),
+                         steering=SteeringSettings(w_human=0.5)))
+    records = read_journal(out / JOURNAL)
+    assert _boxes(out) == _boxes(reference) and all(r["unsteered"] and r["w_human"] == 0.0 for r in records)

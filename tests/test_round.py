@@ -143,7 +143,7 @@ def test_a_second_round_asks_the_uncertain_pairs_and_compares_with_the_first(fir
     # Stage 3 towards the taste alone (--finetune_w_human 1), the aesthetic score kept by its constraint.
     tuned = json.loads((folder / "finetune" / "config.json").read_text())
     assert state["policy"]["w_human"] == cfg.finetune_w_human == 1.0
-    assert (tuned["w_human"], tuned["w_nima"], tuned["stage3"]["min_kept"]) == (1.0, 0.0, cfg.steering.min_kept)
+    assert (tuned["w_human"], tuned["w_nima"], tuned["stage3"]["min_kept"]) == (1.0, 0.0, cfg.min_kept)
     report = (folder / "eval" / "report.md").read_text()
     assert "| round 1 |" in report and "| round 2 |" in report
     rows = _table_rows(first)

@@ -27,8 +27,7 @@ KINDS = (AESTHETIC, HUMAN, COMBINED)
 
 _TERMS = {AESTHETIC: (AESTHETIC,), HUMAN: (HUMAN,), COMBINED: (AESTHETIC, HUMAN)}
 
-# The human score's weights the few-pairs path steers with: rlhf.kept.steering_weight chooses one, and a
-# steered policy (rlhf.policy) backs off through the lower ones photo by photo.
+# The human score's weights a fine-tuned policy's floor backs off through, photo by photo (CropPolicy.floored).
 STEER_WEIGHTS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
