@@ -22,7 +22,7 @@ at most `max_inputs` of the standardised inputs by its evidence:
 
 Why the head's weights come from one scale: the scales decide which cues the answers rest on, but the
 larger ones also fit steeper weights, and the human score sigmoid(r) of a steep head is a step (flat on
-both sides of a taste's bend) that the lookahead's steering and stage 3 cannot climb. With the weights at
+both sides of a taste's bend) that a policy's lookahead and stage 3 cannot climb. With the weights at
 scale 1 the head ranks as the scale-averaged sets do and keeps the slope the rest of the product was
 tuned on (docs/experiments.md, 2026-12-05).
 

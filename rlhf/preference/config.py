@@ -39,7 +39,7 @@ class RewardTrainConfig:
     head_scale: float = field(default=1.0, metadata={"help": (
         "with --selection bayes: each input set's weights in the head are its MAP under this prior scale, "
         "whatever scales weigh the sets (0 = each scale's own fit). It sets the human score's steepness: "
-        "larger scales fit steeper weights, and a steep sigmoid(r) is a step that steering and stage 3 "
+        "larger scales fit steeper weights, and a steep sigmoid(r) is a step that a lookahead and stage 3 "
         "cannot climb (docs/design.md)")})
     epochs: int = field(default=50, metadata={
         "help": "with --selection l1: maximum training epochs over the pairs"})
