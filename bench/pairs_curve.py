@@ -10,8 +10,9 @@ For each SIMULATED taste (rlhf/simulated.py) and each way of choosing pairs, ans
              the bootstrap's candidate crops that keep 0.95 of its own crop's aesthetic score)
   finetuned  at the steps in --finetune_at only (stage 3 takes minutes): stage 3 from the bootstrap towards
              the reward model (--finetune_w_human, 1 by default) with the aesthetic-kept constraint (what
-             `photographer round` fine-tunes with); its crops, as `photographer crop` makes them, held to
-             0.95 of the bootstrap crop's score on each photo (backing off its human weight)
+             `photographer round` fine-tunes with); its crops as `photographer crop --human_reward_model`
+             makes them: the reward model chooses among its candidate crops that keep 0.95 of the
+             bootstrap crop's score
 
 each judged on the unseen photos (the bundled held-out photos and fixed framings of them) against the
 bootstrap: `preferred` (how often the taste prefers the policy's crop; no preference counts half) and
@@ -55,8 +56,8 @@ from rlhf.kept import FINETUNE_W_HUMAN  # noqa: E402
 
 TARGETS = {"pairs_to_080": 30, "preferred_at_25_frozen": 0.70, "preferred_at_100_finetuned": 0.80, "kept": 0.95}
 SELECTIONS = ("uncertain", "diverse")
-# One step's numbers, in its folder, per steering and stage-3 weight ("candidates": the few-pairs path chooses
-# among the bootstrap's candidate crops; results from before it are not reused).
+# One step's numbers, in its folder, per steering and stage-3 weight ("candidates": the reward model chooses among
+# the policy's candidate crops; results from before it are not reused).
 RESULT = "result_{steer}_ft{finetune:g}_candidates.json"
 
 
@@ -125,7 +126,7 @@ def curve(cfg: CurveConfig, out: Path, taste: str, selection: str, policy: str, 
 
     from rayjobs import pairs, train_reward
     from rlhf.evaluation import aesthetic_kept, evaluate_policy, reward_model_accuracy
-    from rlhf.kept import PHOTO_MIN_KEPT, SteeringSettings
+    from rlhf.kept import SteeringSettings
     from rlhf.policy import CropPolicy
     from rlhf.preference import PreferenceRewardModel
     from rlhf.simulated import SimulatedAnnotator, preferred_rate
@@ -177,11 +178,12 @@ def curve(cfg: CurveConfig, out: Path, taste: str, selection: str, policy: str, 
             wf = cfg.finetune_w_human
             stage3(replace(cfg.personalization(), w_nima=1.0 - wf, w_human=wf), policy, model_path,
                    step / f"finetune_w{wf:g}", cfg.finetune_timesteps)
-            tuned_policy = CropPolicy.load(step / f"finetune_w{wf:g}").floored(PHOTO_MIN_KEPT)  # as `crop` crops
+            # As `crop --human_reward_model` crops with it (and `round` after it): the reward model chooses among
+            # its candidates, each keeping 0.95 of the bootstrap's crop.
+            tuned_policy = CropPolicy.load(step / f"finetune_w{wf:g}").steered(model_path, w, steering.photo_min_kept)
             tuned = evaluate_policy(tuned_policy, photos, shared["scorer"], name="finetuned")
             row["w_human_finetuned"] = wf
             row["bootstrap_crop_finetuned"] = tuned_policy.fallbacks
-            row["backed_off_finetuned"] = tuned_policy.backoffs
             row["preferred_finetuned"] = preferred_rate(truth, photos, boot_eval.boxes, tuned.boxes)
             row["kept_finetuned"] = aesthetic_kept(tuned, boot_eval)
         row["seconds"] = round(time.time() - t0, 1)
@@ -214,12 +216,12 @@ def summary(cfg: CurveConfig, rows: list[dict]) -> dict[str, float]:
 def table(rows: list[dict]) -> str:
     """pairs_curve.md: one row per taste, selection and step."""
     head = ("| taste | selection | answers | held-out accuracy | preferred, frozen | kept, frozen | "
-            "preferred, fine-tuned {backed off, bootstrap's crop} | kept, fine-tuned |")
+            "preferred, fine-tuned {bootstrap's crop} | kept, fine-tuned |")
     lines = [head, "|" + "---|" * 8]
     for r in rows:
         cells = [r["taste"], r["selection"], str(r["answers"])] + [
             _f(r.get(k)) for k in ("accuracy", "preferred_frozen", "kept_frozen")] + [
-            _f(r.get("preferred_finetuned")) + (f" {{{r['backed_off_finetuned']}, {r['bootstrap_crop_finetuned']}}}"
+            _f(r.get("preferred_finetuned")) + (f" {{{r['bootstrap_crop_finetuned']}}}"
                                                 if "bootstrap_crop_finetuned" in r else ""),
             _f(r.get("kept_finetuned"))]
         lines.append("| " + " | ".join(cells) + " |")

@@ -19,7 +19,8 @@ Each call finishes the run's newest unfinished round, or starts the next one, in
                fine-tuning (the few-pairs path, photographer crop --human_reward_model: the reward model
                chooses among the bootstrap's candidate crops); from then on, stage 3 fine-tunes the
                bootstrap towards the reward model (--finetune_w_human) while keeping --min_kept of the
-               aesthetic score (photographer finetune --min_kept)
+               aesthetic score (photographer finetune --min_kept), and the reward model chooses among
+               the fine-tuned policy's candidates
   5. evaluate  this round's policy against the previous round's (round 1: the bootstrap) on held-out
                photos: the aesthetic score kept, the reward model's human score, and with --simulate how
                often the taste prefers this round's crop; report and pictures in round_NNN/eval/
@@ -179,8 +180,9 @@ def _check_same(cfg: RoundConfig, folder: Path) -> None:
 
 
 def load_policy(desc: dict[str, Any]) -> CropPolicy:
-    """A round's policy from its record: a policy folder, steered when the record names a reward model, a
-    fine-tuned one held to its bootstrap's crops by the record's floor (CropPolicy.floored)."""
+    """A round's policy from its record: a policy folder, steered when the record names a reward model (the
+    bootstrap, or a fine-tuned policy whose crops keep the record's floor of its bootstrap's), else a
+    fine-tuned one held to its bootstrap's crops by the floor alone (CropPolicy.floored; older records)."""
     from rlhf.policy import CropPolicy
 
     policy = CropPolicy.load(desc["policy"])
@@ -299,7 +301,9 @@ def step_policy(r: Round) -> dict[str, Any]:
     print(f"round {r.k}: {answers} answers: stage 3 fine-tunes the bootstrap (w_human {w:g}, keeping "
           f"{r.cfg.min_kept:g} of the aesthetic score)", flush=True)
     finetune.run(*parse_config_given(finetune.FinetuneConfig, argv, prog="photographer finetune"))
-    return {"kind": "fine-tuned", "policy": str(out), "human_reward_model": None, "w_human": w,
+    # It crops as `crop --human_reward_model` does: the reward model chooses among its candidates, each keeping
+    # --photo_min_kept of its bootstrap's crop (CropPolicy.steered).
+    return {"kind": "fine-tuned", "policy": str(out), "human_reward_model": model, "w_human": r.cfg.steering.w_human,
             "photo_min_kept": r.cfg.steering.photo_min_kept}
 
 

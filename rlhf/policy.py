@@ -256,19 +256,19 @@ class KeptFloor:
     def reward_fn(self) -> Any:
         """The reference's own reward, built at the first crop (its scorer takes a second or two to build,
         which a command that only checks the policy at start-up need not pay)."""
-        from rlhf.reward import build_reward
-
-        return build_reward({**(self.reference.reward or {}), "service": None})
+        return _own_reward(self.reference)
 
 
 @dataclass
 class Steering:
-    """The few-pairs path (``CropPolicy.steered``): a photo's crop is the best of ``reference``'s candidate
-    crops (rlhf.candidates, ``rollouts`` samples) by the steering reward, among those keeping ``photo_min_kept``
-    of the aesthetic score of ``reference``'s own greedy crop; ``indifferent``: the reward model found no
-    taste, so the greedy crop stays."""
+    """How a steered policy (``CropPolicy.steered``) crops: the best of ``reference``'s candidate crops
+    (rlhf.candidates, ``rollouts`` samples) by the steering reward, among those whose aesthetic score keeps
+    ``photo_min_kept`` of the floor crop's: ``anchor``'s greedy crop (a fine-tuned policy's bootstrap), else
+    ``reference``'s own; the floor crop is always a candidate. ``indifferent``: the reward model found no
+    taste, so the floor crop stays."""
 
     reference: CropPolicy
+    anchor: CropPolicy | None
     photo_min_kept: float
     rollouts: int
     indifferent: bool
@@ -276,9 +276,19 @@ class Steering:
     @cached_property
     def reward_fn(self) -> Any:
         """The reference's own reward, which its lookahead observes while it samples the candidates."""
-        from rlhf.reward import build_reward
+        return _own_reward(self.reference)
 
-        return build_reward({**(self.reference.reward or {}), "service": None})
+    @cached_property
+    def anchor_reward_fn(self) -> Any:
+        return _own_reward(self.anchor)
+
+
+def _own_reward(policy: CropPolicy | None) -> Any:
+    """The reward a policy was trained on, built in this process: a lookahead policy crops as it was trained
+    only while it observes that reward."""
+    from rlhf.reward import build_reward
+
+    return build_reward({**((policy.reward if policy else None) or {}), "service": None})
 
 
 class CropPolicy:
@@ -313,18 +323,21 @@ class CropPolicy:
 
     def steered(self, human_reward_model: str | Path, w_human: float = 1.0, photo_min_kept: float = 0.0,
                 rollouts: int = ROLLOUTS) -> CropPolicy:
-        """This policy with a person's reward model choosing its crops, no fine-tuning (the few-pairs path).
+        """This policy with a person's reward model choosing its crops: the few-pairs path on the bootstrap,
+        and how a fine-tuned policy crops for the person whose reward model it was fine-tuned on.
 
         Each photo's crop is the best of this policy's candidate crops (rlhf.candidates: its greedy crop,
         ``rollouts`` sampled episodes, perturbations of them) by ``(1 - w_human) * (score - 1) / 9 + w_human *
         human_score`` (the combined reward of rlhf.reward, with this policy's own aesthetic scorer), among the
-        candidates whose aesthetic score keeps ``photo_min_kept`` of the greedy crop's; the greedy crop itself
-        always qualifies, so no crop keeps less. Why choose among samples rather than steer the lookahead: a
-        policy's samples already hold crops a taste prefers on almost every photo, and picking among them lets
-        the reward model decide outright, where a lookahead steered by a reward model learnt from a few dozen
-        answers moved too little (docs/experiments.md). The candidates are drawn from a seed of the photo's
-        content, so a photo always gets the same crop. Sampled episodes (``deterministic=False``) are this
-        policy's own: the reward model chooses among crops, not how they are sampled.
+        candidates whose aesthetic score keeps ``photo_min_kept`` of the floor crop's: the greedy crop of the
+        bootstrap a fine-tuned policy started from, else this policy's own. The floor crop is a candidate too,
+        so no crop keeps less. Why choose among samples rather than steer the lookahead: a policy's samples
+        already hold crops a taste prefers on almost every photo, and picking among them lets the reward model
+        decide outright, where a lookahead steered by a reward model learnt from a few dozen answers moved too
+        little; stage 3 moves the samples towards the taste, and choosing among them adds to it
+        (docs/experiments.md). The candidates are drawn from a seed of the photo's content, so a photo always
+        gets the same crop. Sampled episodes (``deterministic=False``) are this policy's own: the reward model
+        chooses among crops, not how they are sampled.
         """
         from rlhf.reward import COMBINED, RewardSpec, build_reward
 
@@ -342,7 +355,9 @@ class CropPolicy:
                              "w_nima": 1.0 - w_human, "w_human": w_human})
         # Loads the reward model now: a bad file fails here, with its reason, not mid-crop.
         indifferent = bool(build_reward(spec).human.indifferent)
-        steering = Steering(self, float(photo_min_kept), int(rollouts), indifferent)
+        reference = CropPolicy(self.module, self.env_config, self.source, self.reward, None, self.bootstrap)
+        anchor = self._bootstrap_policy() if self.bootstrap and photo_min_kept > 0 else None
+        steering = Steering(reference, anchor, float(photo_min_kept), int(rollouts), indifferent)
         return CropPolicy(self.module, self.env_config, self.source, spec.to_dict(), None, self.bootstrap, steering)
 
     def floored(self, photo_min_kept: float) -> CropPolicy:
@@ -359,16 +374,20 @@ class CropPolicy:
             raise ValueError(f"--photo_min_kept must be in [0, 1], got {photo_min_kept}")
         if not self.bootstrap or photo_min_kept == 0:
             return self
+        floor = KeptFloor(self._bootstrap_policy(), float(photo_min_kept))
+        return CropPolicy(self.module, self.env_config, self.source, self.reward, floor, self.bootstrap)
+
+    def _bootstrap_policy(self) -> CropPolicy:
+        """The policy stage 3 fine-tuned this one from, whose crops the per-photo floor compares with."""
         try:
-            reference = CropPolicy.load(self.bootstrap)
+            bootstrap = CropPolicy.load(self.bootstrap)
         except FileNotFoundError as e:
             raise FileNotFoundError(f"{self.source} was fine-tuned from {self.bootstrap}, whose crops its per-photo "
                                     f"floor needs ({e}); give --photo_min_kept 0 to crop without the floor") from e
-        if _shapes(reference.module.observation_space) != _shapes(self.module.observation_space):
+        if _shapes(bootstrap.module.observation_space) != _shapes(self.module.observation_space):
             raise PolicyMismatchError(f"{self.source}: its bootstrap {self.bootstrap} observes other inputs, so it "
                                       "cannot crop beside it; give --photo_min_kept 0 to crop without the floor")
-        floor = KeptFloor(reference, float(photo_min_kept))
-        return CropPolicy(self.module, self.env_config, self.source, self.reward, floor, self.bootstrap)
+        return bootstrap
 
     @torch.inference_mode()
     def act(self, obs: dict[str, np.ndarray], deterministic: bool = True,
@@ -429,15 +448,21 @@ class CropPolicy:
 
         steering, own_fn, photo = self.steering, env.reward_fn, env.photos[photo_index]
         try:
-            env.reward_fn = steering.reward_fn  # the reference observes the reward it was trained on
+            env.reward_fn = steering.reward_fn  # each policy observes the reward it was trained on
             if not deterministic:
                 return steering.reference._episode(env, photo_index, False, rng)
-            if steering.indifferent:
-                boxes = [steering.reference._episode(env, photo_index, True, rng)[-1]]
-            else:
+            boxes = []
+            if steering.anchor is not None:
+                env.reward_fn = steering.anchor_reward_fn
+                boxes = [tuple(steering.anchor._episode(env, photo_index, True, rng)[-1])]
+                env.reward_fn = steering.reward_fn
+            if not boxes and steering.indifferent:
+                boxes = [tuple(steering.reference._episode(env, photo_index, True, rng)[-1])]
+            elif not steering.indifferent:
                 seeded = np.random.default_rng(int(photo.digest(), 16))
-                boxes = [c.box for c in candidate_boxes(steering.reference, env, photo_index, steering.rollouts,
-                                                        PERTURB, seeded, float(env.cfg.min_area))]
+                boxes += [c.box for c in candidate_boxes(steering.reference, env, photo_index, steering.rollouts,
+                                                         PERTURB, seeded, float(env.cfg.min_area))
+                          if c.box not in boxes]
         finally:
             env.reward_fn = own_fn
         pick = 0
@@ -446,7 +471,7 @@ class CropPolicy:
             aesthetic = np.asarray(terms[AESTHETIC], dtype=np.float64)
             value = combine(aesthetic, terms[HUMAN], RewardSpec(**self.reward))
             keeps = aesthetic >= steering.photo_min_kept * aesthetic[0]
-            pick = int(np.argmax(np.where(keeps, value, -np.inf)))  # the greedy crop (0) on a tie
+            pick = int(np.argmax(np.where(keeps, value, -np.inf)))  # the floor crop (0) on a tie
         self.fallbacks += pick == 0
         self.last_weight = float(self.reward["w_human"]) if pick else 0.0
         return [photo.full_box, boxes[pick]]

@@ -330,6 +330,27 @@ def test_each_finetuned_crop_keeps_photo_min_kept_of_its_bootstraps_crop(finetun
     assert len(crop("unfloored", 0.0, moved)) == N_PHOTOS
 
 
+def test_a_finetuned_policy_steered_by_its_reward_model_keeps_the_bootstraps_floor(finetuned, folder, reference,
+                                                                               wide_model, tmp_path):
+    """crop --policy FINE_TUNED --human_reward_model: the reward model chooses among the fine-tuned policy's
+    candidates, the floor measured against its bootstrap's crop (the crop stage 3 started from), which is a
+    candidate too ("bootstrap_crop" in the journal where it stays)."""
+    out = run(CropConfig(policy=str(finetuned), image=[str(folder)], out=str(tmp_path / "ft"), sheet_rows=3,
+                         ray=False, human_reward_model=str(wide_model),
+                         steering=SteeringSettings(w_human=1.0, photo_min_kept=0.9)))
+    base = {r["image"]: r for r in read_journal(reference / JOURNAL)}
+    records = read_journal(out / JOURNAL)
+    assert len(records) == N_PHOTOS
+    for r in records:
+        b = base[r["image"]]
+        assert r["score"] >= 0.9 * b["score"] - 1e-4
+        if r.get("bootstrap_crop"):
+            assert r["box"] == b["box"] and r["w_human"] == 0.0
+        else:
+            assert r["w_human"] == 1.0 and "unsteered" not in r
+    assert not all(r.get("bootstrap_crop") for r in records)  # a 'wide' taste finds wider crops that keep it
+
+
 def test_steering_needs_a_reward_model_file_and_a_policy_that_names_its_reward(policy, folder, wide_model, tmp_path):
     import torch
 

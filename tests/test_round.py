@@ -139,11 +139,15 @@ def test_a_second_round_asks_the_uncertain_pairs_and_compares_with_the_first(fir
     assert len(made) == 8 and all("margin" in p.extra for p in made)
     assert state["answers"]["answers"] == 16 and len(PreferenceStore(first / round_job.STORE)) == 16
     assert state["policy"]["kind"] == "fine-tuned" and (folder / "finetune" / "checkpoints").is_dir()
-    assert state["policy"]["photo_min_kept"] == 0.95  # its crops are held to its bootstrap's (CropPolicy.floored)
+    # It crops as `crop --human_reward_model` does: the reward model chooses among its candidates, each keeping
+    # 0.95 of its bootstrap's crop (CropPolicy.steered).
+    assert state["policy"]["human_reward_model"] == state["reward"]["model"]
+    assert (state["policy"]["w_human"], state["policy"]["photo_min_kept"]) == (1.0, 0.95)
+    steered = round_job.load_policy(state["policy"])
+    assert steered.steering is not None and steered.steering.anchor is not None
     # Stage 3 towards the taste alone (--finetune_w_human 1), the aesthetic score kept by its constraint.
     tuned = json.loads((folder / "finetune" / "config.json").read_text())
-    assert state["policy"]["w_human"] == cfg.finetune_w_human == 1.0
-    assert (tuned["w_human"], tuned["w_nima"], tuned["stage3"]["min_kept"]) == (1.0, 0.0, cfg.min_kept)
+    assert (tuned["w_human"], tuned["w_nima"], tuned["stage3"]["min_kept"]) == (cfg.finetune_w_human, 0.0, cfg.min_kept)
     report = (folder / "eval" / "report.md").read_text()
     assert "| round 1 |" in report and "| round 2 |" in report
     rows = _table_rows(first)
