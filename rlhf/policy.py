@@ -303,7 +303,7 @@ class CropPolicy:
         self.reward = reward  # the RewardSpec it was trained on (a lookahead policy observes it)
         self.bootstrap = bootstrap  # the policy stage 3 fine-tuned this one from (None: not fine-tuned)
         self.floor = floor  # the per-photo floor on a fine-tuned policy's greedy crops (floored())
-        self.steering = steering  # the few-pairs path's choice among candidate crops (steered())
+        self.steering = steering  # a reward model's choice among its candidate crops (steered())
         self.fallbacks = 0  # greedy crops that are the reference policy's own (a floor's, or the steering's)
         self.backoffs = 0  # greedy crops the floor cropped again at a lower weight
         self.last_weight = 0.0  # the human score's weight in the last greedy crop (0: the reference's crop)
@@ -451,18 +451,19 @@ class CropPolicy:
             env.reward_fn = steering.reward_fn  # each policy observes the reward it was trained on
             if not deterministic:
                 return steering.reference._episode(env, photo_index, False, rng)
-            boxes = []
+            floor_crop = []  # a fine-tuned policy's floor: its bootstrap's greedy crop, itself a candidate
             if steering.anchor is not None:
                 env.reward_fn = steering.anchor_reward_fn
-                boxes = [tuple(steering.anchor._episode(env, photo_index, True, rng)[-1])]
+                floor_crop = [tuple(steering.anchor._episode(env, photo_index, True, rng)[-1])]
                 env.reward_fn = steering.reward_fn
-            if not boxes and steering.indifferent:
-                boxes = [tuple(steering.reference._episode(env, photo_index, True, rng)[-1])]
-            elif not steering.indifferent:
+            if steering.indifferent:  # no taste to choose by: the floor crop, else the policy's own
+                boxes = floor_crop or [tuple(steering.reference._episode(env, photo_index, True, rng)[-1])]
+            else:
                 seeded = np.random.default_rng(int(photo.digest(), 16))
-                boxes += [c.box for c in candidate_boxes(steering.reference, env, photo_index, steering.rollouts,
-                                                         PERTURB, seeded, float(env.cfg.min_area))
-                          if c.box not in boxes]
+                boxes = floor_crop + [c.box for c in candidate_boxes(steering.reference, env, photo_index,
+                                                                     steering.rollouts, PERTURB, seeded,
+                                                                     float(env.cfg.min_area))
+                                      if c.box not in floor_crop]
         finally:
             env.reward_fn = own_fn
         pick = 0
