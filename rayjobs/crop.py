@@ -65,8 +65,9 @@ class CropConfig:
     policy: str = field(default="", metadata={"help": "policy checkpoint or run folder (newest checkpoint); "
                                                       "required"})
     human_reward_model: str | None = field(default=None, metadata={
-        "help": "steer the policy with this human_reward_model.pth, no fine-tuning (the few-pairs path): the "
-                "reward model chooses each photo's crop among the policy's candidate crops; default none"})
+        "help": "let this human_reward_model.pth choose each photo's crop among the policy's candidate crops: on "
+                "the bootstrap the few-pairs path (no fine-tuning), on a policy fine-tuned on it how that policy "
+                "crops for its person; default none"})
     steering: SteeringSettings = field(default_factory=SteeringSettings)
     image: list[str] = field(default_factory=_heldout, metadata={"help": "photos: files, folders or globs",
                                                                          "help_default": "the bundled held-out photos"})

@@ -196,10 +196,11 @@ class SteeringSettings:
                 "aesthetic score's is 1 - w_human): at 1 the person's taste alone decides among the crops that keep "
                 "--photo_min_kept"})
     photo_min_kept: float = field(default=PHOTO_MIN_KEPT, metadata={
-        "help": "the share of a photo's unsteered crop's aesthetic score a steered crop must keep: only candidates "
-                "that keep it are chosen among; a fine-tuned policy's crop, of its bootstrap's crop, is cropped "
-                "again at lower human weights (0.1 steps) until it keeps it, down to the bootstrap's crop (an "
-                "episode more per photo, one per step; 0 = no floor)"})
+        "help": "the share of the aesthetic score of the policy's own crop (of a fine-tuned policy: its bootstrap's "
+                "crop) a crop chosen by a reward model must keep: only candidates that keep it are chosen among; "
+                "without a reward model a fine-tuned policy's crop keeping less is cropped again at lower human "
+                "weights (0.1 steps), down to the bootstrap's crop (an episode more per photo, one per step; "
+                "0 = no floor)"})
 
     def __post_init__(self) -> None:
         self.validate()
