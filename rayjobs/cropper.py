@@ -125,8 +125,7 @@ class Cropper:
         if self.policy.floor is not None or self.policy.steering is not None:
             record["w_human"] = self.policy.last_weight  # the weight this photo's crop was chosen at
         if self.policy.fallbacks > fallbacks:  # the photo kept its reference policy's crop
-            steering = self.policy.steering
-            record["unsteered" if steering is not None and steering.anchor is None else "bootstrap_crop"] = True
+            record[self.policy.fallback] = True
         if self.score:
             record["score"] = round(float(self.scorer.score_boxes(photo, [box])[0]), 4)
             record["whole_photo_score"] = round(float(self.scorer.score_boxes(photo, [photo.full_box])[0]), 4)

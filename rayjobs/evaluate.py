@@ -250,11 +250,12 @@ def run(cfg: EvalConfig) -> Path:
             line += f", reward model's human score {_fmt(e.human_mean)}"
         if e.agreement_pairs:
             line += f", agreement {_fmt(e.agreement)} on {e.agreement_pairs} pairs"
+        given = {"unsteered": "its unsteered", "bootstrap_crop": "the bootstrap's"}[policy.fallback]
         if policy.steering is not None:
-            line += f"; {policy.fallbacks} of {len(photos)} photos kept the unsteered crop"
+            line += f"; {policy.fallbacks} of {len(photos)} photos kept {given} crop"
         elif policy.floor is not None and policy.backoffs + policy.fallbacks:
             line += (f"; the --photo_min_kept floor backed off on {policy.backoffs} of {len(photos)} photos and gave "
-                     f"{policy.fallbacks} the bootstrap's crop")
+                     f"{policy.fallbacks} {given} crop")
         print(line, flush=True)
     if cfg.taste is not None:
         from rlhf.simulated import SimulatedAnnotator, preferred_rate

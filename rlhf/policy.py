@@ -308,6 +308,12 @@ class CropPolicy:
         self.backoffs = 0  # greedy crops the floor cropped again at a lower weight
         self.last_weight = 0.0  # the human score's weight in the last greedy crop (0: the reference's crop)
 
+    @property
+    def fallback(self) -> str:
+        """What a crop counted in ``fallbacks`` is: "bootstrap_crop" (a fine-tuned policy's bootstrap's crop) or
+        "unsteered" (a steered bootstrap's own greedy crop); the crop journal's key for it."""
+        return "unsteered" if self.steering is not None and self.steering.anchor is None else "bootstrap_crop"
+
     @classmethod
     def load(cls, path: str | Path) -> CropPolicy:
         from ray.rllib.core.rl_module.rl_module import RLModule
