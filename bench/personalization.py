@@ -27,11 +27,16 @@ stage 3's aim: on how many of the photos where it moved the crop it raised its o
 (w_nima*(aesthetic-1)/9 + w_human*human), and how often the taste prefers the moved crop where it did
 and where it did not.
 
-The last line is `personalization: accuracy=A preferred=P score_kept=K` with the values of the worst
-taste: the one whose smallest ratio to its targets (A/0.80, P/0.70, K/0.95) is lowest. Each taste's
-line also gives `preferred on the training photos` (the same comparison on the photos and framings
-stage 3 trained on): high there but low on unseen photos means the policy did not generalise; low on
-both means it did not learn the reward.
+The bench judges stage 3's own crops, and also the crops the person gets from it: `crop --policy FT
+--human_reward_model RM` lets the reward model choose among the fine-tuned policy's candidate crops that keep
+0.95 of its bootstrap's aesthetic score (CropPolicy.steered), `chosen` below.
+
+The last line is `personalization: accuracy=A preferred=P score_kept=K chosen_preferred_min=C
+chosen_kept_min=S` with A, P, K the values of the worst taste: the one whose smallest ratio to its targets
+(A/0.80, P/0.70, K/0.95) is lowest; C and S the lowest over the tastes of the chosen crops' preferred and
+score_kept. Each taste's line also gives `preferred on the training photos` (the same comparison on the
+photos and framings stage 3 trained on): high there but low on unseen photos means the policy did not
+generalise; low on both means it did not learn the reward.
 
     python bench/personalization.py                         # everything, about 80 min on 2 free cores (25 a taste)
     python bench/personalization.py --bootstrap results/boot --tastes tight   # reuse a stage-1 policy
@@ -188,6 +193,7 @@ def run_taste(cfg: BenchConfig, out: Path, taste: str, policy: str, unseen_files
     from rayjobs import evaluate as evaluate_job
     from rayjobs import pairs, train_reward
     from rlhf.evaluation import evaluate_policy, reward_model_accuracy
+    from rlhf.kept import SteeringSettings
     from rlhf.pairs import save_pairs
     from rlhf.policy import CropPolicy
     from rlhf.preference import PreferenceRewardModel
@@ -256,6 +262,12 @@ def run_taste(cfg: BenchConfig, out: Path, taste: str, policy: str, unseen_files
     ft_eval = evaluate_policy(ft_policy, photos, shared["scorer"], model, heldout, name="stage3")
     verdict = judge(truth, photos, boot_eval, ft_eval, cfg.w_nima, cfg.w_human)
     preferred, per_photo, kept = verdict["preferred"], verdict["preferred_by_photo"], verdict["score_kept"]
+    # The crop the person gets: `crop --policy FT --human_reward_model RM`, the reward model choosing among the
+    # fine-tuned policy's candidates that keep 0.95 of its bootstrap's crop (CropPolicy.steered).
+    steering = SteeringSettings()
+    chosen_eval = evaluate_policy(ft_policy.steered(model_path, steering.w_human, steering.photo_min_kept), photos,
+                                  shared["scorer"], model, heldout, name="stage3+chosen")
+    chosen = judge(truth, photos, boot_eval, chosen_eval, cfg.w_nima, cfg.w_human)
     aim = {k: verdict[k] for k in AIM_KEYS}
     # The same comparison on the photos stage 3 trained on: high here but low on unseen photos means
     # the policy did not generalise; low on both means it did not learn the reward.
@@ -285,11 +297,14 @@ def run_taste(cfg: BenchConfig, out: Path, taste: str, policy: str, unseen_files
               "aesthetic_bootstrap": boot_eval.aesthetic_mean, "aesthetic_stage3": ft_eval.aesthetic_mean,
               "human_bootstrap": boot_eval.human_mean, "human_stage3": ft_eval.human_mean,
               "agreement_bootstrap": boot_eval.agreement, "agreement_stage3": ft_eval.agreement,
+              "chosen_preferred": chosen["preferred"], "chosen_score_kept": chosen["score_kept"],
               "answers": counts, **aim, **{f"{k}_training_photos": v for k, v in aim_seen.items()}, "seconds": {k: round(v, 1) for k, v in times.items()}, "report": str(report)}
     print(f"[{taste}] accuracy={accuracy:.3f} preferred={preferred:.3f} score_kept={kept:.3f} "
           f"(crops changed on {changed}/{len(photos)} photos; human score {boot_eval.human_mean:.3f} -> "
           f"{ft_eval.human_mean:.3f}; agreement {boot_eval.agreement:.3f} -> {ft_eval.agreement:.3f}; preferred on "
           f"the training photos {preferred_seen:.3f})", flush=True)
+    print(f"[{taste}] as `crop --human_reward_model` crops for the person (the reward model choosing among stage 3's "
+          f"candidates): preferred={chosen['preferred']:.3f} score_kept={chosen['score_kept']:.3f}", flush=True)
     print(f"[{taste}] stage 3's aim: it raised its own objective ({cfg.w_nima}*aesthetic + {cfg.w_human}*human) on "
           f"{aim['objective_up']}/{aim['moved']} photos where it moved the crop; the taste prefers its crop on "
           f"{aim['preferred_where_up']:.2f} of those and {aim['preferred_where_down']:.2f} of the rest; on the training "
@@ -428,16 +443,21 @@ def report(results: list[dict], out: Path, cfg: BenchConfig, t0: float) -> list[
     """personalization.json, the table and the last line."""
     (out / "personalization.json").write_text(json.dumps(results, indent=2, default=_plain) + "\n")
     print(f"\n=== personalization ({time.time() - t0:.0f}s; SIMULATED annotators, noise {cfg.noise}) ===")
-    print(f"{'taste':<11} {'accuracy':>9} {'preferred':>10} {'score_kept':>11}   targets >= "
-          f"{TARGETS['accuracy']:.2f} / {TARGETS['preferred']:.2f} / {TARGETS['score_kept']:.2f}")
+    print(f"{'taste':<11} {'accuracy':>9} {'preferred':>10} {'score_kept':>11} {'chosen: preferred':>18} "
+          f"{'score_kept':>11}   targets >= {TARGETS['accuracy']:.2f} / {TARGETS['preferred']:.2f} / "
+          f"{TARGETS['score_kept']:.2f}")
+    nan = float("nan")
     for r in results:
         ok = all(r[k] >= v for k, v in TARGETS.items())
-        print(f"{r['taste']:<11} {r['accuracy']:>9.3f} {r['preferred']:>10.3f} {r['score_kept']:>11.3f}   "
+        print(f"{r['taste']:<11} {r['accuracy']:>9.3f} {r['preferred']:>10.3f} {r['score_kept']:>11.3f} "
+              f"{r.get('chosen_preferred', nan):>18.3f} {r.get('chosen_score_kept', nan):>11.3f}   "
               f"{'meets targets' if ok else 'BELOW TARGET'}")
     w = worst(results)
     print(f"worst taste: {w['taste']}; results in {out}")
+    chosen = [r.get("chosen_preferred", nan) for r in results], [r.get("chosen_score_kept", nan) for r in results]
     print(f"personalization: accuracy={w['accuracy']:.3f} preferred={w['preferred']:.3f} "
-          f"score_kept={w['score_kept']:.3f}", flush=True)
+          f"score_kept={w['score_kept']:.3f} chosen_preferred_min={min(chosen[0]):.3f} "
+          f"chosen_kept_min={min(chosen[1]):.3f}", flush=True)
     return results
 
 

@@ -253,10 +253,7 @@ class RunFolder:
 
 # --- the run --------------------------------------------------------------------------------------
 
-def results_in_process(cfg: CropConfig, todo: Iterable[tuple[str, str]]) -> Iterator[CropResult]:
-    cropper = Cropper(cfg.policy, cfg.scorer, cfg.scorer_weights, cfg.score, cfg.deterministic, cfg.seed,
-                      write_crops=cfg.write_crops, human_reward_model=cfg.human_reward_model,
-                      w_human=cfg.steering.w_human, photo_min_kept=cfg.steering.photo_min_kept)
+def results_in_process(cropper: Cropper, todo: Iterable[tuple[str, str]]) -> Iterator[CropResult]:
     for path, name in todo:
         yield cropper.crop(path, name)
 
@@ -272,8 +269,14 @@ def run(cfg: CropConfig) -> Path:
     paths = resolve_paths(cfg.image)
     from rlhf.policy import CropPolicy
 
-    # Fails here, not in an actor: a reward model that does not load, a fine-tuned policy's missing bootstrap.
-    if cfg.human_reward_model:
+    # Fails here, before any photo and not in an actor: a reward model that does not load, a fine-tuned policy's
+    # missing bootstrap. In process, the cropper built here crops every photo.
+    cropper = None
+    if not cfg.ray:
+        cropper = Cropper(cfg.policy, cfg.scorer, cfg.scorer_weights, cfg.score, cfg.deterministic, cfg.seed,
+                          write_crops=cfg.write_crops, human_reward_model=cfg.human_reward_model,
+                          w_human=cfg.steering.w_human, photo_min_kept=cfg.steering.photo_min_kept)
+    elif cfg.human_reward_model:
         CropPolicy.load(source).steered(cfg.human_reward_model, cfg.steering.w_human, cfg.steering.photo_min_kept)
     else:
         CropPolicy.load(source).floored(cfg.steering.photo_min_kept)
@@ -296,7 +299,7 @@ def run(cfg: CropConfig) -> Path:
                     "photo_min_kept": cfg.steering.photo_min_kept}
         results = results_with_ray(settings, todo, cfg.actors, cfg.batch_size, cfg.num_gpus_per_actor)
     else:
-        results = results_in_process(cfg, todo)
+        results = results_in_process(cropper, todo)
     t0 = time.perf_counter()
     with tqdm(total=len(paths), initial=len(paths) - len(todo), unit="photo", smoothing=0.1,
               mininterval=0.5) as bar:

@@ -329,6 +329,8 @@ def step_evaluate(r: Round) -> dict[str, Any]:
     evals = [evaluate_policy(base, photos, scorer, model, name=names[0], seed=r.cfg.seed),
              evaluate_policy(load_policy(now), photos, scorer, model, name=names[1], seed=r.cfg.seed)]
     kept = aesthetic_kept(evals[1], evals[0])
+    # What a person without a simulated taste can read off a round: a taste that has settled moves few crops.
+    changed = sum(evals[0].boxes[p.id] != evals[1].boxes[p.id] for p in photos) / len(photos)
     preferred = None
     extra = {"aesthetic score kept": f"{kept:.3f} of {names[0]}'s"}
     if r.cfg.simulate:
@@ -342,11 +344,11 @@ def step_evaluate(r: Round) -> dict[str, Any]:
     cfg = evaluate.EvalConfig(policies=[before["policy"], now["policy"]], names=names, image=r.cfg.heldout,
                               human_reward_model=model_path, taste=r.cfg.simulate, out=str(out))
     evaluate.write_outputs(evals, photos, cfg, out, extra=extra)
-    print(f"round {r.k} against {names[0]} on {len(photos)} held-out photos: aesthetic kept {kept:.3f}, human "
-          f"score {evals[0].human_mean:.3f} -> {evals[1].human_mean:.3f}"
+    print(f"round {r.k} against {names[0]} on {len(photos)} held-out photos: crops changed on {changed:.0%}, "
+          f"aesthetic kept {kept:.3f}, human score {evals[0].human_mean:.3f} -> {evals[1].human_mean:.3f}"
           + (f", preferred by SIMULATED {r.cfg.simulate} {preferred:.3f}" if preferred is not None else ""),
           flush=True)
-    return {"aesthetic_kept": kept, "preferred": preferred, "human_before": evals[0].human_mean,
+    return {"aesthetic_kept": kept, "preferred": preferred, "changed": changed, "human_before": evals[0].human_mean,
             "human_after": evals[1].human_mean, "photos": len(photos), "report": str(out / "report.md")}
 
 
@@ -367,15 +369,17 @@ def write_table(run: Path) -> Path:
              "*answers*: all answers so far; *reward-model held-out accuracy*: cross-validated on them "
              "(train-reward's metrics.json); *preferred*: how often the SIMULATED taste prefers this round's "
              "crop, ties half (— without one); *aesthetic kept*: mean aesthetic score of this round's crops "
-             "over the previous round's.", "",
+             "over the previous round's; *crops changed*: the share of held-out photos whose crop differs from the "
+             "previous round's (once the answers have settled the taste, a round changes few).", "",
              "| round | answers | policy | reward-model held-out accuracy | preferred over previous round | "
-             "aesthetic kept |", "|---|---|---|---|---|---|"]
+             "aesthetic kept | crops changed |", "|---|---|---|---|---|---|---|"]
     for k in rounds(run):
         s = read_state(round_folder(run, k))
         if not finished(s):
             continue
         lines.append(f"| {k} | {s['answers']['answers']} | {s['policy']['kind']} | {_fmt(s['reward']['accuracy'])} | "
-                     f"{_fmt(s['evaluate']['preferred'])} | {_fmt(s['evaluate']['aesthetic_kept'])} |")
+                     f"{_fmt(s['evaluate']['preferred'])} | {_fmt(s['evaluate']['aesthetic_kept'])} | "
+                     f"{_fmt(s['evaluate'].get('changed'))} |")
     path = run / TABLE
     tmp = path.with_name(f".{TABLE}.tmp")
     tmp.write_text("\n".join(lines) + "\n")

@@ -64,6 +64,7 @@ def test_a_simulated_round_writes_its_folder_and_table(first, policy):
     (row,) = _table_rows(first)
     assert row[:3] == ["1", "8", "steered"]
     assert row[4] == f"{state['evaluate']['preferred']:.3f}" and row[5] == f"{state['evaluate']['aesthetic_kept']:.3f}"
+    assert 0.0 <= state["evaluate"]["changed"] <= 1.0 and row[6] == f"{state['evaluate']['changed']:.3f}"
 
 
 def policy_ckpt(policy: Path) -> Path:
