@@ -38,7 +38,7 @@ score_kept. Each taste's line also gives `preferred on the training photos` (the
 photos and framings stage 3 trained on): high there but low on unseen photos means the policy did not
 generalise; low on both means it did not learn the reward.
 
-    python bench/personalization.py                         # everything, about 80 min on 2 free cores (25 a taste)
+    python bench/personalization.py                         # everything: a bootstrap, then about 9 min a taste on 2 cores
     python bench/personalization.py --bootstrap results/boot --tastes tight   # reuse a stage-1 policy
     python bench/personalization.py --out DIR               # an existing DIR resumes: finished steps are kept
 
@@ -286,10 +286,11 @@ def run_taste(cfg: BenchConfig, out: Path, taste: str, policy: str, unseen_files
     (folder / "eval").mkdir(exist_ok=True)
     # The sheet shows each held-out photo in its first two framings: 216 rows would be unreadable.
     sheet = [p for p in photos if _framing(p.id)[1] < 2]
-    report = evaluate_job.write_outputs([boot_eval, ft_eval], photos, eval_cfg, folder / "eval", sheet_photos=sheet, extra={
+    report = evaluate_job.write_outputs([boot_eval, ft_eval, chosen_eval], photos, eval_cfg, folder / "eval", sheet_photos=sheet, extra={
         "simulated taste": f"{taste} ({truth.taste.description})",
         "stage-3 crop preferred by the taste (ties half)": f"{preferred:.3f} over {len(photos)} photos",
-        "aesthetic score kept": f"{kept:.3f}"})
+        "aesthetic score kept": f"{kept:.3f}",
+        "chosen crop (stage3+chosen) preferred, aesthetic score kept": f"{chosen['preferred']:.3f}, {chosen['score_kept']:.3f}"})
     times["evaluate"] = time.time() - t
     result = {"taste": taste, "accuracy": accuracy, "accuracy_pairs": n_acc,
               "reward_model_val_accuracy": model.metrics.get("val_accuracy"),
