@@ -455,10 +455,13 @@ def report(results: list[dict], out: Path, cfg: BenchConfig, t0: float) -> list[
               f"{'meets targets' if ok else 'BELOW TARGET'}")
     w = worst(results)
     print(f"worst taste: {w['taste']}; results in {out}")
-    chosen = [r.get("chosen_preferred", nan) for r in results], [r.get("chosen_score_kept", nan) for r in results]
+
+    def lowest(key: str) -> float:  # nan unless every taste has it (results kept from before the bench judged it)
+        return min(r[key] for r in results) if all(key in r for r in results) else nan
+
     print(f"personalization: accuracy={w['accuracy']:.3f} preferred={w['preferred']:.3f} "
-          f"score_kept={w['score_kept']:.3f} chosen_preferred_min={min(chosen[0]):.3f} "
-          f"chosen_kept_min={min(chosen[1]):.3f}", flush=True)
+          f"score_kept={w['score_kept']:.3f} chosen_preferred_min={lowest('chosen_preferred'):.3f} "
+          f"chosen_kept_min={lowest('chosen_score_kept'):.3f}", flush=True)
     return results
 
 
