@@ -236,7 +236,7 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_acc, ax_pref) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax_acc, ax_pref) = plt.subplots(1, 2, figsize=(13, 4.2))
     tastes = list(dict.fromkeys(r["taste"] for r in rows))
     styles = {"uncertain": "-", "diverse": "--"}
     for ci, taste in enumerate(tastes):
@@ -262,7 +262,8 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_title(title)
         ax.set_ylim(0.3, 1.02)
         ax.grid(alpha=0.3)
-    ax_pref.legend(fontsize=7, loc="lower right")
+    # Beside the panels, not on them: the curves fill both panels' lower right.
+    ax_pref.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
