@@ -267,21 +267,17 @@ def run(cfg: CropConfig) -> Path:
     out = run_dir(cfg.out, "crop")
     check_resumable(cfg, out)
     paths = resolve_paths(cfg.image)
-    from rlhf.policy import CropPolicy
-
-    # Fails here, before any photo and not in an actor: a reward model that does not load, a fine-tuned policy's
-    # missing bootstrap. In process, the cropper built here crops every photo.
-    cropper = None
-    if not cfg.ray:
-        cropper = Cropper(cfg.policy, cfg.scorer, cfg.scorer_weights, cfg.score, cfg.deterministic, cfg.seed,
-                          write_crops=cfg.write_crops, human_reward_model=cfg.human_reward_model,
-                          w_human=cfg.steering.w_human, photo_min_kept=cfg.steering.photo_min_kept)
-    elif cfg.human_reward_model:
-        CropPolicy.load(source).steered(cfg.human_reward_model, cfg.steering.w_human, cfg.steering.photo_min_kept)
-    else:
-        CropPolicy.load(source).floored(cfg.steering.photo_min_kept)
-    save_config(cfg, out)  # as given: a resumed run compares its flags with these
     w_human = cfg.steering.w_human
+    # Every cropper, in process or in each Ray actor, is Cropper(**settings).
+    settings = {"policy": _resolved(cfg.policy), "scorer": cfg.scorer,
+                "scorer_weights": cfg.scorer_weights, "score": cfg.score, "deterministic": cfg.deterministic,
+                "seed": cfg.seed, "write_crops": cfg.write_crops,
+                "human_reward_model": _resolved(cfg.human_reward_model), "w_human": w_human,
+                "photo_min_kept": cfg.steering.photo_min_kept}
+    # Built here, before any photo and not in an actor, so a reward model that does not load or a fine-tuned
+    # policy's missing bootstrap fails now; in process it crops every photo.
+    cropper = Cropper(**settings)
+    save_config(cfg, out)  # as given: a resumed run compares its flags with these
     names = crop_names(paths)
     title = f"{source} steered by {cfg.human_reward_model} (w_human {w_human:g})" if cfg.human_reward_model \
         else str(source)
@@ -292,11 +288,6 @@ def run(cfg: CropConfig) -> Path:
     if cfg.ray:
         from rayjobs.crop_ray import results_with_ray
 
-        settings = {"policy": _resolved(cfg.policy), "scorer": cfg.scorer,
-                    "scorer_weights": cfg.scorer_weights, "score": cfg.score, "deterministic": cfg.deterministic,
-                    "seed": cfg.seed, "write_crops": cfg.write_crops,
-                    "human_reward_model": _resolved(cfg.human_reward_model), "w_human": w_human,
-                    "photo_min_kept": cfg.steering.photo_min_kept}
         results = results_with_ray(settings, todo, cfg.actors, cfg.batch_size, cfg.num_gpus_per_actor)
     else:
         results = results_in_process(cropper, todo)
