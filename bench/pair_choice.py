@@ -8,6 +8,7 @@ rollouts and perturbations, rayjobs.pairs.candidate_pool), answered by each SIMU
 the next step from the same pool:
 
   margin   the product's `--select uncertain`: smallest |r_a - r_b| of the reward model
+  predictive  smallest |P(A better) - 1/2| by the reward model's posterior predictive (its `preference`)
   random   any pair not asked yet
   bald     largest mutual information between the answer and the model (Houlsby et al. 2011), over the
            members of the reward model's posterior (rlhf.preference.bayes: every input set and prior scale)
@@ -45,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.personalization import BenchConfig, bootstrap, heldout_pairs, unseen_photos  # noqa: E402
 from rlhf.config import parse_config, run_dir  # noqa: E402
 
-RULES = ("margin", "random", "bald", "epig", "oracle")
+RULES = ("margin", "predictive", "random", "bald", "epig", "oracle")
 EPIG_TARGETS = 400  # candidate pairs whose answers epig predicts (a sample of the pool, as Smith et al.)
 
 
@@ -62,7 +63,7 @@ class ChoiceConfig:
     tastes: list[str] = field(default_factory=lambda: ["tight", "left_third", "warm"], metadata={
         "help": "simulated tastes (see rlhf.simulated.TASTES)"})
     rules: list[str] = field(default_factory=lambda: list(RULES), metadata={
-        "help": "pair-choice rules: margin (the product's --select uncertain), random, bald, epig, oracle (a teacher "
+        "help": "pair-choice rules: margin (the product's --select uncertain), predictive, random, bald, epig, oracle (a teacher "
                 "who knows the taste; this file's docstring)"})
     answers: list[int] = field(default_factory=lambda: [10, 25, 30, 50], metadata={
         "help": "answers after which the reward model is judged, rising; the first step's pairs are diverse"})
@@ -179,6 +180,10 @@ def run_rule(rule: str, taste: str, seed: int, cfg: ChoiceConfig, pool: dict, he
             for photo, cs, ps in zip(photos, cands, left, strict=True):
                 r = model.reward(photo, [c.box for c in cs]) if ps else np.zeros(0)
                 values.append([abs(float(r[i] - r[j])) for i, j, _ in ps])
+        elif rule == "predictive":
+            values = [list(np.abs(model.preference(photo, [cs[i].box for i, _, _ in ps], [cs[j].box for _, j, _ in ps])
+                                  - 0.5)) if ps else []
+                      for photo, cs, ps in zip(photos, cands, left, strict=True)]
         else:
             diffs = [model.normaliser.transform(fz.features(photo, [cs[i].box for i, _, _ in ps]))
                      - model.normaliser.transform(fz.features(photo, [cs[j].box for _, j, _ in ps]))

@@ -56,9 +56,9 @@ from rlhf.kept import FINETUNE_W_HUMAN  # noqa: E402
 
 TARGETS = {"pairs_to_080": 30, "preferred_at_25_frozen": 0.70, "preferred_at_100_finetuned": 0.80, "kept": 0.95}
 SELECTIONS = ("uncertain", "diverse")
-# One step's numbers, in its folder, per steering and stage-3 weight ("candidates": the reward model chooses among
-# the policy's candidate crops; results from before it are not reused).
-RESULT = "result_{steer}_ft{finetune:g}_candidates.json"
+# One step's numbers, in its folder, per steering and stage-3 weight ("predictive": the reward model chooses among
+# the policy's candidate crops by its posterior predictive; results from before it are not reused).
+RESULT = "result_{steer}_ft{finetune:g}_predictive.json"
 
 
 @dataclass
@@ -127,6 +127,7 @@ def curve(cfg: CurveConfig, out: Path, taste: str, selection: str, policy: str, 
     from rayjobs import pairs, train_reward
     from rlhf.evaluation import aesthetic_kept, evaluate_policy, reward_model_accuracy
     from rlhf.kept import SteeringSettings
+    from rlhf.pairs import save_pairs
     from rlhf.policy import CropPolicy
     from rlhf.preference import PreferenceRewardModel
     from rlhf.simulated import SimulatedAnnotator, preferred_rate
@@ -159,10 +160,12 @@ def curve(cfg: CurveConfig, out: Path, taste: str, selection: str, policy: str, 
                 store=str(store.path), seed=cfg.seed + i, select=select,
                 human_reward_model=str(prev_model) if select == "uncertain" else None))
         annotator.annotate_store(store, shared["train_photos"])
-        # The store may hold later steps' answers already (a resumed run): this step's model saw n at most.
         answered = min(n, len(store.pairs(answered=True, annotator=annotator.name)))
         if not model_path.exists():
-            train_reward.main(["--preference_data", str(store.path), "--annotator", annotator.name,
+            source, answers = str(store.path), store.pairs(answered=True, annotator=annotator.name)
+            if len(answers) > n:  # the store holds later steps' answers (a resumed run): this step learns from its first n
+                source = str(save_pairs(step / "reward_pairs.json", answers[:n]))
+            train_reward.main(["--preference_data", source, "--annotator", annotator.name,
                                "--out", str(step / "reward"), "--seed", str(cfg.seed), *cfg.reward_args])
         model = PreferenceRewardModel.load(model_path)
         accuracy, _ = reward_model_accuracy(model, heldout, shared["unseen_by_id"])

@@ -90,8 +90,9 @@ def reward_model_accuracy(reward_model: Any, pairs: Iterable[Any],
                           photos: Mapping[str, Photo] | None = None) -> tuple[float, int]:
     """(held-out pair accuracy of the reward model, pairs counted); ties excluded, NaN if none.
 
-    The model is right on a pair when it gives the preferred crop the higher reward; equal rewards
-    count half. Photos come from ``photos`` (id -> Photo) or are loaded from the pairs' paths.
+    The model is right on a pair when it predicts the preferred crop: P(preferred better) > 1/2 by its
+    ``preference`` (a PreferenceRewardModel's posterior predictive), else by the higher ``reward``; an even
+    prediction counts half. Photos come from ``photos`` (id -> Photo) or are loaded from the pairs' paths.
     """
     decided = _decided(pairs)
     if not decided:
@@ -102,11 +103,15 @@ def reward_model_accuracy(reward_model: Any, pairs: Iterable[Any],
         grouped.setdefault(photo_key(p.image), []).append(p)
     score = 0.0
     for key, group in grouped.items():
-        boxes = [b for p in group for b in (p.crop_a, p.crop_b)]
-        r = np.asarray(reward_model.reward(by_photo[key], boxes), dtype=np.float64)
-        for i, p in enumerate(group):
-            diff = r[2 * i] - r[2 * i + 1] if p.preference == A_BETTER else r[2 * i + 1] - r[2 * i]
-            score += 1.0 if diff > 0 else 0.5 if diff == 0 else 0.0
+        a, b = [p.crop_a for p in group], [p.crop_b for p in group]
+        if hasattr(reward_model, "preference"):
+            lead = np.asarray(reward_model.preference(by_photo[key], a, b), dtype=np.float64) - 0.5
+        else:
+            r = np.asarray(reward_model.reward(by_photo[key], [*a, *b]), dtype=np.float64)
+            lead = r[:len(a)] - r[len(a):]
+        for p, v in zip(group, lead, strict=True):
+            v = v if p.preference == A_BETTER else -v
+            score += 1.0 if v > 0 else 0.5 if v == 0 else 0.0
     return score / len(decided), len(decided)
 
 

@@ -334,7 +334,8 @@ class CropPolicy:
 
         Each photo's crop is the best of this policy's candidate crops (rlhf.candidates: its greedy crop,
         ``rollouts`` sampled episodes, perturbations of them) by ``(1 - w_human) * (score - 1) / 9 + w_human *
-        human_score`` (the combined reward of rlhf.reward, with this policy's own aesthetic scorer), among the
+        P(preferred to the floor crop)`` (the reward model's prediction of the person's choice,
+        ``PreferenceRewardModel.preference``; the aesthetic score by this policy's own scorer), among the
         candidates whose aesthetic score keeps ``photo_min_kept`` of the floor crop's: the greedy crop of the
         bootstrap a fine-tuned policy started from, else this policy's own. The floor crop is a candidate too,
         so no crop keeps less. Why choose among samples rather than steer the lookahead: a policy's samples
@@ -476,7 +477,10 @@ class CropPolicy:
         if len(boxes) > 1:
             terms = own_fn.terms(photo, boxes)
             aesthetic = np.asarray(terms[AESTHETIC], dtype=np.float64)
-            value = combine(aesthetic, terms[HUMAN], RewardSpec(**self.reward))
+            human, model = terms[HUMAN], getattr(own_fn, "human", None)
+            if model is not None:  # the chance the person prefers each candidate to the floor crop
+                human = model.preference(photo, boxes, [boxes[0]] * len(boxes))
+            value = combine(aesthetic, human, RewardSpec(**self.reward))
             keeps = aesthetic >= steering.photo_min_kept * aesthetic[0]
             pick = int(np.argmax(np.where(keeps, value, -np.inf)))  # the floor crop (0) on a tie
         self.fallbacks += pick == 0

@@ -254,13 +254,13 @@ def test_each_steered_crop_keeps_photo_min_kept_of_its_photos_unsteered_crop(pol
 
 def test_a_steered_crop_is_the_reward_models_best_candidate_that_keeps_the_floor(policy, folder, wide_model):
     """CropPolicy.steered: on each photo, the chosen crop is one of the policy's candidate crops (drawn from a
-    seed of the photo's content), the greedy crop stays among them, and no candidate that keeps the floor has
-    a higher human score."""
+    seed of the photo's content), the greedy crop stays among them, and no candidate that keeps the floor is
+    more likely, by the reward model's prediction, to be preferred to the greedy crop."""
     from rlhf.candidates import PERTURB, candidate_boxes
     from rlhf.evaluation import policy_env
     from rlhf.images import load_collection
     from rlhf.policy import CropPolicy
-    from rlhf.reward import AESTHETIC, HUMAN
+    from rlhf.reward import AESTHETIC
 
     photos = load_collection([str(folder)])[:3]
     boot = CropPolicy.load(policy)
@@ -274,10 +274,10 @@ def test_a_steered_crop_is_the_reward_models_best_candidate_that_keeps_the_floor
                                                 np.random.default_rng(int(photo.digest(), 16)), env.cfg.min_area)]
         env.reward_fn = own
         assert boxes[0] == tuple(boot.rollout(policy_env(boot, [photo]), 0)[-1]) and chosen in boxes
-        terms = own.terms(photo, boxes)
-        aesthetic, human = np.asarray(terms[AESTHETIC]), np.asarray(terms[HUMAN])
+        aesthetic = np.asarray(own.terms(photo, boxes)[AESTHETIC])
+        preferred = own.human.preference(photo, boxes, [boxes[0]] * len(boxes))
         keeps = aesthetic >= 0.97 * aesthetic[0]
-        assert human[boxes.index(chosen)] == pytest.approx(human[keeps].max())
+        assert preferred[boxes.index(chosen)] == pytest.approx(preferred[keeps].max())
         assert steered.rollout(env, k)[-1] == chosen  # the same photo, the same crop
 
 

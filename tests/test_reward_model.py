@@ -267,6 +267,31 @@ def test_subset_posterior_members_make_up_its_mean():
     assert torch.allclose(mean, post.weight, atol=1e-4) and float(post.weight[2]) > 0.5
 
 
+def test_members_predict_by_the_posterior_predictive():
+    """Members.prefer is the share-weighted average of every member's Bradley-Terry probability (all members
+    kept), and where a likely set and a steep unlikely one disagree it sides with the likely one, as the mean
+    model does not."""
+    from rlhf.preference.bayes import Members, subset_posterior
+
+    gen = torch.Generator().manual_seed(3)
+    d = torch.randn(30, 6, generator=gen)
+    y = (torch.rand(30, generator=gen) < torch.sigmoid(2.0 * d[:, 1] + 1.5 * d[:, 4])).float()
+    post = subset_posterior(d, y, 2, [0.5, 1.0, 2.0], label_noise=[0.0, 0.1])
+    probe = torch.randn(50, 6, generator=gen)
+    by_hand = sum(s * (torch.sigmoid(probe[:, list(sub)] @ w) if sub else torch.full((50,), 0.5))
+                  for sub, s, w in post.models) / sum(s for _, s, _ in post.models)
+    members = post.members(mass=1.0)
+    assert len(members.shares) == len(post.models) and float(members.shares.sum()) == pytest.approx(1.0)
+    torch.testing.assert_close(members.prefer(probe), by_hand.float(), atol=1e-5, rtol=0)
+    assert len(post.members().shares) <= len(post.models)  # the default keeps the sets holding 0.999
+
+    # 0.6 on "input 0 decides" (weight 1), 0.4 on "input 1 decides" (weight 10): on a pair that input 0 says
+    # B to and input 1 says A to, the mean weights (0.6, 4) say A; most of the posterior says B.
+    two = Members(torch.tensor([[0], [1]]), torch.tensor([[1.0], [10.0]]), torch.tensor([0.6, 0.4]))
+    pair = torch.tensor([[-2.0, 0.5]])
+    assert float(pair @ torch.tensor([0.6, 4.0])) > 0 and float(two.prefer(pair)) < 0.5
+
+
 def test_label_noise_is_chosen_by_held_out_log_loss(featurizer, photos):
     """Answers with 20 % flipped: each --label_noise value gets its --l1 candidates, the value whose best
     candidate has the lowest cross-validated log-loss is used, and the model still ranks clean pairs."""
@@ -356,6 +381,24 @@ def test_save_load_round_trip_gives_identical_scores(featurizer, photos, tmp_pat
     np.testing.assert_array_equal(fresh.human_score(photos[1], boxes), model.human_score(photos[1], boxes))
     assert fresh.offset == model.offset and fresh.centring == model.centring == "photo" and fresh.config["hidden"] == 8
     assert fresh.featurizer.pooling == "roi320" and fresh.featurizer.backbone_name == "efficientnet_lite0"
+
+
+def test_bayes_model_keeps_its_members_and_predicts_by_them(featurizer, photos, tmp_path):
+    """A bayes model's file holds its posterior's members, and its choices (`preference`) come from them: the
+    same after a round trip, and not sigma(r_a - r_b) of the mean head."""
+    train = _pairs(photos, _area, 25, seed=TRAIN_SEED, noise=0.1)
+    model, hist = train_reward_model(train, RewardTrainConfig(cv_folds=3), featurizer, log=None)
+    assert model.members is not None and len(model.members.shares) > 1
+    fresh = PreferenceRewardModel.load(model.save(tmp_path / "human_reward_model.pth"))
+    rng = np.random.default_rng(5)
+    a = [_random_box(photos[2], rng) for _ in range(20)]
+    b = [_random_box(photos[2], rng) for _ in range(20)]
+    p = model.preference(photos[2], a, b)
+    np.testing.assert_allclose(fresh.preference(photos[2], a, b), p, atol=1e-6)
+    r = model.reward(photos[2], a + b)
+    assert not np.allclose(p, 1 / (1 + np.exp(-(r[:20] - r[20:]))), atol=1e-3)
+    assert model.prefer(photos[2], a[0], b[0]) == pytest.approx(p[0], abs=1e-6)
+    assert 0.5 < hist.final()["val_accuracy"] <= 1.0
 
 
 def test_load_refuses_a_file_that_is_not_a_reward_model(tmp_path):

@@ -26,6 +26,11 @@ both sides of a taste's bend) that a policy's lookahead and stage 3 cannot climb
 scale 1 the head ranks as the scale-averaged sets do and keeps the slope the rest of the product was
 tuned on (docs/experiments.md, 2026-12-05).
 
+A choice between two crops is predicted by the posterior itself, not by the mean head: P(A better) is each
+model's Bradley-Terry probability averaged by its share (`Members.prefer`, the posterior predictive; the most
+probable models holding MEMBERS_MASS of the posterior, kept in the model file). Where the posterior is spread
+over sets that disagree on a pair, the mean of their weights can side with a steep minority.
+
 The size-0 model (every crop alike) takes part: with answers that show no taste its posterior share is
 large and the head shrinks towards indifference by itself. No library fits sparse Bayesian logistic
 regression over input sets (scikit-learn's ARD is for regression, and BT pairs are a logistic model of
@@ -48,6 +53,37 @@ from rlhf.preference.head import bradley_terry_loss
 # the log evidence within 1e-4 of its limit (weights within 1e-3), far below what moves a posterior share.
 NEWTON_STEPS = 25
 MODEL_SHARE = 1e-6  # SubsetPosterior.models leaves out models with less posterior share than this
+# SubsetPosterior.members keeps the most probable models holding this share of the posterior: the rest, thousands
+# of sets each far below a thousandth, move a predicted probability by at most 0.001 together.
+MEMBERS_MASS = 0.999
+
+
+@dataclass
+class Members:
+    """The posterior's most probable models, packed for prediction: model i uses the standardised inputs
+    inputs[i] with weights weights[i] (its MAP at its own prior scale; a set smaller than k padded with
+    weight 0) and has posterior share shares[i] (renormalised over the members kept)."""
+
+    inputs: torch.Tensor  # (M, k) long
+    weights: torch.Tensor  # (M, k) float
+    shares: torch.Tensor  # (M,) float, summing to 1
+
+    def prefer(self, d: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+        """P(A better) for each row of d (n, p), the standardised differences x_a - x_b: the posterior
+        predictive, each model's Bradley-Terry probability weighed by its share. It predicts a person's choice
+        better than the mean model's sigma(w_mean . d) where the posterior is spread over sets that disagree on
+        a pair (docs/experiments.md, 12-06): the mean of their weights can side with a minority of them."""
+        d = d.to(self.weights)
+        out = [torch.sigmoid((d[i:i + chunk, self.inputs] * self.weights).sum(-1)) @ self.shares
+               for i in range(0, len(d), chunk)]
+        return torch.cat(out) if out else d.new_zeros(0)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"inputs": self.inputs, "weights": self.weights, "shares": self.shares}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> Members:
+        return cls(state["inputs"].long(), state["weights"].float(), state["shares"].float())
 
 
 @dataclass
@@ -58,8 +94,20 @@ class SubsetPosterior:
     size_share: list[float]  # posterior probability of sets of 0, 1, ..., max_inputs inputs
     top: list[tuple[tuple[int, ...], float]]  # the most probable input sets and their posterior shares
     # Every (input set, prior scale) model with a share above MODEL_SHARE: (inputs, share, its MAP weights at
-    # its own scale), the posterior's members for what needs more than the mean (a choice of pairs to ask).
+    # its own scale), the posterior's members for what needs more than the mean (`members`, a choice of pairs to ask).
     models: list[tuple[tuple[int, ...], float, torch.Tensor]] = field(default_factory=list)
+
+    def members(self, mass: float = MEMBERS_MASS) -> Members:
+        """The most probable models holding `mass` of the posterior, packed for `Members.prefer`."""
+        ranked = sorted(self.models, key=lambda m: m[1], reverse=True)
+        cum = torch.tensor([share for _, share, _ in ranked], dtype=torch.float64).cumsum(0)
+        keep = ranked[:int(torch.searchsorted(cum, mass * float(cum[-1]))) + 1]
+        k = max(1, max(len(inputs) for inputs, _, _ in keep))
+        inputs, weights = torch.zeros(len(keep), k, dtype=torch.long), torch.zeros(len(keep), k)
+        for i, (subs, _, w) in enumerate(keep):
+            inputs[i, :len(subs)], weights[i, :len(subs)] = torch.tensor(subs, dtype=torch.long), w
+        shares = torch.tensor([share for _, share, _ in keep], dtype=torch.float64)
+        return Members(inputs, weights, (shares / shares.sum()).float())
 
     @property
     def indifferent_share(self) -> float:

@@ -24,8 +24,9 @@ class RewardTrainConfig:
         "help": "use this annotator's answers only; None = the store's consensus (majority vote) of all answers"})
     selection: str = field(default="bayes", metadata={"choices": SELECTIONS, "help": (
         "how the head's inputs and weights are found. 'bayes' = the posterior mean over every linear model of "
-        "at most --max_inputs inputs, each weighed by its Bradley-Terry evidence (rlhf.preference.bayes): no "
-        "penalty to choose, so it holds up with a few dozen answers; 'l1' = a head trained by Adam with the L1 "
+        "at most --max_inputs inputs, each weighed by its Bradley-Terry evidence (rlhf.preference.bayes), and a "
+        "choice between two crops predicted by that posterior itself: no penalty to choose, so it holds up with "
+        "a few dozen answers; 'l1' = a head trained by Adam with the L1 "
         "penalty and --label_noise chosen by cross-validation (--l1, --l1_rule, --epochs ...), "
         "needed for a hidden layer. Either way --cv_folds measures the held-out figures")})
     max_inputs: int = field(default=2, metadata={"help": (

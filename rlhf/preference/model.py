@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import torch
 
 from rlhf.cache import LRUCache
 from rlhf.images import Box, Photo
+from rlhf.preference.bayes import Members
 from rlhf.preference.config import CENTRINGS
 from rlhf.preference.features import POOLING, CropFeaturizer
 from rlhf.preference.head import FeatureNormaliser, RewardHead
@@ -38,15 +38,18 @@ def reference_boxes(width: int, height: int) -> list[Box]:
 
 
 class PreferenceRewardModel:
-    """r(photo, box): featurizer -> normaliser -> head, minus the centring offset.
+    """r(photo, box): featurizer -> normaliser -> head, minus the centring offset; and P(A better than B).
 
     Centring ``photo`` (default) subtracts the mean r of the photo's own reference crops
     (`reference_boxes`); ``global`` subtracts one offset, the mean r of the training crops.
+    ``members``: with --selection bayes, the posterior's most probable models (rlhf.preference.bayes), by which
+    `preference` predicts a person's choice between two crops (the posterior predictive); r, the score stage 3
+    climbs, is the posterior mean head. Without them (--selection l1) `preference` is sigma(r_a - r_b).
     """
 
     def __init__(self, featurizer: CropFeaturizer, normaliser: FeatureNormaliser, head: RewardHead,
                  offset: float = 0.0, config: dict[str, Any] | None = None,
-                 metrics: dict[str, Any] | None = None, centring: str = "global"):
+                 metrics: dict[str, Any] | None = None, centring: str = "global", members: Members | None = None):
         if centring not in CENTRINGS:
             raise ValueError(f"centring must be one of {CENTRINGS}, got {centring!r}")
         self.featurizer = featurizer
@@ -56,6 +59,7 @@ class PreferenceRewardModel:
         self.centring = centring
         self.config = dict(config or {})
         self.metrics = dict(metrics or {})
+        self.members = members
         self._photo_offsets: LRUCache[tuple[str, int, int], float] = LRUCache(MAX_CACHED_OFFSETS)
 
     @property
@@ -100,13 +104,26 @@ class PreferenceRewardModel:
         """sigmoid(r) per box in [0, 1]; 0.5 for an average crop (of this photo, with centring "photo")."""
         return 1.0 / (1.0 + np.exp(-self.reward(photo, boxes)))
 
+    def preference(self, photo: Photo, boxes_a: Sequence[Sequence[float]],
+                   boxes_b: Sequence[Sequence[float]]) -> np.ndarray:
+        """P(a_i better than b_i) per pair of boxes of one photo: the posterior predictive with ``members``,
+        else Bradley-Terry on r. What the few-pairs path chooses crops by and held-out accuracy is measured on."""
+        if len(boxes_a) != len(boxes_b):
+            raise ValueError(f"got {len(boxes_a)} boxes A for {len(boxes_b)} boxes B")
+        x = self.normaliser.transform(self.featurizer.features(photo, [*boxes_a, *boxes_b]))
+        d = torch.from_numpy(x[:len(boxes_a)] - x[len(boxes_a):])
+        if self.members is not None:
+            return self.members.prefer(d).double().numpy()
+        with torch.no_grad():  # the head is linear or not: score each crop, then compare
+            r = self.head(torch.from_numpy(x).to(self.device)).double().cpu().numpy()
+        return 1.0 / (1.0 + np.exp(-(r[:len(boxes_a)] - r[len(boxes_a):])))
+
     def prefer(self, photo: Photo, box_a: Sequence[float], box_b: Sequence[float]) -> float:
-        """P(A better than B) under Bradley-Terry."""
-        r = self.reward(photo, [box_a, box_b])
-        return float(1.0 / (1.0 + math.exp(-(r[0] - r[1]))))
+        """P(A better than B) (see `preference`)."""
+        return float(self.preference(photo, [box_a], [box_b])[0])
 
     def save(self, path: str | Path) -> Path:
-        """One .pth: head weights, normaliser, centring offset, backbone name + weights, pooling, config."""
+        """One .pth: head weights, normaliser, centring offset, backbone name + weights, pooling, config, members."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save({
@@ -117,6 +134,7 @@ class PreferenceRewardModel:
             "head_in_dim": self.head.in_dim, "head_hidden": self.head.hidden,
             "normaliser": self.normaliser.state_dict(), "offset": self.offset, "centring": self.centring,
             "config": self.config, "metrics": self.metrics,
+            "members": self.members.state_dict() if self.members is not None else None,
         }, path)
         return path
 
@@ -149,5 +167,6 @@ class PreferenceRewardModel:
         head = RewardHead(state["head_in_dim"], state["head_hidden"])
         head.load_state_dict(state["head"])
         return cls(featurizer, FeatureNormaliser.from_state_dict(state["normaliser"]), head,
-                   state["offset"], state.get("config"), state.get("metrics"), state.get("centring", "global"))
+                   state["offset"], state.get("config"), state.get("metrics"), state.get("centring", "global"),
+                   Members.from_state_dict(state["members"]) if state.get("members") else None)
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rlhf.preference.bayes import SubsetPosterior, subset_posterior
+from rlhf.preference.bayes import Members, SubsetPosterior, subset_posterior
 from rlhf.preference.config import RewardTrainConfig
 from rlhf.preference.data import PreferenceDataError, PreferenceExample, pair_features
 from rlhf.preference.features import CropFeaturizer
@@ -82,6 +82,19 @@ def _evaluate(head: RewardHead, xa: torch.Tensor, xb: torch.Tensor, y: torch.Ten
         right = torch.where(d == 0, 0.5, ((d > 0) == (y[decided] > 0.5)).float())
         acc = float(right.mean()) if n else float("nan")
     return losses, acc, n
+
+
+def _evaluate_members(members: Members, xa: torch.Tensor, xb: torch.Tensor, y: torch.Tensor
+                      ) -> tuple[torch.Tensor, float, int]:
+    """`_evaluate`'s figures for the posterior predictive of a bayes head's members (what the model predicts
+    a choice by: PreferenceRewardModel.preference)."""
+    p = members.prefer(xa - xb).double().clamp(1e-12, 1 - 1e-12)
+    y = y.double().to(p.device)
+    losses = -(y * p.log() + (1 - y) * (1 - p).log())
+    decided = y != 0.5
+    n = int(decided.sum())
+    right = torch.where(p[decided] == 0.5, 0.5, ((p[decided] > 0.5) == (y[decided] > 0.5)).double())
+    return losses.float(), (float(right.mean()) if n else float("nan")), n
 
 
 def _pooled(figures: Sequence[tuple[torch.Tensor, float, int]]) -> tuple[torch.Tensor, float]:
@@ -295,11 +308,12 @@ def _train_bayes(folds: Sequence[tuple[_Data, _Data]], cfg: RewardTrainConfig, w
     for tr, va in folds:
         head, post = _bayes_head(tr, cfg)
         fits.append((head, post))
-        tl, ta, _ = _evaluate(head, tr.xa[0], tr.xb[0], tr.y)
+        members = post.members()
+        tl, ta, _ = _evaluate_members(members, tr.xa[0], tr.xb[0], tr.y)
         train_losses.append(float(tl.mean()))
         train_accs.append(ta)
         if len(va.y):
-            held_figures.append(_evaluate(head, va.xa[0], va.xb[0], va.y))
+            held_figures.append(_evaluate_members(members, va.xa[0], va.xb[0], va.y))
     held, val_acc = _pooled(held_figures)
     cv = len(folds) > 1
     hist = TrainHistory(epochs=[1], train_loss=[sum(train_losses) / len(train_losses)],
@@ -326,11 +340,11 @@ def one_torch_thread() -> Iterator[None]:
 
 
 def _model(fz: CropFeaturizer, norm: FeatureNormaliser, head: RewardHead, data: _Data, cfg: RewardTrainConfig,
-           hist: TrainHistory) -> PreferenceRewardModel:
+           hist: TrainHistory, members: Members | None = None) -> PreferenceRewardModel:
     # TRL-style centring (--centring global): an average training crop gets r = 0, i.e. human_score 0.5.
     with torch.no_grad():
         offset = float(torch.cat([head(data.xa[0]), head(data.xb[0])]).mean())
-    return PreferenceRewardModel(fz, norm, head, offset, dataclasses.asdict(cfg), hist.final(), cfg.centring)
+    return PreferenceRewardModel(fz, norm, head, offset, dataclasses.asdict(cfg), hist.final(), cfg.centring, members)
 
 
 def _finish_bayes(views: Sequence[tuple[np.ndarray, np.ndarray]], y: np.ndarray,
@@ -357,7 +371,7 @@ def _finish_bayes(views: Sequence[tuple[np.ndarray, np.ndarray]], y: np.ndarray,
         log(f"bayes over sets of <= {cfg.max_inputs} inputs: P(no taste) {post.indifferent_share:.3f}, most "
             f"probable {top}; held-out accuracy {f['val_accuracy']}, log-loss {f['val_log_loss']} on "
             f"{hist.n_val} pairs ({what}); final head from all {n} pairs")
-    return _model(fz, norm, head, data, cfg, hist), hist
+    return _model(fz, norm, head, data, cfg, hist, post.members()), hist
 
 
 def train_reward_model(examples: Sequence[PreferenceExample], cfg: RewardTrainConfig,
