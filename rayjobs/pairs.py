@@ -13,8 +13,9 @@ Selection:
 - ``diverse``: an even share of pairs per photo; within a photo, greedily the pair whose crops
   overlap least with crops already chosen there, preferring combinations of crop types (tight /
   medium / wide, centred / off-centre) not yet asked about.
-- ``uncertain``: the pairs the reward model is least sure about, smallest |r_a - r_b| first (the
-  Bradley-Terry probability nearest 0.5), so the next round asks what teaches the most; kept
+- ``uncertain``: the pairs the reward model is least sure about, smallest |r_a - r_b| of its mean head
+  first, so the next round asks what teaches the most (bench/pair_choice.py compares it with other
+  rules); kept
   spread by a cap of twice the even share per photo and three uses per crop; listed most
   uncertain first. Diverse pairs are listed round-robin over the photos.
 A and B are shown in random order so the side never tells which crop the policy liked.
@@ -69,7 +70,8 @@ class PairsConfig:
                                                    "(shift and zoom, as a fraction of the box; 0 = none)"})
     rollouts: int = field(default=ROLLOUTS, metadata={"help": "stochastic rollouts of the policy per photo"})
     select: str = field(default="diverse", metadata={"help": "diverse: spread over photos and crop types; "
-                                                     "uncertain: the pairs the reward model is least sure about",
+                                                     "uncertain: the pairs the reward model is least sure about "
+                                                     "(smallest |r_a - r_b| of its mean head)",
                                                      "choices": list(SELECT_MODES)})
     human_reward_model: str | None = field(default=None, metadata={"help": "human_reward_model.pth "
                                                                    "(needed by --select uncertain and --steer)"})
