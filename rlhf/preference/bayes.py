@@ -102,10 +102,12 @@ class SubsetPosterior:
         ranked = sorted(self.models, key=lambda m: m[1], reverse=True)
         cum = torch.tensor([share for _, share, _ in ranked], dtype=torch.float64).cumsum(0)
         keep = ranked[:int(torch.searchsorted(cum, mass * float(cum[-1]))) + 1]
-        k = max(1, max(len(inputs) for inputs, _, _ in keep))
-        inputs, weights = torch.zeros(len(keep), k, dtype=torch.long), torch.zeros(len(keep), k)
-        for i, (subs, _, w) in enumerate(keep):
-            inputs[i, :len(subs)], weights[i, :len(subs)] = torch.tensor(subs, dtype=torch.long), w
+        sizes = [len(subs) for subs, _, _ in keep]
+        inputs, weights = torch.zeros(len(keep), max(1, *sizes), dtype=torch.long), torch.zeros(len(keep), max(1, *sizes))
+        for k in set(sizes) - {0}:  # the models of one size at once (size 0 stays all padding)
+            rows = [i for i, n in enumerate(sizes) if n == k]
+            inputs[rows, :k] = torch.tensor([keep[i][0] for i in rows], dtype=torch.long)
+            weights[rows, :k] = torch.stack([keep[i][2] for i in rows])
         shares = torch.tensor([share for _, share, _ in keep], dtype=torch.float64)
         return Members(inputs, weights, (shares / shares.sum()).float())
 
