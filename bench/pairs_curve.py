@@ -160,9 +160,10 @@ def curve(cfg: CurveConfig, out: Path, taste: str, selection: str, policy: str, 
                 store=str(store.path), seed=cfg.seed + i, select=select,
                 human_reward_model=str(prev_model) if select == "uncertain" else None))
         annotator.annotate_store(store, shared["train_photos"])
-        answered = min(n, len(store.pairs(answered=True, annotator=annotator.name)))
+        answers = store.pairs(answered=True, annotator=annotator.name)
+        answered = min(n, len(answers))
         if not model_path.exists():
-            source, answers = str(store.path), store.pairs(answered=True, annotator=annotator.name)
+            source = str(store.path)
             if len(answers) > n:  # the store holds later steps' answers (a resumed run): this step learns from its first n
                 source = str(save_pairs(step / "reward_pairs.json", answers[:n]))
             train_reward.main(["--preference_data", source, "--annotator", annotator.name,

@@ -68,19 +68,24 @@ class TrainHistory:
                 "selection": self.selection, "posterior": self.posterior}
 
 
+def _accuracy(lead: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
+    """(accuracy over the non-tied pairs, NaN when all are ties; their count), `lead` > 0 predicting A. An even
+    prediction counts half, as rlhf.evaluation.reward_model_accuracy counts it: an indifferent head scores 0.5,
+    not the share of pairs that B won."""
+    decided = y != 0.5
+    n = int(decided.sum())
+    d = lead[decided]
+    right = torch.where(d == 0, 0.5, ((d > 0) == (y[decided] > 0.5)).float())
+    return (float(right.mean()) if n else float("nan")), n
+
+
 def _evaluate(head: RewardHead, xa: torch.Tensor, xb: torch.Tensor, y: torch.Tensor, label_noise: float = 0.0
               ) -> tuple[torch.Tensor, float, int]:
     """(BT log-loss per pair (with that label noise), accuracy over non-tied pairs (NaN when all are ties), non-tied pairs)."""
     with torch.no_grad():
         ra, rb = head(xa), head(xb)
         losses = bradley_terry_loss(ra, rb, y, reduction="none", label_noise=label_noise)
-        decided = y != 0.5
-        n = int(decided.sum())
-        # Equal rewards count half, as rlhf.evaluation.reward_model_accuracy counts them: an
-        # indifferent head scores 0.5, not the share of pairs that B won.
-        d = (ra - rb)[decided]
-        right = torch.where(d == 0, 0.5, ((d > 0) == (y[decided] > 0.5)).float())
-        acc = float(right.mean()) if n else float("nan")
+        acc, n = _accuracy(ra - rb, y)
     return losses, acc, n
 
 
@@ -91,10 +96,8 @@ def _evaluate_members(members: Members, xa: torch.Tensor, xb: torch.Tensor, y: t
     p = members.prefer(xa - xb).double().clamp(1e-12, 1 - 1e-12)
     y = y.double().to(p.device)
     losses = -(y * p.log() + (1 - y) * (1 - p).log())
-    decided = y != 0.5
-    n = int(decided.sum())
-    right = torch.where(p[decided] == 0.5, 0.5, ((p[decided] > 0.5) == (y[decided] > 0.5)).double())
-    return losses.float(), (float(right.mean()) if n else float("nan")), n
+    acc, n = _accuracy(p - 0.5, y)
+    return losses.float(), acc, n
 
 
 def _pooled(figures: Sequence[tuple[torch.Tensor, float, int]]) -> tuple[torch.Tensor, float]:
