@@ -101,9 +101,9 @@ def _members(model, examples: list, fz, diffs: np.ndarray) -> tuple[np.ndarray, 
     d = torch.from_numpy(model.normaliser.transform(xa) - model.normaliser.transform(xb))
     post = subset_posterior(d, torch.tensor([e.y for e in examples]), cfg["max_inputs"], cfg["prior_scales"],
                             head_scale=cfg["head_scale"], label_noise=cfg["label_noise"])
-    shares = np.array([s for _, s, _ in post.models])
-    probs = np.stack([1 / (1 + np.exp(-(diffs[:, list(sub)] @ w.double().numpy()))) if sub
-                      else np.full(len(diffs), 0.5) for sub, _, w in post.models])
+    shares = np.array([m.share for m in post.models])
+    probs = np.stack([1 / (1 + np.exp(-(diffs[:, list(m.inputs)] @ m.weights.double().numpy()))) if m.inputs
+                      else np.full(len(diffs), 0.5) for m in post.models])
     return shares / shares.sum(), probs
 
 

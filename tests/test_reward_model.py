@@ -259,18 +259,19 @@ def test_subset_posterior_members_make_up_its_mean():
     d = torch.randn(40, 8, generator=gen)
     y = (torch.rand(40, generator=gen) < torch.sigmoid(3.0 * d[:, 2] - 2.0 * d[:, 6])).float()
     post = subset_posterior(d, y, 2, [0.5, 1.0, 2.0])
-    assert sum(s for _, s, _ in post.models) == pytest.approx(1.0, abs=1e3 * MODEL_SHARE)
-    assert all(len(w) == len(sub) and s > MODEL_SHARE for sub, s, w in post.models)
+    assert sum(m.share for m in post.models) == pytest.approx(1.0, abs=1e3 * MODEL_SHARE)
+    assert all(len(m.weights) == len(m.inputs) and m.share > MODEL_SHARE for m in post.models)
+    assert all(m.covariance.shape == (len(m.inputs),) * 2 for m in post.models)
     mean = torch.zeros(8)
-    for sub, s, w in post.models:
-        mean[list(sub)] += s * w
+    for m in post.models:
+        mean[list(m.inputs)] += m.share * m.weights
     assert torch.allclose(mean, post.weight, atol=1e-4) and float(post.weight[2]) > 0.5
 
 
 def test_members_predict_by_the_posterior_predictive():
-    """Members.prefer is the share-weighted average of every member's Bradley-Terry probability (all members
-    kept), and where a likely set and a steep unlikely one disagree it sides with the likely one, as the mean
-    model does not."""
+    """Members.prefer is the share-weighted average of every member's moderated Bradley-Terry probability,
+    sigma(w . d / sqrt(1 + pi d'Cd / 8)) with C its Laplace covariance (all members kept), and where a likely
+    set and a steep unlikely one disagree it sides with the likely one, as the mean model does not."""
     from rlhf.preference.bayes import Members, subset_posterior
 
     gen = torch.Generator().manual_seed(3)
@@ -278,18 +279,37 @@ def test_members_predict_by_the_posterior_predictive():
     y = (torch.rand(30, generator=gen) < torch.sigmoid(2.0 * d[:, 1] + 1.5 * d[:, 4])).float()
     post = subset_posterior(d, y, 2, [0.5, 1.0, 2.0], label_noise=[0.0, 0.1])
     probe = torch.randn(50, 6, generator=gen)
-    by_hand = sum(s * (torch.sigmoid(probe[:, list(sub)] @ w) if sub else torch.full((50,), 0.5))
-                  for sub, s, w in post.models) / sum(s for _, s, _ in post.models)
+
+    def moderated(m) -> torch.Tensor:
+        if not m.inputs:
+            return torch.full((50,), 0.5)
+        x = probe[:, list(m.inputs)]
+        v = ((x @ m.covariance) * x).sum(1)
+        return torch.sigmoid((x @ m.weights) / torch.sqrt(1 + math.pi * v / 8))
+
+    by_hand = sum(m.share * moderated(m) for m in post.models) / sum(m.share for m in post.models)
     members = post.members(mass=1.0)
     assert len(members.shares) == len(post.models) and float(members.shares.sum()) == pytest.approx(1.0)
     torch.testing.assert_close(members.prefer(probe), by_hand.float(), atol=1e-5, rtol=0)
     assert len(post.members().shares) <= len(post.models)  # the default keeps the sets holding 0.999
+    # The covariance is the inverse Hessian at the MAP: each model's is positive definite and moves its
+    # prediction towards 1/2, never across it.
+    for m in (m for m in post.models if m.inputs):
+        assert bool((torch.linalg.eigvalsh(m.covariance) > 0).all())
+        plain = torch.sigmoid(probe[:, list(m.inputs)] @ m.weights)
+        assert bool(((moderated(m) - 0.5).abs() <= (plain - 0.5).abs() + 1e-6).all())
+        assert bool(((moderated(m) - 0.5) * (plain - 0.5) >= 0).all())
+    plain_members = Members(members.inputs, members.weights, members.shares)
+    assert float((members.prefer(probe) - plain_members.prefer(probe)).abs().max()) > 1e-3
 
     # 0.6 on "input 0 decides" (weight 1), 0.4 on "input 1 decides" (weight 10): on a pair that input 0 says
     # B to and input 1 says A to, the mean weights (0.6, 4) say A; most of the posterior says B.
     two = Members(torch.tensor([[0], [1]]), torch.tensor([[1.0], [10.0]]), torch.tensor([0.6, 0.4]))
     pair = torch.tensor([[-2.0, 0.5]])
     assert float(pair @ torch.tensor([0.6, 4.0])) > 0 and float(two.prefer(pair)) < 0.5
+    # A steep weight the answers hardly pin down (variance 400): sigma(10 / sqrt(1 + 50 pi)), about 0.69, not 1.
+    unsure = Members(torch.tensor([[0]]), torch.tensor([[10.0]]), torch.tensor([1.0]), torch.tensor([[[400.0]]]))
+    assert float(unsure.prefer(torch.tensor([[1.0]]))) == pytest.approx(1 / (1 + math.exp(-10 / math.sqrt(1 + 50 * math.pi))))
 
 
 def test_label_noise_is_chosen_by_held_out_log_loss(featurizer, photos):
@@ -390,6 +410,7 @@ def test_bayes_model_keeps_its_members_and_predicts_by_them(featurizer, photos, 
     model, hist = train_reward_model(train, RewardTrainConfig(cv_folds=3), featurizer, log=None)
     assert model.members is not None and len(model.members.shares) > 1
     fresh = PreferenceRewardModel.load(model.save(tmp_path / "human_reward_model.pth"))
+    assert fresh.members.covariances is not None  # each member keeps its covariance, so it predicts the same
     rng = np.random.default_rng(5)
     a = [_random_box(photos[2], rng) for _ in range(20)]
     b = [_random_box(photos[2], rng) for _ in range(20)]

@@ -27,9 +27,12 @@ scale 1 the head ranks as the scale-averaged sets do and keeps the slope the res
 tuned on (docs/experiments.md, 2026-12-05).
 
 A choice between two crops is predicted by the posterior itself, not by the mean head: P(A better) is each
-model's Bradley-Terry probability averaged by its share (`Members.prefer`, the posterior predictive; the most
-probable models holding MEMBERS_MASS of the posterior, kept in the model file). Where the posterior is spread
-over sets that disagree on a pair, the mean of their weights can side with a steep minority.
+model's own predictive averaged by its share (`Members.prefer`, the posterior predictive; the most probable
+models holding MEMBERS_MASS of the posterior, kept in the model file). Where the posterior is spread over sets
+that disagree on a pair, the mean of their weights can side with a steep minority. Each model's own predictive
+averages over its weights' Laplace posterior N(w*, H^-1) by MacKay's moderated output,
+sigma(w* . d / sqrt(1 + pi v / 8)), v = d' H^-1 d: a model fit to a few answers is less sure on a pair far from
+them than its MAP weights say.
 
 The size-0 model (every crop alike) takes part: with answers that show no taste its posterior share is
 large and the head shrinks towards indifference by itself. No library fits sparse Bayesian logistic
@@ -43,6 +46,7 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
@@ -58,32 +62,58 @@ MODEL_SHARE = 1e-6  # SubsetPosterior.models leaves out models with less posteri
 MEMBERS_MASS = 0.999
 
 
+class PosteriorModel(NamedTuple):
+    """One (input set, prior scale, label noise) model of the posterior."""
+
+    inputs: tuple[int, ...]  # the standardised inputs it uses
+    share: float  # its posterior probability
+    weights: torch.Tensor  # (k,) its MAP weights at its own prior scale
+    covariance: torch.Tensor  # (k, k) their Laplace covariance, the inverse of the log-posterior's Hessian there
+
+
 @dataclass
 class Members:
     """The posterior's most probable models, packed for prediction: model i uses the standardised inputs
     inputs[i] with weights weights[i] (its MAP at its own prior scale; a set smaller than k padded with
-    weight 0) and has posterior share shares[i] (renormalised over the members kept)."""
+    weight 0), their Laplace covariance covariances[i] (padded with 0; None: predict by the MAP weights alone)
+    and has posterior share shares[i] (renormalised over the members kept)."""
 
     inputs: torch.Tensor  # (M, k) long
     weights: torch.Tensor  # (M, k) float
     shares: torch.Tensor  # (M,) float, summing to 1
+    covariances: torch.Tensor | None = None  # (M, k, k) float
 
     def prefer(self, d: torch.Tensor, chunk: int = 256) -> torch.Tensor:
         """P(A better) for each row of d (n, p), the standardised differences x_a - x_b: the posterior
-        predictive, each model's Bradley-Terry probability weighed by its share. It predicts a person's choice
-        better than the mean model's sigma(w_mean . d) where the posterior is spread over sets that disagree on
-        a pair (docs/experiments.md, 12-06): the mean of their weights can side with a minority of them."""
+        predictive, each model's moderated Bradley-Terry probability sigma(mu / sqrt(1 + pi v / 8)) (mu = w . d,
+        v = d' C d) weighed by its share. It predicts a person's choice better than the mean model's
+        sigma(w_mean . d) where the posterior is spread over sets that disagree on a pair (the mean of their
+        weights can side with a minority of them), and moderating each model helped on every taste measured
+        (docs/experiments.md, 12-06)."""
         d = d.to(self.weights)
-        out = [torch.sigmoid((d[i:i + chunk, self.inputs] * self.weights).sum(-1)) @ self.shares
-               for i in range(0, len(d), chunk)]
+        out = []
+        for i in range(0, len(d), chunk):
+            di = d[i:i + chunk, self.inputs]  # (c, M, k)
+            mu = (di * self.weights).sum(-1)
+            if self.covariances is not None:
+                # v = d' C d term by term: for a member's k <= 2 or 3 inputs, a third of einsum's time here
+                c, k = self.covariances, self.inputs.shape[1]
+                v = sum(di[..., a] * di[..., b] * c[:, a, b] * (1 if a == b else 2) for a in range(k) for b in range(a, k))
+                mu = mu / torch.sqrt(1 + math.pi / 8 * v.clamp_min(0))
+            out.append(torch.sigmoid(mu) @ self.shares)
         return torch.cat(out) if out else d.new_zeros(0)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"inputs": self.inputs, "weights": self.weights, "shares": self.shares}
+        state = {"inputs": self.inputs, "weights": self.weights, "shares": self.shares}
+        if self.covariances is not None:
+            state["covariances"] = self.covariances
+        return state
 
     @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor]) -> Members:
-        return cls(state["inputs"].long(), state["weights"].float(), state["shares"].float())
+        cov = state.get("covariances")
+        return cls(state["inputs"].long(), state["weights"].float(), state["shares"].float(),
+                   None if cov is None else cov.float())
 
 
 @dataclass
@@ -93,23 +123,26 @@ class SubsetPosterior:
     weight: torch.Tensor  # (p,) posterior mean of each standardised input's weight
     size_share: list[float]  # posterior probability of sets of 0, 1, ..., max_inputs inputs
     top: list[tuple[tuple[int, ...], float]]  # the most probable input sets and their posterior shares
-    # Every (input set, prior scale) model with a share above MODEL_SHARE: (inputs, share, its MAP weights at
-    # its own scale), the posterior's members for what needs more than the mean (`members`, a choice of pairs to ask).
-    models: list[tuple[tuple[int, ...], float, torch.Tensor]] = field(default_factory=list)
+    # Every model with a share above MODEL_SHARE, the posterior's members for what needs more than the mean
+    # (`members`, a choice of pairs to ask).
+    models: list[PosteriorModel] = field(default_factory=list)
 
     def members(self, mass: float = MEMBERS_MASS) -> Members:
         """The most probable models holding `mass` of the posterior, packed for `Members.prefer`."""
-        ranked = sorted(self.models, key=lambda m: m[1], reverse=True)
-        cum = torch.tensor([share for _, share, _ in ranked], dtype=torch.float64).cumsum(0)
+        ranked = sorted(self.models, key=lambda m: m.share, reverse=True)
+        cum = torch.tensor([m.share for m in ranked], dtype=torch.float64).cumsum(0)
         keep = ranked[:int(torch.searchsorted(cum, mass * float(cum[-1]))) + 1]
-        sizes = [len(subs) for subs, _, _ in keep]
-        inputs, weights = torch.zeros(len(keep), max(1, *sizes), dtype=torch.long), torch.zeros(len(keep), max(1, *sizes))
+        sizes = [len(m.inputs) for m in keep]
+        k_max = max(1, *sizes)
+        inputs, weights = torch.zeros(len(keep), k_max, dtype=torch.long), torch.zeros(len(keep), k_max)
+        covs = torch.zeros(len(keep), k_max, k_max)
         for k in set(sizes) - {0}:  # the models of one size at once (size 0 stays all padding)
             rows = [i for i, n in enumerate(sizes) if n == k]
-            inputs[rows, :k] = torch.tensor([keep[i][0] for i in rows], dtype=torch.long)
-            weights[rows, :k] = torch.stack([keep[i][2] for i in rows])
-        shares = torch.tensor([share for _, share, _ in keep], dtype=torch.float64)
-        return Members(inputs, weights, (shares / shares.sum()).float())
+            inputs[rows, :k] = torch.tensor([keep[i].inputs for i in rows], dtype=torch.long)
+            weights[rows, :k] = torch.stack([keep[i].weights for i in rows])
+            covs[rows, :k, :k] = torch.stack([keep[i].covariance for i in rows])
+        shares = torch.tensor([m.share for m in keep], dtype=torch.float64)
+        return Members(inputs, weights, (shares / shares.sum()).float(), covs)
 
     @property
     def indifferent_share(self) -> float:
@@ -129,8 +162,8 @@ def _score_terms(z: torch.Tensor, y: torch.Tensor, label_noise: float) -> tuple[
 
 
 def _map_fits(x: torch.Tensor, y: torch.Tensor, w8: torch.Tensor, prior_scale: float, label_noise: float = 0.0
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """MAP weights (M, k) and Laplace log evidence (M,) of M logistic models at once: x (M, n, k) input
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """MAP weights (M, k), Laplace log evidence (M,) and Laplace covariance (M, k, k) of M logistic models at once: x (M, n, k) input
     differences, y (n,) targets in [0, 1], w8 (n,) pair weights, a share label_noise of answers flipped.
 
     Fisher scoring: Newton's method with the expected Hessian (the same as the Hessian at label_noise 0). With
@@ -154,7 +187,7 @@ def _map_fits(x: torch.Tensor, y: torch.Tensor, w8: torch.Tensor, prior_scale: f
     hess = torch.einsum("mnk,mn,mnj->mkj", x, info * w8, x) + prec
     # log p(y | w*) + log N(w* | 0, s^2 I) + (k/2) log 2 pi - (1/2) log det H: the 2 pi terms cancel.
     log_ev = loglik - 0.5 * (w * w).sum(1) / prior_scale ** 2 - k * math.log(prior_scale) - 0.5 * torch.logdet(hess)
-    return w, log_ev
+    return w, log_ev, torch.linalg.inv(hess)
 
 
 def subset_posterior(d: torch.Tensor, y: torch.Tensor, max_inputs: int, prior_scales: Sequence[float],
@@ -176,6 +209,7 @@ def subset_posterior(d: torch.Tensor, y: torch.Tensor, max_inputs: int, prior_sc
     sets: list[list[tuple[int, ...]]] = [[()]]
     weights: list[torch.Tensor] = [torch.zeros(1, 0, dtype=d.dtype)]
     own: list[torch.Tensor] = [weights[0]]  # each model's weights at its own scale
+    covs: list[torch.Tensor] = [torch.zeros(1, 0, 0, dtype=d.dtype)]  # and their Laplace covariance
     for k in range(1, min(max_inputs, p) + 1):
         subs = list(itertools.combinations(range(p), k))
         x = d[:, subs].permute(1, 0, 2)
@@ -188,15 +222,17 @@ def subset_posterior(d: torch.Tensor, y: torch.Tensor, max_inputs: int, prior_sc
                 sets.append(subs)
                 weights.append(fits[head_scale or scale][0])
                 own.append(fits[scale][0])
+                covs.append(fits[scale][2])
     post = torch.softmax(torch.cat(ev), 0)
     mean = torch.zeros(p, dtype=d.dtype)
     shares = [0.0] * (min(max_inputs, p) + 1)
     by_set: dict[tuple[int, ...], float] = {}
     models = []
     at = 0
-    for subs, w, w_own in zip(sets, weights, own, strict=True):
+    for subs, w, w_own, cov in zip(sets, weights, own, covs, strict=True):
         pk = post[at:at + len(subs)]
-        models += [(subs[i], float(pk[i]), w_own[i].float()) for i in torch.nonzero(pk > MODEL_SHARE).flatten().tolist()]
+        models += [PosteriorModel(subs[i], float(pk[i]), w_own[i].float(), cov[i].float())
+                   for i in torch.nonzero(pk > MODEL_SHARE).flatten().tolist()]
         shares[len(subs[0])] += float(pk.sum())
         if subs[0]:
             mean.index_add_(0, torch.tensor(subs).reshape(-1), (pk[:, None] * w).reshape(-1))
