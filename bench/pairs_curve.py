@@ -56,9 +56,9 @@ from rlhf.kept import FINETUNE_W_HUMAN  # noqa: E402
 
 TARGETS = {"pairs_to_080": 30, "preferred_at_25_frozen": 0.70, "preferred_at_100_finetuned": 0.80, "kept": 0.95}
 SELECTIONS = ("uncertain", "diverse")
-# One step's numbers, in its folder, per steering and stage-3 weight ("predictive": the reward model chooses among
-# the policy's candidate crops by its posterior predictive; results from before it are not reused).
-RESULT = "result_{steer}_ft{finetune:g}_predictive.json"
+# One step's numbers, in its folder, per steering and stage-3 weight ("moderated": the reward model chooses among
+# the policy's candidate crops by its posterior predictive, each member moderated; earlier results are not reused).
+RESULT = "result_{steer}_ft{finetune:g}_moderated.json"
 
 
 @dataclass
