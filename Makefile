@@ -28,7 +28,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 
 # The benches that stand alone (personalization_rescore and _ceiling judge finished runs: bench/README.md).
-BENCHES = scoring crop_quality algorithms pairs_curve pair_choice personalization scale
+BENCHES = scoring crop_quality algorithms pairs_curve pair_choice personalization round_time scale
 
 bench: install
 	for b in $(BENCHES); do $(PY) bench/$$b.py || exit 1; done

@@ -2,6 +2,7 @@
 
     python bench/round_time.py --bootstrap RUN            # 2 rounds of 25 pairs (the few-pairs path)
     python bench/round_time.py --bootstrap RUN --rounds 4 # and the round that fine-tunes (100 answers)
+    python bench/round_time.py                            # trains a small bootstrap first (not timed)
 
 Runs `photographer round --simulate TASTE` on a fresh run folder, round after round, in this process, and
 reads each round's wall time and its steps' from round_NNN/state.json. Round 1 asks diverse pairs; later
@@ -28,7 +29,9 @@ TARGET_S = 300.0
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bootstrap", required=True, help="stage-1 run folder or checkpoint every round starts from")
+    ap.add_argument("--bootstrap", help="stage-1 run folder or checkpoint every round starts from (default: train "
+                    "one of --bootstrap_timesteps first, not timed)")
+    ap.add_argument("--bootstrap_timesteps", type=int, default=8000, help="stage-1 env steps when training here")
     ap.add_argument("--rounds", type=int, default=2, help="rounds to run (default 2)")
     ap.add_argument("--pairs", type=int, default=25, help="new pairs a round (default 25)")
     ap.add_argument("--taste", default="tight", help="the simulated taste that answers (default tight)")
@@ -37,6 +40,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(args.out or tmp) / "run"
+        if not args.bootstrap:
+            from rayjobs.bootstrap import BootstrapConfig
+            from rayjobs.bootstrap import run as train
+            from rlhf.config import from_flat
+
+            args.bootstrap = str(run.parent / "bootstrap")
+            train(from_flat(BootstrapConfig, timesteps=args.bootstrap_timesteps, out=args.bootstrap, seed=args.seed))
         rows = []
         for k in range(1, args.rounds + 1):
             t0 = time.perf_counter()
