@@ -309,7 +309,8 @@ def test_members_predict_by_the_posterior_predictive():
     assert float(pair @ torch.tensor([0.6, 4.0])) > 0 and float(two.prefer(pair)) < 0.5
     # A steep weight the answers hardly pin down (variance 400): sigma(10 / sqrt(1 + 50 pi)), about 0.69, not 1.
     unsure = Members(torch.tensor([[0]]), torch.tensor([[10.0]]), torch.tensor([1.0]), torch.tensor([[[400.0]]]))
-    assert float(unsure.prefer(torch.tensor([[1.0]]))) == pytest.approx(1 / (1 + math.exp(-10 / math.sqrt(1 + 50 * math.pi))))
+    expected = 1 / (1 + math.exp(-10 / math.sqrt(1 + 50 * math.pi)))
+    assert float(unsure.prefer(torch.tensor([[1.0]]))) == pytest.approx(expected)
 
 
 def test_label_noise_is_chosen_by_held_out_log_loss(featurizer, photos):

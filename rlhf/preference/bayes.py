@@ -88,7 +88,7 @@ class Members:
         predictive, each model's moderated Bradley-Terry probability sigma(mu / sqrt(1 + pi v / 8)) (mu = w . d,
         v = d' C d) weighed by its share. It predicts a person's choice better than the mean model's
         sigma(w_mean . d) where the posterior is spread over sets that disagree on a pair (the mean of their
-        weights can side with a minority of them), and moderating each model helped on every taste measured
+        weights can side with a minority of them); moderating each model adds a little on average
         (docs/experiments.md, 12-06)."""
         d = d.to(self.weights)
         out = []
@@ -98,7 +98,8 @@ class Members:
             if self.covariances is not None:
                 # v = d' C d term by term: for a member's k <= 2 or 3 inputs, a third of einsum's time here
                 c, k = self.covariances, self.inputs.shape[1]
-                v = sum(di[..., a] * di[..., b] * c[:, a, b] * (1 if a == b else 2) for a in range(k) for b in range(a, k))
+                v = sum(di[..., a] * di[..., b] * c[:, a, b] * (1 if a == b else 2)
+                        for a in range(k) for b in range(a, k))
                 mu = mu / torch.sqrt(1 + math.pi / 8 * v.clamp_min(0))
             out.append(torch.sigmoid(mu) @ self.shares)
         return torch.cat(out) if out else d.new_zeros(0)
@@ -163,8 +164,9 @@ def _score_terms(z: torch.Tensor, y: torch.Tensor, label_noise: float) -> tuple[
 
 def _map_fits(x: torch.Tensor, y: torch.Tensor, w8: torch.Tensor, prior_scale: float, label_noise: float = 0.0
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """MAP weights (M, k), Laplace log evidence (M,) and Laplace covariance (M, k, k) of M logistic models at once: x (M, n, k) input
-    differences, y (n,) targets in [0, 1], w8 (n,) pair weights, a share label_noise of answers flipped.
+    """MAP weights (M, k), Laplace log evidence (M,) and Laplace covariance (M, k, k) of M logistic models at
+    once: x (M, n, k) input differences, y (n,) targets in [0, 1], w8 (n,) pair weights, a share label_noise of
+    answers flipped.
 
     Fisher scoring: Newton's method with the expected Hessian (the same as the Hessian at label_noise 0). With
     flipped answers the log-likelihood is not concave, but its Fisher information is positive definite, so
