@@ -56,14 +56,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             state = json.loads((folder / round_cmd.STATE).read_text())
             steps = {s: state[s]["seconds"] for s in round_cmd.STEPS if s in state}
             path = state["policy"]["kind"]  # steered (the few-pairs path) or fine-tuned
-            rows.append({"round": k, "answers": k * args.pairs, "path": path, "wall_s": wall, **steps})
+            rows.append({"round": k, "answers": k * args.pairs, "path": path, "wall_s": wall, "steps": steps})
             print(f"round {k}: {wall:.0f} s ({path}; " + ", ".join(f"{s} {v:.0f} s" for s, v in steps.items()) + ")",
                   flush=True)
     print("\n| round | answers | policy | wall s | " + " | ".join(round_cmd.STEPS) + " |")
     print("|---|---|---|---|" + "---|" * len(round_cmd.STEPS))
     for r in rows:
         print(f"| {r['round']} | {r['answers']} | {r['path']} | {r['wall_s']:.0f} | "
-              + " | ".join(f"{r.get(s, 0):.0f}" for s in round_cmd.STEPS) + " |")
+              + " | ".join(f"{r['steps'].get(s, 0):.0f}" for s in round_cmd.STEPS) + " |")
     res = {"rounds": len(rows),
            "steered_max_s": max((r["wall_s"] for r in rows if r["path"] == "steered"), default=float("nan")),
            "finetuned_max_s": max((r["wall_s"] for r in rows if r["path"] != "steered"), default=float("nan")),
