@@ -40,13 +40,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(args.out or tmp) / "run"
-        if not args.bootstrap:
-            from rayjobs.bootstrap import BootstrapConfig
-            from rayjobs.bootstrap import run as train
-            from rlhf.config import from_flat
+        if not args.bootstrap:  # as the personalization bench trains one (resumable, in run/../bootstrap)
+            from bench.personalization import BenchConfig, bootstrap
 
-            args.bootstrap = str(run.parent / "bootstrap")
-            train(from_flat(BootstrapConfig, timesteps=args.bootstrap_timesteps, out=args.bootstrap, seed=args.seed))
+            args.bootstrap = bootstrap(BenchConfig(bootstrap_timesteps=args.bootstrap_timesteps, seed=args.seed),
+                                       run.parent)
         rows = []
         for k in range(1, args.rounds + 1):
             t0 = time.perf_counter()
