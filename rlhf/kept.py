@@ -194,8 +194,8 @@ class SteeringSettings:
     w_human: float = field(default=1.0, metadata={
         "help": "the human term's weight when the reward model chooses among the policy's candidate crops (the "
                 "aesthetic score's is 1 - w_human; the human term is the reward model's predicted chance that the "
-                "person prefers the crop to the policy's own crop, a fine-tuned policy's: its bootstrap's): at 1 the person's taste alone decides among the crops "
-                "that keep --photo_min_kept"})
+                "person prefers the crop to the policy's own crop, a fine-tuned policy's: its bootstrap's): at 1 "
+                "the person's taste alone decides among the crops that keep --photo_min_kept"})
     photo_min_kept: float = field(default=PHOTO_MIN_KEPT, metadata={
         "help": "the share of the aesthetic score of the policy's own crop (of a fine-tuned policy: its bootstrap's "
                 "crop) a crop chosen by a reward model must keep: only candidates that keep it are chosen among; "

@@ -467,18 +467,19 @@ class CropPolicy:
                 boxes = floor_crop or [tuple(steering.reference._episode(env, photo_index, True, rng)[-1])]
             else:
                 seeded = np.random.default_rng(int(photo.digest(), 16))
-                boxes = floor_crop + [c.box for c in candidate_boxes(steering.reference, env, photo_index,
-                                                                     steering.rollouts, PERTURB, seeded,
-                                                                     float(env.cfg.min_area))
-                                      if c.box not in floor_crop]
+                found = candidate_boxes(steering.reference, env, photo_index, steering.rollouts, PERTURB, seeded,
+                                        float(env.cfg.min_area))
+                boxes = floor_crop + [c.box for c in found if c.box not in floor_crop]
         finally:
             env.reward_fn = own_fn
         pick = 0
         if len(boxes) > 1:
-            terms = own_fn.terms(photo, boxes)
-            aesthetic = np.asarray(terms[AESTHETIC], dtype=np.float64)
-            human, model = terms[HUMAN], getattr(own_fn, "human", None)
-            if model is not None:  # the chance the person prefers each candidate to the floor crop
+            model = getattr(own_fn, "human", None)
+            if model is None:
+                terms = own_fn.terms(photo, boxes)
+                aesthetic, human = np.asarray(terms[AESTHETIC], dtype=np.float64), terms[HUMAN]
+            else:  # the human term: the chance the person prefers each candidate to the floor crop
+                aesthetic = np.asarray(own_fn.scorer.score_boxes(photo, boxes), dtype=np.float64)
                 human = model.preference(photo, boxes, [boxes[0]] * len(boxes))
             value = combine(aesthetic, human, RewardSpec(**self.reward))
             keeps = aesthetic >= steering.photo_min_kept * aesthetic[0]
