@@ -63,8 +63,8 @@ class ChoiceConfig:
     tastes: list[str] = field(default_factory=lambda: ["tight", "left_third", "warm"], metadata={
         "help": "simulated tastes (see rlhf.simulated.TASTES)"})
     rules: list[str] = field(default_factory=lambda: list(RULES), metadata={
-        "help": "pair-choice rules: margin (the product's --select uncertain), predictive, random, bald, epig, oracle (a teacher "
-                "who knows the taste; this file's docstring)"})
+        "help": "pair-choice rules: margin (the product's --select uncertain), predictive, random, bald, epig, "
+                "oracle (a teacher who knows the taste; this file's docstring)"})
     answers: list[int] = field(default_factory=lambda: [10, 25, 30, 50], metadata={
         "help": "answers after which the reward model is judged, rising; the first step's pairs are diverse"})
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4, 5], metadata={

@@ -164,7 +164,8 @@ def curve(cfg: CurveConfig, out: Path, taste: str, selection: str, policy: str, 
         answered = min(n, len(answers))
         if not model_path.exists():
             source = str(store.path)
-            if len(answers) > n:  # the store holds later steps' answers (a resumed run): this step learns from its first n
+            # The store may hold later steps' answers (a resumed run): this step learns from its first n.
+            if len(answers) > n:
                 source = str(save_pairs(step / "reward_pairs.json", answers[:n]))
             train_reward.main(["--preference_data", source, "--annotator", annotator.name,
                                "--out", str(step / "reward"), "--seed", str(cfg.seed), *cfg.reward_args])
